@@ -1,0 +1,18 @@
+"""The ``onnxcam`` command: a click group whose sub-commands live one per module."""
+from __future__ import annotations
+
+import click
+
+from onnxcam.cli.export_cmd import export_command
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="onnxcam")
+def main() -> None:
+    """Grad-CAM family explanations as plain ONNX graphs."""
+
+
+main.add_command(export_command)
+
+if __name__ == "__main__":  # pragma: no cover
+    main()
