@@ -1,0 +1,191 @@
+"""Parity of onnxcam.runtime.methods (+ postprocess) with pytorch-grad-cam 1.5.7.
+
+A and g come from torch (forward hook + autograd.grad to the target layer) on seeded,
+randomly initialised torchvision VGG-16 (no global pooling: the methods differ) and
+ResNet-50, for 3 real photos with mixed explicit and top-1 classes. pytorch-grad-cam runs
+its own methods on the same model with one target per image (with fewer targets it returns
+all-zero maps). Tolerance: max|Δ| ≤ 1e-4 on the final normalised maps.
+"""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from onnxcam.runtime.methods import METHODS, REQUIRED_OUTPUTS, first_component_projection
+from onnxcam.runtime.postprocess import postprocess
+
+TOL = 1e-4
+REQUESTED = [281, None, 504]  # explicit, top-1, explicit
+
+REFERENCE_CLASSES = {
+    "gradcam": "GradCAM",
+    "gradcam++": "GradCAMPlusPlus",
+    "xgradcam": "XGradCAM",
+    "hirescam": "HiResCAM",
+    "layercam": "LayerCAM",
+    "gradcam-elementwise": "GradCAMElementWise",
+    "eigencam": "EigenCAM",
+    "eigengradcam": "EigenGradCAM",
+}
+
+
+def photo_batch(size: int = 224) -> np.ndarray:
+    """chelsea, coffee, astronaut from skimage.data, resized to size², ImageNet-normalised."""
+    data = pytest.importorskip("skimage.data")
+    from PIL import Image
+
+    mean = np.array([0.485, 0.456, 0.406], np.float32)
+    std = np.array([0.229, 0.224, 0.225], np.float32)
+    batch = []
+    for name in ("chelsea", "coffee", "astronaut"):
+        img = Image.fromarray(getattr(data, name)()).resize((size, size), Image.BILINEAR)
+        batch.append(((np.asarray(img, np.float32) / 255 - mean) / std).transpose(2, 0, 1))
+    return np.stack(batch)
+
+
+def torch_case(arch: str):
+    torch = pytest.importorskip("torch")
+    tv = pytest.importorskip("torchvision")
+    torch.manual_seed(0)
+    model = getattr(tv.models, arch)(weights=None).eval()
+    layer = model.features[-1] if arch == "vgg16" else model.layer4
+    x = torch.from_numpy(photo_batch())
+    store = {}
+    handle = layer.register_forward_hook(lambda m, i, o: store.__setitem__("A", o))
+    logits = model(x)
+    handle.remove()
+    top1 = logits.argmax(1).tolist()
+    classes = [top1[i] if c is None else c for i, c in enumerate(REQUESTED)]
+    score = logits[torch.arange(3), torch.tensor(classes)].sum()
+    (g,) = torch.autograd.grad(score, store["A"])
+    A, g = store["A"].detach().numpy(), g.numpy()
+    return dict(model=model, layer=layer, x=x, classes=classes, A=A, g=g, g2=g**2, g3=g**2 * g)
+
+
+_CASES: dict[str, dict] = {}
+
+
+@pytest.fixture(scope="module", params=["vgg16", "resnet50"])
+def case(request):
+    if request.param not in _CASES:  # built once per process, shared by every test here
+        _CASES[request.param] = torch_case(request.param)
+    return _CASES[request.param]
+
+
+def reference(case, method: str) -> np.ndarray:
+    """pytorch-grad-cam's map for ``method``.
+
+    Grad-CAM is one full ``cam(input_tensor, targets)`` call (forward + loss.backward through
+    pytorch-grad-cam's own hooks); its captured A and g are checked against ours, then every
+    other method runs pytorch-grad-cam's ``compute_cam_per_layer`` + ``aggregate_multi_layers``
+    on those captured tensors, which is what its ``forward`` does after the backward pass.
+    """
+    cams = pytest.importorskip("pytorch_grad_cam")
+    from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+
+    cache = case.setdefault("reference", {})
+    if method in cache:
+        return cache[method]
+    targets = [ClassifierOutputTarget(c) for c in case["classes"]]  # one per image
+    if "captured" not in case:
+        with cams.GradCAM(model=case["model"], target_layers=[case["layer"]]) as cam:
+            cache["gradcam"] = cam(input_tensor=case["x"], targets=targets)
+            case["captured"] = (cam.activations_and_grads.activations[0].clone(),
+                                cam.activations_and_grads.gradients[0].clone())
+        A, g = (t.numpy() for t in case["captured"])
+        np.testing.assert_allclose(A, case["A"], rtol=1e-5, atol=1e-5 * np.abs(A).max())
+        np.testing.assert_allclose(g, case["g"], rtol=1e-4, atol=1e-5 * np.abs(g).max())
+    if method not in cache:
+        cls = getattr(cams, REFERENCE_CLASSES[method])
+        with cls(model=case["model"], target_layers=[case["layer"]]) as cam:
+            cam.activations_and_grads.activations = [case["captured"][0]]
+            cam.activations_and_grads.gradients = [case["captured"][1]]
+            per_layer = cam.compute_cam_per_layer(case["x"], targets, False)
+            cache[method] = cam.aggregate_multi_layers(per_layer)
+    return cache[method]
+
+
+def ours(case, method: str, sign: float = 1.0) -> np.ndarray:
+    raw = METHODS[method](case["A"], case["g"], case["g2"], case["g3"])
+    assert raw.shape == case["A"].shape[:1] + case["A"].shape[2:] and raw.dtype == np.float32
+    return postprocess(sign * raw, case["x"].shape[-2:])
+
+
+@pytest.mark.parametrize("method", [m for m in METHODS if not m.startswith("eigen")])
+def test_gradient_methods_match_pytorch_grad_cam(case, method):
+    ref = reference(case, method)
+    got = ours(case, method)
+    assert got.shape == ref.shape == (3, 224, 224)
+    assert ref.max() > 0.99, "reference map is degenerate: the test would prove nothing"
+    assert np.abs(got - ref).max() <= TOL
+
+
+@pytest.mark.parametrize("method", ["eigencam", "eigengradcam"])
+def test_eigen_methods_match_up_to_sign(case, method):
+    """pytorch-grad-cam leaves the SVD sign arbitrary, so each image matches either the map
+    of our projection or the map of its negation; our own sign is fixed (tested below)."""
+    ref = reference(case, method)
+    plus, minus = ours(case, method), ours(case, method, sign=-1.0)
+    for i in range(3):
+        err = min(np.abs(plus[i] - ref[i]).max(), np.abs(minus[i] - ref[i]).max())
+        assert err <= TOL, f"image {i}: {err}"
+
+
+def test_eigen_sign_correlates_with_channel_sum(case):
+    for M in (case["A"], case["g"] * case["A"]):
+        p = first_component_projection(M).reshape(3, -1)
+        s = M.sum(axis=1).reshape(3, -1)
+        corr = ((p - p.mean(1, keepdims=True)) * (s - s.mean(1, keepdims=True))).sum(1)
+        assert (corr >= 0).all()
+
+
+def test_eigen_projection_equals_reference_svd_up_to_sign(case):
+    svd = pytest.importorskip("pytorch_grad_cam.utils.svd_on_activations")
+    ref = case.get("svd_ref")
+    if ref is None:
+        ref = case["svd_ref"] = svd.get_2d_projection(case["A"])
+    got = first_component_projection(case["A"])
+    scale = np.abs(ref).max()
+    for i in range(3):
+        err = min(np.abs(got[i] - ref[i]).max(), np.abs(got[i] + ref[i]).max())
+        assert err <= 1e-4 * scale
+
+
+def test_methods_differ_on_a_head_without_global_pooling(case):
+    """Guards the VGG case: if the head pooled globally these three would coincide
+    (on ResNet-50 they do, which is the known GAP→linear identity)."""
+    if case["model"].__class__.__name__ != "VGG":
+        pytest.skip("only VGG-16's head has no global pooling")
+    maps = {m: ours(case, m) for m in ("gradcam", "hirescam", "xgradcam")}
+    assert np.abs(maps["gradcam"] - maps["hirescam"]).max() > 1e-2
+    assert np.abs(maps["gradcam"] - maps["xgradcam"]).max() > 1e-2
+
+
+def test_eigen_sign_flip_on_synthetic_activations():
+    rng = np.random.default_rng(0)
+    A = rng.random((2, 8, 5, 6)).astype(np.float32) * 0.1
+    A[:, :, 1:3, 2:4] += 5.0  # a bright blob in every channel
+    p = first_component_projection(A)
+    assert (p[:, 1:3, 2:4].mean(axis=(1, 2)) > p.mean(axis=(1, 2))).all()
+    np.testing.assert_allclose(first_component_projection(-A), -p, atol=1e-5)
+
+
+def test_eigen_ignores_nan():
+    A = np.ones((1, 3, 4, 4), np.float32)
+    A[0, 0, 0, 0] = np.nan
+    assert np.isfinite(first_component_projection(A)).all()
+
+
+def test_gradcam_plusplus_zero_where_gradient_zero():
+    A = np.ones((1, 2, 2, 2), np.float32)
+    g = np.zeros_like(A)
+    g[0, 0] = 1.0
+    raw = METHODS["gradcam++"](A, g, g**2, g**3)
+    # channel 0: α = 1/(2 + 4·1 + 1e-6), w0 = 4α; channel 1 has g = 0 → w1 = 0
+    np.testing.assert_allclose(raw, np.full((1, 2, 2), 4 / (6 + 1e-6)), rtol=1e-6)
+
+
+def test_required_outputs_cover_every_method():
+    assert set(METHODS) <= set(REQUIRED_OUTPUTS)
+    assert "gradients_pow3" in REQUIRED_OUTPUTS["gradcam++"]
+    assert REQUIRED_OUTPUTS["eigencam"] == ("activations",)
