@@ -1,7 +1,47 @@
-"""``onnxcam export`` (filled in by the exporter work)."""
+"""``onnxcam export``: write a classifier's explanation graph (``*.cam.onnx``)."""
+from __future__ import annotations
+
 import click
+
+from onnxcam.cli.common import fail, float_triplet, int_triplet, setup_logging
 
 
 @click.command("export")
-def export_command() -> None:
-    """Export a classifier into an explanation graph."""
+@click.argument("source")
+@click.option("-o", "--out", required=True, type=click.Path(dir_okay=False), help="Output .cam.onnx file.")
+@click.option("--target-layer", help="Module name (torch) or tensor name (ONNX); default: chosen and printed.")
+@click.option("--weights", type=click.Path(dir_okay=False), help="PyTorch state_dict file (.pt/.pth).")
+@click.option("--input-shape", callback=int_triplet, help="C,H,W of one input image.")
+@click.option("--opset", type=click.IntRange(17, 23), help="ONNX opset for PyTorch sources (default 18).")
+@click.option("--labels", type=click.Path(exists=True, dir_okay=False), help="Class names: .txt (one a line) or JSON list.")
+@click.option("--mean", callback=float_triplet, help="Per-channel mean R,G,B (after scaling to 0..1).")
+@click.option("--std", callback=float_triplet, help="Per-channel std R,G,B.")
+@click.option("--resize", type=click.IntRange(0), help="Resize the short side to N before the centre crop (0: resize to the input size).")
+@click.option("--layout", type=click.Choice(["NCHW", "NHWC"]), help="Layout of the image input.")
+@click.option("--bgr", is_flag=True, help="The model expects BGR channel order.")
+@click.option("--verify", is_flag=True, help="Check the graph against torch.autograd (PyTorch sources).")
+@click.option("--overwrite", is_flag=True, help="Replace OUT if it exists.")
+@click.option("--debug", is_flag=True, help="Show tracebacks.")
+def export_command(source: str, out: str, target_layer: str | None, weights: str | None, input_shape,
+                   opset: int | None, labels: str | None, mean, std, resize: int | None, layout: str | None,
+                   bgr: bool, verify: bool, overwrite: bool, debug: bool) -> None:
+    """Export SOURCE (torchvision:NAME, timm:NAME, package.module:callable, a registry name or an
+    .onnx classifier) into an explanation graph with logits and target-layer gradients."""
+    setup_logging(debug)
+    try:
+        from onnxcam.exporter import ExportError, export
+    except ImportError as exc:
+        fail(f"export needs the export extra: pip install 'onnxcam[export]' ({exc.name} is missing)", 2, debug)
+    try:
+        model = export(source, target_layer, weights=weights, input_shape=input_shape, opset=opset, labels=labels,
+                       mean=mean, std=std, resize=resize, layout=layout, bgr=bgr, out=out, overwrite=overwrite,
+                       verify=verify)
+    except ExportError as exc:
+        fail(str(exc), 2, debug)
+    except Exception as exc:  # an unexpected failure still gets one line
+        fail(f"export failed: {type(exc).__name__}: {exc}".splitlines()[0], 2, debug)
+    outputs = ", ".join(o.name for o in model.graph.output)
+    meta = {p.key: p.value for p in model.metadata_props}
+    click.echo(f"exported {meta['onnxcam.source']} → {out}")
+    click.echo(f"  target layer: {meta['onnxcam.target_layer']}; outputs: {outputs}")
+    click.echo(f"  head piecewise linear: {meta['onnxcam.head_piecewise_linear']}")

@@ -1,0 +1,41 @@
+"""One reverse-mode rule per ONNX operator family.
+
+A rule receives the builder, the forward node, the gradients flowing into the node's outputs
+(``None`` where an output does not reach the scores) and which inputs need a gradient; it
+returns one gradient (or ``None``) per input. Each rule's docstring states its derivative.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import onnx_ir as ir
+
+from onnxcam.exporter.builder import GraphBuilder
+
+Rule = Callable[[GraphBuilder, ir.Node, Sequence["ir.Value | None"], Sequence[bool]], Sequence["ir.Value | None"]]
+
+RULES: dict[str, Rule] = {}
+
+#: operators along which ∂²S/∂A² = 0 (S is piecewise linear in A); Mul/Div/MatMul/Gemm qualify
+#: only when their other operand does not depend on A, which the engine checks separately.
+PIECEWISE_LINEAR: set[str] = set()
+
+
+def rule(*op_types: str, piecewise_linear: bool = False) -> Callable[[Rule], Rule]:
+    """Register ``fn`` as the reverse-mode rule of ``op_types``."""
+
+    def register(fn: Rule) -> Rule:
+        for op_type in op_types:
+            RULES[op_type] = fn
+            if piecewise_linear:
+                PIECEWISE_LINEAR.add(op_type)
+        return fn
+
+    return register
+
+
+def _load_rule_modules() -> None:
+    from onnxcam.exporter.rules import activations, elementwise, linear, normalization, pooling, shape  # noqa: F401
+
+
+_load_rule_modules()

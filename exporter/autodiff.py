@@ -1,0 +1,119 @@
+"""Reverse-mode differentiation of an ONNX graph, written back as ONNX operators.
+
+Given a forward graph, a target tensor A, an output tensor S and a seed tensor dS (the same
+shape as S), :func:`differentiate` appends the nodes computing ∂⟨dS, S⟩/∂A. Only the nodes on a
+path from A to S are differentiated; branches that do not depend on A are left alone, and a
+tensor used several times (fan-out) accumulates the gradients of all its uses.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import onnx_ir as ir
+
+from onnxcam.exporter.builder import GraphBuilder
+from onnxcam.exporter.errors import ExportError
+from onnxcam.exporter.probe import TensorFacts
+from onnxcam.exporter.rules import PIECEWISE_LINEAR, RULES
+
+#: operators whose outputs never carry a gradient (integer or boolean results, or shape data)
+NON_DIFFERENTIABLE = {
+    "Shape", "Size", "ArgMax", "ArgMin", "Equal", "Greater", "GreaterOrEqual", "Less", "LessOrEqual",
+    "Not", "And", "Or", "Xor", "IsNaN", "IsInf", "NonZero", "ConstantOfShape", "Constant", "Range",
+    "OneHot", "RandomNormalLike", "RandomUniformLike", "EyeLike",
+}
+
+
+#: operators linear in each operand separately
+_PRODUCTS = {"Mul", "MatMul", "Gemm", "Conv", "ConvTranspose"}
+
+
+class UnsupportedOperator(ExportError):
+    """An operator on the path from the target to the scores has no gradient rule."""
+
+    def __init__(self, node: ir.Node) -> None:
+        self.node = node
+        super().__init__(f"operator {node.op_type} (node '{node.name}') has no gradient rule")
+
+
+@dataclass
+class Path:
+    """The part of the graph between a target tensor and an output."""
+
+    nodes: list[ir.Node]          # topological order
+    values: set[ir.Value]         # tensors that depend on the target and reach the output
+
+
+def _carries_gradient(value: ir.Value, facts: TensorFacts) -> bool:
+    return facts.is_float(value.name)
+
+
+def find_path(graph: ir.Graph, facts: TensorFacts, target: ir.Value, output: ir.Value) -> Path:
+    """The nodes and tensors on differentiable paths from ``target`` to ``output``."""
+    nodes = list(graph)
+    reached: set[ir.Value] = {target}
+    for node in nodes:
+        if node.op_type in NON_DIFFERENTIABLE:
+            continue
+        if any(inp is not None and inp in reached for inp in node.inputs):
+            reached.update(o for o in node.outputs if _carries_gradient(o, facts))
+    needed: set[ir.Value] = {output}
+    for node in reversed(nodes):
+        if node.op_type in NON_DIFFERENTIABLE:
+            continue
+        if any(o in needed for o in node.outputs):
+            needed.update(i for i in node.inputs if i is not None and _carries_gradient(i, facts))
+    values = reached & needed
+    path_nodes = [
+        n for n in nodes
+        if n.op_type not in NON_DIFFERENTIABLE
+        and any(o in values for o in n.outputs)
+        and any(i is not None and i in values for i in n.inputs)
+    ]
+    return Path(path_nodes, values)
+
+
+def unsupported_nodes(path: Path) -> list[ir.Node]:
+    """Nodes on ``path`` for which no rule exists."""
+    return [n for n in path.nodes if n.op_type not in RULES or n.domain not in ("", "ai.onnx")]
+
+
+def is_piecewise_linear(path: Path) -> bool:
+    """Whether S is piecewise linear in A along ``path`` (so ∂²S/∂A² = ∂³S/∂A³ = 0).
+
+    Products (Mul, Div, MatMul, Gemm, Conv) stay linear only while at most one operand depends on A.
+    """
+    for node in path.nodes:
+        dependent_inputs = sum(1 for i in node.inputs if i is not None and i in path.values)
+        if node.op_type in _PRODUCTS:
+            if dependent_inputs > 1:
+                return False
+        elif node.op_type == "Div":
+            if node.inputs[1] in path.values:
+                return False
+        elif node.op_type not in PIECEWISE_LINEAR:
+            return False
+    return True
+
+
+def differentiate(
+    builder: GraphBuilder, path: Path, target: ir.Value, output: ir.Value, seed: ir.Value
+) -> ir.Value:
+    """Append the reverse pass of ``path`` and return ∂⟨seed, output⟩/∂target."""
+    missing = unsupported_nodes(path)
+    if missing:
+        raise UnsupportedOperator(missing[0])
+    grads: dict[ir.Value, ir.Value] = {output: seed}
+    for node in reversed(path.nodes):
+        output_grads = [grads.get(o) for o in node.outputs]
+        if all(g is None for g in output_grads):
+            continue
+        needs = [i is not None and i in path.values for i in node.inputs]
+        input_grads = RULES[node.op_type](builder, node, output_grads, needs)
+        for inp, need, grad in zip(node.inputs, needs, input_grads):
+            if not need or grad is None:
+                continue
+            grads[inp] = builder.op("Add", grads[inp], grad) if inp in grads else grad
+    if target not in grads:
+        raise ExportError(f"the scores do not depend on the target tensor '{target.name}'")
+    return grads[target]

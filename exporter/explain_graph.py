@@ -1,0 +1,145 @@
+"""Turn a classifier graph (logits + a target tensor) into the contract's explanation graph.
+
+Inputs: the image input and ``class_index`` (int64 [N], negative = top-1). Outputs: ``logits``,
+``target``, ``activations``, ``gradients``, ``gradients_pow2``, ``gradients_pow3`` (all NCHW),
+plus the head-only path for Ablation-CAM (``head_activations`` → ``head_logits``) when the
+target tensor separates the input from the scores.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+
+import numpy as np
+import onnx
+import onnx_ir as ir
+import onnx_ir.passes.common as ir_passes
+
+from onnxcam.exporter.autodiff import differentiate, find_path, is_piecewise_linear
+from onnxcam.exporter.builder import GraphBuilder
+from onnxcam.exporter.errors import ExportError
+from onnxcam.exporter.head import add_head_path
+from onnxcam.exporter.layout import feature_layout
+from onnxcam.exporter.probe import TensorFacts
+
+FORMAT_VERSION = "1"
+
+
+@dataclass
+class GraphSpec:
+    """What the explanation graph is built from."""
+
+    model: onnx.ModelProto          # the classifier, opset ≥ 17, logits as a graph tensor
+    image_input: str
+    logits: str
+    target: str
+    source: str
+    target_layer: str               # the user-facing name (module name or tensor name)
+    preprocess: dict
+    labels: list[str] | None = None
+    extra_metadata: dict[str, str] = field(default_factory=dict)
+
+
+def values_by_name(graph: ir.Graph) -> dict[str, ir.Value]:
+    """Every named tensor of ``graph``."""
+    values: dict[str, ir.Value] = {v.name: v for v in graph.inputs}
+    values.update(graph.initializers)
+    for node in graph:
+        for out in node.outputs:
+            if out.name:
+                values[out.name] = out
+    return values
+
+
+def resolve_identity(value: ir.Value) -> ir.Value:
+    """Follow Identity nodes back to the tensor the rest of the graph actually uses."""
+    while value.producer() is not None and value.producer().op_type == "Identity":
+        value = value.producer().inputs[0]
+    return value
+
+
+def _set_output(graph: ir.Graph, builder: GraphBuilder, value: ir.Value, name: str, dtype: ir.DataType,
+                dims: list) -> ir.Value:
+    """Expose ``value`` as graph output ``name`` (renaming new tensors, an Identity for source ones)."""
+    if value.name != name:
+        if value.name.startswith(builder.prefix):
+            value.name = name
+        else:
+            value = builder.op("Identity", value)
+            value.name = name
+    value.type = ir.TensorType(dtype)
+    value.shape = ir.Shape(dims)
+    graph.outputs.append(value)
+    return value
+
+
+def build_explanation_graph(spec: GraphSpec, facts: TensorFacts) -> onnx.ModelProto:
+    """The explanation graph of ``spec`` (see the module docstring)."""
+    opset = max(17, next((o.version for o in spec.model.opset_import if o.domain in ("", "ai.onnx")), 17))
+    model = ir.from_proto(spec.model)
+    graph = model.graph
+    values = values_by_name(graph)
+    logits, target = values[spec.logits], resolve_identity(values[spec.target])
+    builder = GraphBuilder(graph, facts, opset)
+    image = values[spec.image_input]
+    batch: str | int = "N" if facts.batch_dynamic else 1
+    if not facts.batch_dynamic:
+        image.shape = ir.Shape([1, *facts.shape(image.name)[1:]])
+
+    target_shape = facts.shape(target.name)
+    if len(target_shape) != 4:
+        raise ExportError(
+            f"target '{spec.target_layer}' has shape {list(target_shape)}; a 4-D feature map is needed"
+        )
+    num_classes = facts.shape(logits.name)[1]
+
+    class_index = ir.Value(name="class_index", type=ir.TensorType(ir.DataType.INT64), shape=ir.Shape([batch]))
+    graph.inputs.append(class_index)
+    top1 = builder.op("ArgMax", logits, axis=1, keepdims=0)
+    chosen = builder.op("Where", builder.op("Less", class_index, builder.ints([0])), top1, class_index)
+    seed = builder.op("OneHot", chosen, builder.ints([num_classes]), builder.const(np.array([0, 1], np.float32)),
+                      axis=-1)
+
+    path = find_path(graph, facts, target, logits)
+    gradient = differentiate(builder, path, target, logits, seed)
+
+    layout = feature_layout(target, facts)
+    activations: ir.Value = target
+    if layout == "NHWC":
+        activations = builder.op("Transpose", target, perm=[0, 3, 1, 2])
+        gradient = builder.op("Transpose", gradient, perm=[0, 3, 1, 2])
+        target_shape = (target_shape[0], target_shape[3], target_shape[1], target_shape[2])
+    gradient_pow2 = builder.op("Mul", gradient, gradient)
+    gradient_pow3 = builder.op("Mul", gradient_pow2, gradient)
+
+    has_head = add_head_path(builder, graph, facts, spec, target, logits, layout)
+
+    graph.outputs.clear()
+    fmap = [batch, *target_shape[1:]]
+    _set_output(graph, builder, logits, "logits", ir.DataType.FLOAT, [batch, num_classes])
+    _set_output(graph, builder, chosen, "target", ir.DataType.INT64, [batch])
+    for value, name in ((activations, "activations"), (gradient, "gradients"),
+                        (gradient_pow2, "gradients_pow2"), (gradient_pow3, "gradients_pow3")):
+        _set_output(graph, builder, value, name, ir.DataType.FLOAT, fmap)
+    if has_head:
+        _set_output(graph, builder, has_head, "head_logits", ir.DataType.FLOAT, ["M", num_classes])
+
+    ir_passes.RemoveUnusedNodesPass()(model)
+    ir_passes.TopologicalSortPass()(model)
+    metadata = {
+        "onnxcam.format": FORMAT_VERSION,
+        "onnxcam.source": spec.source,
+        "onnxcam.target_layer": spec.target_layer,
+        "onnxcam.image_input": spec.image_input,
+        "onnxcam.preprocess": json.dumps(spec.preprocess),
+        "onnxcam.head_piecewise_linear": "true" if is_piecewise_linear(path) else "false",
+        **({"onnxcam.labels": json.dumps(spec.labels)} if spec.labels else {}),
+        **({"onnxcam.head_input": "head_activations"} if has_head else {}),
+        **spec.extra_metadata,
+    }
+    proto = ir.to_proto(model)
+    del proto.metadata_props[:]
+    for key, value in metadata.items():
+        proto.metadata_props.add(key=key, value=value)
+    proto.producer_name = "onnxcam"
+    return proto

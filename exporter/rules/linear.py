@@ -1,0 +1,127 @@
+"""Matrix products and convolutions: the adjoint of a linear map is its transpose."""
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import onnx_ir as ir
+
+from onnxcam.exporter.builder import GraphBuilder
+from onnxcam.exporter.errors import ExportError
+from onnxcam.exporter.rules import rule
+
+Grads = Sequence["ir.Value | None"]
+
+
+@rule("Gemm", piecewise_linear=True)
+def gemm(b: GraphBuilder, node: ir.Node, dys: Grads, needs: Sequence[bool]) -> Grads:
+    """y = α·op(A)·op(B) + β·C:  dA = α·dy·op(B)ᵀ (transposed back if transA),
+    dB = α·op(A)ᵀ·dy (transposed back if transB), dC = unbroadcast(β·dy)."""
+    a, c = node.inputs[0], node.inputs[1]
+    dy = dys[0]
+    alpha = node.attributes.get_float("alpha", 1.0)
+    beta = node.attributes.get_float("beta", 1.0)
+    trans_a = node.attributes.get_int("transA", 0)
+    trans_b = node.attributes.get_int("transB", 0)
+    grads: list[ir.Value | None] = [None] * len(node.inputs)
+    if needs[0]:
+        if trans_a:
+            grads[0] = b.op("Gemm", c, dy, alpha=alpha, transA=trans_b, transB=1)
+        else:
+            grads[0] = b.op("Gemm", dy, c, alpha=alpha, transB=1 - trans_b)
+    if needs[1]:
+        if trans_b:
+            grads[1] = b.op("Gemm", dy, a, alpha=alpha, transA=1, transB=trans_a)
+        else:
+            grads[1] = b.op("Gemm", a, dy, alpha=alpha, transA=1 - trans_a)
+    if len(needs) > 2 and needs[2]:
+        scaled = dy if beta == 1.0 else b.op("Mul", dy, b.scalar(beta, dy))
+        grads[2] = b.unbroadcast(scaled, node.inputs[2], b.static_shape(node.outputs[0]))
+    return grads
+
+
+def _swap_last(b: GraphBuilder, x: ir.Value, rank: int) -> ir.Value:
+    perm = list(range(rank - 2)) + [rank - 1, rank - 2]
+    return b.op("Transpose", x, perm=perm)
+
+
+@rule("MatMul", piecewise_linear=True)
+def matmul(b: GraphBuilder, node: ir.Node, dys: Grads, needs: Sequence[bool]) -> Grads:
+    """y = A @ B (batched, broadcasting):  dA = unbroadcast(dy @ Bᵀ), dB = unbroadcast(Aᵀ @ dy)."""
+    a, c = node.inputs
+    dy, y_shape = dys[0], b.static_shape(node.outputs[0])
+    a_shape, c_shape = b.static_shape(a), b.static_shape(c)
+    if len(a_shape) < 2 or len(c_shape) < 2:
+        raise ExportError(f"MatMul node '{node.name}': 1-D operands are not supported on the path to the scores")
+    grads: list[ir.Value | None] = [None, None]
+    if needs[0]:
+        da = b.op("MatMul", dy, _swap_last(b, c, len(c_shape)))
+        grads[0] = b.unbroadcast(da, a, y_shape[:-2] + a_shape[-2:])
+    if needs[1]:
+        dc = b.op("MatMul", _swap_last(b, a, len(a_shape)), dy)
+        grads[1] = b.unbroadcast(dc, c, y_shape[:-2] + c_shape[-2:])
+    return grads
+
+
+def _conv_geometry(b: GraphBuilder, node: ir.Node, x_shape, y_shape, kernel) -> tuple[list[int], list[int], list[int]]:
+    """Explicit (strides, dilations, pads) of a Conv node, resolving ``auto_pad``."""
+    spatial = len(kernel)
+    strides = list(node.attributes.get_ints("strides", [1] * spatial))
+    dilations = list(node.attributes.get_ints("dilations", [1] * spatial))
+    auto_pad = node.attributes.get_string("auto_pad", "NOTSET")
+    if auto_pad in ("NOTSET", ""):
+        pads = list(node.attributes.get_ints("pads", [0] * 2 * spatial))
+    elif auto_pad == "VALID":
+        pads = [0] * 2 * spatial
+    else:
+        begins, ends = [], []
+        for i in range(spatial):
+            total = max(0, (y_shape[2 + i] - 1) * strides[i] + (kernel[i] - 1) * dilations[i] + 1 - x_shape[2 + i])
+            small, large = total // 2, total - total // 2
+            begins.append(small if auto_pad == "SAME_UPPER" else large)
+            ends.append(large if auto_pad == "SAME_UPPER" else small)
+        pads = begins + ends
+    return strides, dilations, pads
+
+
+@rule("Conv", piecewise_linear=True)
+def conv(b: GraphBuilder, node: ir.Node, dys: Grads, needs: Sequence[bool]) -> Grads:
+    """y = W ⋆ x + bias:  dx = ConvTranspose(dy, W) with the same strides, pads, dilations and
+    group, and output_padding restoring x's size (the rows of the stride that the forward pass dropped)."""
+    if any(needs[1:]):
+        raise ExportError(f"Conv node '{node.name}': weights that depend on the target are not supported")
+    x, w = node.inputs[0], node.inputs[1]
+    x_shape, y_shape = b.static_shape(x), b.static_shape(node.outputs[0])
+    kernel = b.static_shape(w)[2:]
+    strides, dilations, pads = _conv_geometry(b, node, x_shape, y_shape, kernel)
+    spatial = len(kernel)
+    output_padding = []
+    for i in range(spatial):
+        covered = (y_shape[2 + i] - 1) * strides[i] + (kernel[i] - 1) * dilations[i] + 1
+        output_padding.append(x_shape[2 + i] + pads[i] + pads[spatial + i] - covered)
+    dx = b.op(
+        "ConvTranspose", dys[0], w,
+        strides=strides, dilations=dilations, pads=pads, group=node.attributes.get_int("group", 1),
+        kernel_shape=list(kernel), output_padding=output_padding,
+    )
+    return [dx] + [None] * (len(node.inputs) - 1)
+
+
+@rule("ConvTranspose", piecewise_linear=True)
+def conv_transpose(b: GraphBuilder, node: ir.Node, dys: Grads, needs: Sequence[bool]) -> Grads:
+    """y = Wᵀ ⋆ x (transposed convolution):  dx = Conv(dy, W) with the same strides, pads,
+    dilations and group."""
+    if any(needs[1:]):
+        raise ExportError(f"ConvTranspose node '{node.name}': weights that depend on the target are not supported")
+    if node.attributes.get_string("auto_pad", "NOTSET") not in ("NOTSET", "") or "output_shape" in node.attributes:
+        raise ExportError(f"ConvTranspose node '{node.name}': only explicit pads are supported")
+    w = node.inputs[1]
+    kernel = b.static_shape(w)[2:]
+    spatial = len(kernel)
+    dx = b.op(
+        "Conv", dys[0], w,
+        strides=list(node.attributes.get_ints("strides", [1] * spatial)),
+        dilations=list(node.attributes.get_ints("dilations", [1] * spatial)),
+        pads=list(node.attributes.get_ints("pads", [0] * 2 * spatial)),
+        group=node.attributes.get_int("group", 1), kernel_shape=list(kernel),
+    )
+    return [dx] + [None] * (len(node.inputs) - 1)

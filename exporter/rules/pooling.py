@@ -1,0 +1,118 @@
+"""Pooling and reductions."""
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import onnx_ir as ir
+
+from onnxcam.exporter.builder import GraphBuilder
+from onnxcam.exporter.errors import ExportError
+from onnxcam.exporter.rules import rule
+
+Grads = Sequence["ir.Value | None"]
+
+
+@rule("MaxPool", piecewise_linear=True)
+def max_pool(b: GraphBuilder, node: ir.Node, dys: Grads, needs: Sequence[bool]) -> Grads:
+    """y_o = x_{i(o)} with i(o) the arg-max of window o:  dx_i = Σ_{o: i(o) = i} dy_o.
+
+    The forward node is given its ``Indices`` output (flat indices into x) and the gradient is
+    ``ScatterElements(zeros, indices, dy, reduction="add")``.
+    """
+    x = node.inputs[0]
+    if len(node.outputs) < 2:
+        node.resize_outputs(2)
+        node.outputs[1].name = f"{node.outputs[0].name}/indices"
+        node.outputs[1].dtype = ir.DataType.INT64
+    indices = node.outputs[1]
+    flat = b.ints([-1])
+    zeros = b.op("ConstantOfShape", b.op("Reshape", b.op("Size", x), flat), value=ir.tensor(np.zeros(1, b.dtype(x))))
+    scattered = b.op(
+        "ScatterElements", zeros, b.op("Reshape", indices, flat), b.op("Reshape", dys[0], flat),
+        axis=0, reduction="add",
+    )
+    return [b.op("Reshape", scattered, b.shape_of(x))]
+
+
+def window_counts(size: int, kernel: int, stride: int, dilation: int, pad_begin: int, pad_end: int,
+                  out_size: int, include_pad: bool) -> np.ndarray:
+    """How many elements each of the ``out_size`` windows of one axis averages over."""
+    low, high = (-pad_begin, size + pad_end) if include_pad else (0, size)
+    counts = []
+    for o in range(out_size):
+        taps = o * stride - pad_begin + dilation * np.arange(kernel)
+        counts.append(int(np.count_nonzero((taps >= low) & (taps < high))))
+    return np.array(counts, dtype=np.float64)
+
+
+@rule("AveragePool", piecewise_linear=True)
+def average_pool(b: GraphBuilder, node: ir.Node, dys: Grads, needs: Sequence[bool]) -> Grads:
+    """y_o = (1/n_o) Σ_{i ∈ window o} x_i:  dx = ConvTranspose(dy / n, ones) per channel, where
+    n_o counts the window's elements (padding included or not, as ``count_include_pad`` says)."""
+    from onnxcam.exporter.rules.linear import _conv_geometry
+
+    x, y = node.inputs[0], node.outputs[0]
+    x_shape, y_shape = b.static_shape(x), b.static_shape(y)
+    kernel = list(node.attributes.get_ints("kernel_shape"))
+    strides, dilations, pads = _conv_geometry(b, node, x_shape, y_shape, kernel)
+    spatial, channels = len(kernel), x_shape[1]
+    include_pad = bool(node.attributes.get_int("count_include_pad", 0))
+    counts = np.ones(())
+    for i in range(spatial):
+        axis_counts = window_counts(x_shape[2 + i], kernel[i], strides[i], dilations[i], pads[i],
+                                    pads[spatial + i], y_shape[2 + i], include_pad)
+        counts = np.multiply.outer(counts, axis_counts)
+    dtype = b.dtype(x)
+    scaled = b.op("Mul", dys[0], b.const((1.0 / counts)[None, None].astype(dtype), "inverse_window_count"))
+    # A ceil_mode window may end beyond the padded input: ConvTranspose has no negative
+    # output_padding, so the excess is cropped with a larger end pad instead.
+    output_padding, back_pads = [], list(pads)
+    for i in range(spatial):
+        covered = (y_shape[2 + i] - 1) * strides[i] + (kernel[i] - 1) * dilations[i] + 1
+        missing = x_shape[2 + i] + pads[i] + pads[spatial + i] - covered
+        output_padding.append(max(0, missing))
+        back_pads[spatial + i] += max(0, -missing)
+    ones = b.const(np.ones([channels, 1] + kernel, dtype=dtype), "window")
+    dx = b.op("ConvTranspose", scaled, ones, strides=strides, dilations=dilations, pads=back_pads,
+              group=channels, kernel_shape=kernel, output_padding=output_padding)
+    return [dx]
+
+
+@rule("GlobalAveragePool", piecewise_linear=True)
+def global_average_pool(b: GraphBuilder, node: ir.Node, dys: Grads, needs: Sequence[bool]) -> Grads:
+    """y = mean over space of x:  dx = expand(dy) / (h·w)."""
+    x = node.inputs[0]
+    area = int(np.prod(b.static_shape(x)[2:]))
+    return [b.op("Expand", b.op("Mul", dys[0], b.scalar(1.0 / area, x)), b.shape_of(x))]
+
+
+def _reduction_axes(b: GraphBuilder, node: ir.Node) -> list[int] | None:
+    x = node.inputs[0]
+    rank = b.rank(x)
+    if len(node.inputs) > 1 and node.inputs[1] is not None and node.inputs[1].name:
+        axes = b.require_constant(node.inputs[1], node, "axes").tolist()
+    else:
+        axes = node.attributes.get_ints("axes", None)
+    if not axes:
+        if node.attributes.get_int("noop_with_empty_axes", 0):
+            return None
+        axes = list(range(rank))
+    return sorted(int(a) % rank for a in axes)
+
+
+@rule("ReduceMean", "ReduceSum", piecewise_linear=True)
+def reduce_mean_sum(b: GraphBuilder, node: ir.Node, dys: Grads, needs: Sequence[bool]) -> Grads:
+    """y = Σ_axes x (÷ n for the mean):  dx = expand(dy, restored axes) (÷ n)."""
+    x = node.inputs[0]
+    axes = _reduction_axes(b, node)
+    if axes is None:
+        return [dys[0]] + [None] * (len(node.inputs) - 1)
+    b.check_batch_axis(axes, node)
+    dy = dys[0]
+    if not node.attributes.get_int("keepdims", 1):
+        dy = b.op("Unsqueeze", dy, b.ints(axes))
+    if node.op_type == "ReduceMean":
+        count = int(np.prod([b.static_shape(x)[a] for a in axes]))
+        dy = b.op("Mul", dy, b.scalar(1.0 / count, x))
+    return [b.op("Expand", dy, b.shape_of(x))] + [None] * (len(node.inputs) - 1)

@@ -1,0 +1,149 @@
+"""Operators that move data without arithmetic: reshapes, permutations, slicing and joining."""
+from __future__ import annotations
+
+import string
+from collections.abc import Sequence
+
+import numpy as np
+import onnx_ir as ir
+
+from onnxcam.exporter.builder import GraphBuilder
+from onnxcam.exporter.errors import ExportError
+from onnxcam.exporter.rules import rule
+
+Grads = Sequence["ir.Value | None"]
+
+
+@rule("Identity", "Dropout", piecewise_linear=True)
+def identity(b: GraphBuilder, node: ir.Node, dys: Grads, needs: Sequence[bool]) -> Grads:
+    """y = x (Dropout at inference):  dx = dy."""
+    return [dys[0]] + [None] * (len(node.inputs) - 1)
+
+
+@rule("Cast", piecewise_linear=True)
+def cast(b: GraphBuilder, node: ir.Node, dys: Grads, needs: Sequence[bool]) -> Grads:
+    """y = cast(x):  dx = cast(dy) back to x's float type."""
+    x = node.inputs[0]
+    if b.dtype(x) == b.dtype(node.outputs[0]):
+        return [dys[0]]
+    return [b.op("Cast", dys[0], to=ir.DataType.from_numpy(b.dtype(x)))]
+
+
+@rule("Flatten", "Reshape", "Squeeze", "Unsqueeze", piecewise_linear=True)
+def reshape(b: GraphBuilder, node: ir.Node, dys: Grads, needs: Sequence[bool]) -> Grads:
+    """y = x with another shape:  dx = reshape(dy, shape(x))."""
+    x = node.inputs[0]
+    return [b.op("Reshape", dys[0], b.shape_of(x))] + [None] * (len(node.inputs) - 1)
+
+
+@rule("Transpose", piecewise_linear=True)
+def transpose(b: GraphBuilder, node: ir.Node, dys: Grads, needs: Sequence[bool]) -> Grads:
+    """y = transpose(x, p):  dx = transpose(dy, p⁻¹)."""
+    rank = b.rank(node.inputs[0])
+    perm = list(node.attributes.get_ints("perm", list(reversed(range(rank)))))
+    return [b.op("Transpose", dys[0], perm=[int(i) for i in np.argsort(perm)])]
+
+
+@rule("Concat", piecewise_linear=True)
+def concat(b: GraphBuilder, node: ir.Node, dys: Grads, needs: Sequence[bool]) -> Grads:
+    """y = concat(x_1 … x_n, axis):  dx_i = the i-th piece of split(dy, sizes, axis)."""
+    rank = b.rank(node.outputs[0])
+    axis = node.attributes.get_int("axis") % rank
+    b.check_batch_axis([axis], node)
+    sizes = [b.static_shape(x)[axis] for x in node.inputs]
+    return b.split_sizes(dys[0], axis, sizes)
+
+
+@rule("Split", piecewise_linear=True)
+def split(b: GraphBuilder, node: ir.Node, dys: Grads, needs: Sequence[bool]) -> Grads:
+    """(y_1 … y_n) = split(x, axis):  dx = concat(dy_1 … dy_n, axis), zeros for unused pieces."""
+    axis = node.attributes.get_int("axis", 0) % b.rank(node.inputs[0])
+    pieces = [dy if dy is not None else b.zeros_like(y) for dy, y in zip(dys, node.outputs)]
+    return [b.op("Concat", *pieces, axis=axis)] + [None] * (len(node.inputs) - 1)
+
+
+def _slice_ranges(b: GraphBuilder, node: ir.Node) -> dict[int, range]:
+    x_shape = b.static_shape(node.inputs[0])
+    rank = len(x_shape)
+    const = [b.require_constant(v, node, what).astype(np.int64).tolist() if v is not None and v.name else None
+             for v, what in zip(list(node.inputs[1:5]) + [None] * (5 - len(node.inputs)),
+                                ("starts", "ends", "axes", "steps"))]
+    starts, ends, axes, steps = const
+    axes = axes if axes is not None else list(range(len(starts)))
+    steps = steps if steps is not None else [1] * len(starts)
+    ranges = {}
+    for start, end, axis, step in zip(starts, ends, axes, steps):
+        axis %= rank
+        ranges[axis] = range(*slice(start, end, step).indices(x_shape[axis]))
+    return ranges
+
+
+@rule("Slice", piecewise_linear=True)
+def slice_(b: GraphBuilder, node: ir.Node, dys: Grads, needs: Sequence[bool]) -> Grads:
+    """y = x[a:e] along some axes (unit steps):  dx = pad(dy) with zeros back to x's shape."""
+    x = node.inputs[0]
+    x_shape = b.static_shape(x)
+    ranges = _slice_ranges(b, node)
+    b.check_batch_axis(list(ranges), node)
+    begins, ends = [0] * len(x_shape), [0] * len(x_shape)
+    for axis, kept in ranges.items():
+        if kept.step != 1 or len(kept) == 0:
+            raise ExportError(f"Slice node '{node.name}': only non-empty unit-step slices are supported")
+        begins[axis], ends[axis] = kept.start, x_shape[axis] - kept.stop
+    return [b.op("Pad", dys[0], b.ints(begins + ends))] + [None] * (len(node.inputs) - 1)
+
+
+@rule("Pad", piecewise_linear=True)
+def pad(b: GraphBuilder, node: ir.Node, dys: Grads, needs: Sequence[bool]) -> Grads:
+    """y = constant-pad(x, p):  dx = dy with the padding sliced off (negative pads, a crop, padded back)."""
+    x = node.inputs[0]
+    mode = node.attributes.get_string("mode", "constant")
+    if mode != "constant":
+        raise ExportError(f"Pad node '{node.name}': mode '{mode}' is not supported (only 'constant')")
+    rank = b.rank(x)
+    pads = b.require_constant(node.inputs[1], node, "pads").astype(np.int64).tolist()
+    axes = list(range(rank))
+    if len(node.inputs) > 3 and node.inputs[3] is not None and node.inputs[3].name:
+        axes = [a % rank for a in b.require_constant(node.inputs[3], node, "axes").tolist()]
+    full = [0] * (2 * rank)
+    for i, axis in enumerate(axes):
+        full[axis], full[rank + axis] = pads[i], pads[len(axes) + i]
+    b.check_batch_axis([a for a in range(rank) if full[a] or full[rank + a]], node)
+    y_shape = b.static_shape(node.outputs[0])
+    starts = [max(p, 0) for p in full[:rank]]
+    stops = [y_shape[a] - max(full[rank + a], 0) for a in range(rank)]
+    dx = b.op("Slice", dys[0], b.ints(starts), b.ints(stops), b.ints(list(range(rank))))
+    crop = [max(-p, 0) for p in full]
+    if any(crop):
+        dx = b.op("Pad", dx, b.ints(crop))
+    return [dx] + [None] * (len(node.inputs) - 1)
+
+
+@rule("Gather", piecewise_linear=True)
+def gather(b: GraphBuilder, node: ir.Node, dys: Grads, needs: Sequence[bool]) -> Grads:
+    """y = take(x, idx, axis):  dx = dy contracted with the one-hot matrix M[l, d] = [idx_l = d]
+    (repeated indices add up)."""
+    x, indices = node.inputs
+    x_shape = b.static_shape(x)
+    rank = len(x_shape)
+    axis = node.attributes.get_int("axis", 0) % rank
+    b.check_batch_axis([axis], node)
+    idx = np.asarray(b.require_constant(indices, node, "indices")).astype(np.int64)
+    flat = (idx.reshape(-1) % x_shape[axis])
+    one_hot = (flat[:, None] == np.arange(x_shape[axis])[None, :]).astype(b.dtype(x))
+    dy = dys[0]
+    if idx.ndim != 1:  # a scalar index dropped the axis, a k-D index made k axes: fold them into one
+        dy = b.op("Reshape", dy, b.ints(_fold_shape(x_shape, axis, len(flat), b.facts.batch_dynamic)))
+    letters = string.ascii_lowercase[:rank]
+    equation = f"{letters.replace(letters[axis], 'y')},yz->{letters.replace(letters[axis], 'z')}"
+    dx = b.op("Einsum", dy, b.const(one_hot, "gather_one_hot"), equation=equation)
+    return [dx, None]
+
+
+def _fold_shape(x_shape: tuple[int, ...], axis: int, length: int, batch_dynamic: bool) -> list[int]:
+    """Reshape target for dy with the gathered index axes folded into one of ``length``."""
+    shape = list(x_shape)
+    shape[axis] = length
+    if batch_dynamic and axis != 0:
+        shape[0] = -1
+    return shape

@@ -1,0 +1,137 @@
+"""Export a PyTorch classifier to ONNX with its target layer's output exposed.
+
+A forward hook on the target module records each of its outputs; a wrapper returns the logits
+and the recorded output of the chosen call, so the exported graph names both tensors. The
+dynamo exporter is tried first (dynamic batch axis), the TorchScript exporter second.
+"""
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import warnings
+from dataclasses import dataclass
+
+import onnx
+import torch
+from torch import nn
+
+from onnxcam.exporter.errors import ExportError
+
+IMAGE_INPUT, LOGITS, TARGET = "input", "logits", "onnxcam_target"
+
+
+@dataclass
+class TargetCall:
+    """Which call of the target module is explained, and how many calls one forward pass makes."""
+
+    index: int
+    count: int
+
+    def describe(self, name: str) -> str | None:
+        if self.count == 1:
+            return None
+        return f"module '{name}' runs {self.count} times in one forward pass; explaining call {self.index + 1} (the last)"
+
+
+class ExposeTarget(nn.Module):
+    """Returns ``(logits, output of the target module's chosen call)``."""
+
+    def __init__(self, model: nn.Module, target: nn.Module, call_index: int) -> None:
+        super().__init__()
+        self.model, self.call_index = model, call_index
+        self._outputs: list[torch.Tensor] = []
+        self._handle = target.register_forward_hook(self._record)
+
+    def _record(self, module: nn.Module, args: tuple, output: torch.Tensor) -> torch.Tensor | None:
+        """Keep the output and hand a copy downstream, so that in-place operators after the
+        target (DenseNet's ``relu(features, inplace=True)``) cannot change what is explained."""
+        if isinstance(output, torch.Tensor):
+            self._outputs.append(output)
+            return output.clone()
+        self._outputs.append(output[0])
+        return None
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        self._outputs = []
+        logits = self.model(x)
+        if isinstance(logits, (tuple, list)):
+            logits = logits[0]
+        elif hasattr(logits, "logits"):
+            logits = logits.logits
+        return logits, self._outputs[self.call_index]
+
+    def remove(self) -> None:
+        self._handle.remove()
+
+
+def count_calls(model: nn.Module, target: nn.Module, example: torch.Tensor) -> int:
+    """How many times ``target`` runs in one forward pass of ``model`` on ``example``."""
+    calls = []
+    handle = target.register_forward_hook(lambda *_: calls.append(1))
+    try:
+        with torch.no_grad():
+            model(example)
+    finally:
+        handle.remove()
+    return len(calls)
+
+
+def _dynamo_export(wrapper: nn.Module, example: torch.Tensor, opset: int) -> onnx.ModelProto:
+    batch = torch.export.Dim("batch", min=1, max=4096)
+    program = torch.onnx.export(
+        wrapper, (example,), dynamo=True, input_names=[IMAGE_INPUT], output_names=[LOGITS, TARGET],
+        dynamic_shapes=({0: batch},), opset_version=opset, verbose=False,
+    )
+    return program.model_proto
+
+
+def _torchscript_export(wrapper: nn.Module, example: torch.Tensor, opset: int) -> onnx.ModelProto:
+    buffer = io.BytesIO()
+    torch.onnx.export(
+        wrapper, (example,), buffer, dynamo=False, input_names=[IMAGE_INPUT], output_names=[LOGITS, TARGET],
+        dynamic_axes={IMAGE_INPUT: {0: "N"}}, opset_version=opset, do_constant_folding=True,
+    )
+    return onnx.load_from_string(buffer.getvalue())
+
+
+def export_with_target(model: nn.Module, target_name: str, input_size: tuple[int, int, int],
+                       opset: int = 18, call_index: int | None = None) -> tuple[onnx.ModelProto, TargetCall]:
+    """ONNX graph of ``model`` with outputs ``logits`` and ``onnxcam_target`` (the target's output)."""
+    modules = dict(model.named_modules())
+    if target_name not in modules:
+        raise ExportError(f"unknown target layer '{target_name}'")
+    model.eval()
+    example = torch.randn(2, *input_size)
+    count = count_calls(model, modules[target_name], example)
+    if count == 0:
+        raise ExportError(f"target layer '{target_name}' does not run in the forward pass")
+    call = TargetCall(count - 1 if call_index is None else call_index, count)
+    wrapper = ExposeTarget(model, modules[target_name], call.index)
+    errors = []
+    try:
+        for exporter in (_dynamo_export, _torchscript_export):
+            try:
+                with _quiet():
+                    return exporter(wrapper, example, opset), call
+            except Exception as exc:  # each exporter fails in its own ways
+                errors.append(f"{exporter.__name__.strip('_')}: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}")
+    finally:
+        wrapper.remove()
+    raise ExportError("torch.onnx could not export the model (" + "; ".join(errors) + ")")
+
+
+@contextlib.contextmanager
+def _quiet():
+    """Silence the exporters' progress lines and deprecation warnings."""
+    loggers = [logging.getLogger(n) for n in ("torch.onnx", "torch.export", "torch._dynamo", "onnxscript")]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        for lg, level in zip(loggers, levels):
+            lg.setLevel(level)

@@ -1,0 +1,87 @@
+"""Check an explanation graph against ``torch.autograd`` on the PyTorch model it came from.
+
+Pass criteria (the contract's numerics): logits within 1e-4 relative to max|S|, and
+max|Δg| ≤ 1e-4·max|g| + 1e-6 for the gradients of the explained class score.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import torch
+from torch import nn
+
+from onnxcam.exporter.errors import ExportError
+from onnxcam.exporter.torch_export import ExposeTarget
+
+
+@dataclass
+class Comparison:
+    """Largest deviations between the graph and torch, each with its allowed bound."""
+
+    logits_error: float
+    logits_bound: float
+    gradient_error: float
+    gradient_bound: float
+    activation_error: float
+
+    @property
+    def ok(self) -> bool:
+        return self.logits_error <= self.logits_bound and self.gradient_error <= self.gradient_bound
+
+    def __str__(self) -> str:
+        return (f"max|Δlogits| {self.logits_error:.2e} (≤ {self.logits_bound:.2e}), "
+                f"max|Δg| {self.gradient_error:.2e} (≤ {self.gradient_bound:.2e})")
+
+
+def torch_reference(model: nn.Module, target: str, call_index: int, x: np.ndarray,
+                    class_index: np.ndarray) -> dict[str, np.ndarray]:
+    """logits, explained class, activations and ∂S_class/∂A computed by torch.autograd."""
+    wrapper = ExposeTarget(model, dict(model.named_modules())[target], call_index)
+    try:
+        logits, activations = wrapper(torch.from_numpy(x))
+    finally:
+        wrapper.remove()
+    chosen = torch.where(torch.from_numpy(class_index) < 0, logits.argmax(1), torch.from_numpy(class_index))
+    score = logits.gather(1, chosen[:, None]).sum()
+    (gradients,) = torch.autograd.grad(score, activations)
+    return {"logits": logits.detach().numpy(), "target": chosen.numpy(),
+            "activations": activations.detach().numpy(), "gradients": gradients.numpy()}
+
+
+def run_graph(model: onnx.ModelProto, x: np.ndarray, class_index: np.ndarray) -> dict[str, np.ndarray]:
+    """Run the explanation graph on onnxruntime's CPU provider."""
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    image_input = next(p.value for p in model.metadata_props if p.key == "onnxcam.image_input")
+    names = ["logits", "target", "activations", "gradients"]
+    return dict(zip(names, session.run(names, {image_input: x, "class_index": class_index})))
+
+
+def compare(graph: dict[str, np.ndarray], reference: dict[str, np.ndarray]) -> Comparison:
+    """Deviations of ``graph`` from ``reference`` under the contract's tolerances."""
+    g_ref = reference["gradients"]
+    return Comparison(
+        logits_error=float(np.abs(graph["logits"] - reference["logits"]).max()),
+        logits_bound=1e-4 * float(np.abs(reference["logits"]).max()) + 1e-6,
+        gradient_error=float(np.abs(graph["gradients"] - g_ref).max()),
+        gradient_bound=1e-4 * float(np.abs(g_ref).max()) + 1e-6,
+        activation_error=float(np.abs(graph["activations"] - reference["activations"]).max()),
+    )
+
+
+def verify_against_torch(model: onnx.ModelProto, module: nn.Module, target: str, call_index: int,
+                         input_size: tuple[int, int, int], batch: int = 3, seed: int = 0) -> Comparison:
+    """Compare on a seeded random batch with mixed top-1 and explicit classes; raise on failure."""
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((batch, *input_size)).astype(np.float32)
+    with torch.no_grad():
+        num_classes = module(torch.from_numpy(x[:1])).shape[-1]
+    class_index = np.array([-1 if i % 2 == 0 else (7 * i) % num_classes for i in range(batch)], np.int64)
+    result = compare(run_graph(model, x, class_index), torch_reference(module, target, call_index, x, class_index))
+    if not result.ok:
+        raise ExportError(f"verification against torch.autograd FAILED: {result}")
+    return result
