@@ -1,0 +1,217 @@
+"""Reading images robustly, preprocessing from the graph metadata, and mapping back.
+
+Loading (``load_image``) always yields an 8-bit RGB PIL image:
+EXIF orientation applied (``ImageOps.exif_transpose``); grey ('L', '1') replicated to RGB;
+palette images expanded; anything with transparency ('RGBA', 'LA', 'PA', palette with
+``transparency``) is alpha-composited on WHITE (a cut-out object on white is what a
+classifier is used to; black would add a dark silhouette); CMYK/YCbCr/LAB/HSV converted by
+Pillow; 16-bit ('I;16*') and 32-bit integer ('I') greys scaled by 255/65535; float ('F')
+greys taken as 0..1 when max ≤ 1, else 0..255, then clipped.
+"""
+from __future__ import annotations
+
+import json
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Union
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from onnxcam.runtime.colormap import overlay  # noqa: F401  (re-exported: images → overlays)
+from onnxcam.runtime.errors import ImageError
+from onnxcam.runtime.resize import resize_bilinear
+
+ImageLike = Union[str, Path, Image.Image]
+
+#: Refuse images above this many pixels (Pillow's own bomb threshold, ≈ 89.5 Mpx).
+MAX_PIXELS = 89_478_485
+
+
+@dataclass(frozen=True)
+class Geometry:
+    """Where the model input sits in the original photo.
+
+    original_size (H0, W0) → resized to resized_size (Hr, Wr) → the crop of size
+    input_size (H, W) whose top-left corner is crop_offset (top, left) in the resized
+    frame (negative when the crop is larger than the resized image: zero padding).
+    """
+
+    original_size: tuple[int, int]
+    resized_size: tuple[int, int]
+    crop_offset: tuple[int, int]
+    input_size: tuple[int, int]
+
+
+def _name(source: ImageLike) -> str:
+    return str(source) if not isinstance(source, Image.Image) else "<PIL image>"
+
+
+def _open(path: Path, max_pixels: int) -> Image.Image:
+    if path.is_dir():
+        raise ImageError(f"{path}: is a directory, not an image file")
+    try:
+        empty = path.stat().st_size == 0
+    except FileNotFoundError:
+        raise ImageError(f"{path}: no such file") from None
+    except OSError as exc:
+        raise ImageError(f"{path}: cannot read ({exc.strerror or exc})") from None
+    if empty:
+        raise ImageError(f"{path}: empty file")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            img = Image.open(path)
+    except UnidentifiedImageError:
+        raise ImageError(f"{path}: not an image file (unrecognised format)") from None
+    except Image.DecompressionBombError:
+        raise ImageError(f"{path}: refused, too many pixels (decompression-bomb guard)") from None
+    except Exception as exc:  # Pillow plugins raise many types on malformed headers  # noqa: BLE001
+        raise ImageError(f"{path}: cannot read ({_reason(exc)})") from None
+    _check_pixels(img, str(path), max_pixels)
+    try:
+        img.load()
+    except Exception as exc:  # truncated data, bad compression stream, ...  # noqa: BLE001
+        raise ImageError(f"{path}: corrupt or truncated image ({_reason(exc)})") from None
+    return img
+
+
+def _reason(exc: BaseException) -> str:
+    return (str(exc) or type(exc).__name__).splitlines()[0]
+
+
+def _check_pixels(img: Image.Image, name: str, max_pixels: int) -> None:
+    w, h = img.size
+    if w * h > max_pixels:
+        raise ImageError(f"{name}: refused, {w}x{h} = {w * h / 1e6:.1f} megapixels is above the "
+                         f"limit of {max_pixels / 1e6:.1f} (decompression-bomb guard)")
+    if w == 0 or h == 0:
+        raise ImageError(f"{name}: image has no pixels ({w}x{h})")
+
+
+def _to_rgb(img: Image.Image) -> Image.Image:
+    mode = img.mode
+    if mode.startswith("I;16") or mode == "I":
+        a = np.asarray(img, dtype=np.float64) * (255.0 / 65535.0)
+        return Image.fromarray(np.clip(np.rint(a), 0, 255).astype(np.uint8)).convert("RGB")
+    if mode == "F":
+        a = np.asarray(img, dtype=np.float64)
+        a = a * 255.0 if np.nanmax(a) <= 1.0 else a
+        return Image.fromarray(np.clip(np.nan_to_num(np.rint(a)), 0, 255).astype(np.uint8)).convert("RGB")
+    if mode == "P":
+        img = img.convert("RGBA" if "transparency" in img.info else "RGB")
+    elif mode in ("LA", "PA", "La", "RGBa") or (mode in ("L", "RGB") and "transparency" in img.info):
+        img = img.convert("RGBA")
+    if img.mode == "RGBA":
+        white = Image.new("RGBA", img.size, (255, 255, 255, 255))
+        return Image.alpha_composite(white, img).convert("RGB")
+    return img if img.mode == "RGB" else img.convert("RGB")
+
+
+def load_image(source: ImageLike, max_pixels: int = MAX_PIXELS) -> Image.Image:
+    """Read a file path or PIL image into an 8-bit RGB PIL image (see module docstring).
+
+    Raises ImageError (one line naming the file) for missing, empty, non-image, corrupt or
+    truncated files and for images above ``max_pixels`` (decompression-bomb guard).
+    """
+    if isinstance(source, Image.Image):
+        _check_pixels(source, _name(source), max_pixels)
+        img = source
+    else:
+        img = _open(Path(source), max_pixels)
+    try:
+        img = ImageOps.exif_transpose(img)
+    except Exception:  # a broken EXIF block must not lose the picture  # noqa: BLE001
+        pass
+    try:
+        return _to_rgb(img)
+    except (OSError, ValueError) as exc:
+        raise ImageError(f"{_name(source)}: cannot convert mode {img.mode} to RGB ({exc})") from None
+
+
+@dataclass(frozen=True)
+class PreprocessSpec:
+    """The ``onnxcam.preprocess`` metadata: x = (pixels·scale − mean)/std in ``layout``."""
+
+    layout: str = "NCHW"
+    color: str = "RGB"
+    size: tuple[int, int] = (224, 224)
+    resize: int | None = None
+    scale: float = 1.0 / 255.0
+    mean: tuple[float, ...] = (0.0, 0.0, 0.0)
+    std: tuple[float, ...] = (1.0, 1.0, 1.0)
+
+    def __post_init__(self) -> None:  # accept lists, store tuples (hashable, comparable)
+        for name, cast in (("size", int), ("mean", float), ("std", float)):
+            object.__setattr__(self, name, tuple(cast(v) for v in getattr(self, name)))
+
+    @classmethod
+    def from_json(cls, text: str | dict[str, Any]) -> "PreprocessSpec":
+        d = json.loads(text) if isinstance(text, str) else dict(text)
+        spec = cls(layout=str(d.get("layout", "NCHW")).upper(), color=str(d.get("color", "RGB")).upper(),
+                   size=tuple(int(v) for v in d["size"]),
+                   resize=None if d.get("resize") is None else int(d["resize"]),
+                   scale=float(d.get("scale", 1.0 / 255.0)),
+                   mean=tuple(float(v) for v in d.get("mean", (0.0,) * 3)),
+                   std=tuple(float(v) for v in d.get("std", (1.0,) * 3)))
+        if spec.layout not in ("NCHW", "NHWC") or spec.color not in ("RGB", "BGR") or len(spec.size) != 2:
+            raise ValueError(f"bad onnxcam.preprocess metadata: {d}")
+        return spec
+
+
+def _geometry(w0: int, h0: int, spec: PreprocessSpec) -> Geometry:
+    H, W = spec.size
+    if spec.resize is None:
+        return Geometry((h0, w0), (H, W), (0, 0), (H, W))
+    short, long_ = (w0, h0) if w0 <= h0 else (h0, w0)  # torchvision Resize(int) rule
+    new_long = int(spec.resize * long_ / short)
+    wr, hr = (spec.resize, new_long) if w0 <= h0 else (new_long, spec.resize)
+
+    def offset(have: int, want: int) -> int:  # torchvision CenterCrop (pads when too small)
+        return int(round((have - want) / 2.0)) if have >= want else -((want - have) // 2)
+
+    return Geometry((h0, w0), (hr, wr), (offset(hr, H), offset(wr, W)), (H, W))
+
+
+def preprocess_image(img: Image.Image, spec: PreprocessSpec) -> tuple[np.ndarray, Geometry]:
+    """One RGB image → (x [C, H, W] or [H, W, C] float32, Geometry).
+
+    Resize the short side to ``spec.resize`` (bilinear, torchvision's size rule), centre-crop
+    ``spec.size`` (zero padding where the crop overhangs); with ``resize`` null, resize
+    straight to ``spec.size``. Then x = (pixels·scale − mean)/std, channels in ``color`` order.
+    """
+    geo = _geometry(img.width, img.height, spec)
+    (hr, wr), (top, left), (H, W) = geo.resized_size, geo.crop_offset, geo.input_size
+    if (hr, wr) != (img.height, img.width):
+        img = img.resize((wr, hr), Image.BILINEAR)
+    if (top, left, H, W) != (0, 0, hr, wr):
+        img = img.crop((left, top, left + W, top + H))  # out-of-bounds areas become 0
+    pix = np.asarray(img, dtype=np.float32)
+    if spec.color == "BGR":
+        pix = pix[..., ::-1]
+    x = (pix * np.float32(spec.scale) - np.asarray(spec.mean, np.float32)) / np.asarray(spec.std, np.float32)
+    return (x.transpose(2, 0, 1) if spec.layout == "NCHW" else x).astype(np.float32), geo
+
+
+def preprocess(images: list[ImageLike], spec: PreprocessSpec) -> tuple[np.ndarray, list[Geometry]]:
+    """Load (``load_image``) and preprocess a list of paths / PIL images into one batch."""
+    pairs = [preprocess_image(load_image(im), spec) for im in images]
+    return np.stack([p[0] for p in pairs]), [p[1] for p in pairs]
+
+
+def heatmap_to_original(heatmap: np.ndarray, geometry: Geometry) -> np.ndarray:
+    """Map a heatmap [H, W] at model input resolution onto the original photo → [H0, W0].
+
+    The heatmap is placed at ``crop_offset`` in a zero canvas of ``resized_size`` (areas the
+    crop did not see get 0), which is then resized bilinearly (half-pixel centres) to
+    ``original_size``.
+    """
+    heatmap = np.asarray(heatmap, dtype=np.float32)
+    if heatmap.shape != tuple(geometry.input_size):
+        raise ValueError(f"heatmap shape {heatmap.shape} != model input size {geometry.input_size}")
+    (hr, wr), (top, left), (H, W) = geometry.resized_size, geometry.crop_offset, geometry.input_size
+    canvas = np.zeros((hr, wr), np.float32)
+    y0, x0, y1, x1 = max(top, 0), max(left, 0), min(top + H, hr), min(left + W, wr)
+    canvas[y0:y1, x0:x1] = heatmap[y0 - top:y1 - top, x0 - left:x1 - left]
+    return resize_bilinear(canvas[None], geometry.original_size)[0]
