@@ -1,0 +1,214 @@
+"""``Explainer``: heatmaps from an explanation graph with numpy + onnxruntime only (CONTRACT §3)."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional, Sequence, Union
+
+import numpy as np
+from PIL import Image
+
+from onnxcam.runtime.ablation import ablationcam
+from onnxcam.runtime.errors import ClassIndexError, ModelError
+from onnxcam.runtime.images import Geometry, heatmap_to_original, preprocess
+from onnxcam.runtime.metadata import CLASS_INPUT, HEAD_OUTPUT, ModelInfo, read_model_info
+from onnxcam.runtime.methods import METHODS, REQUIRED_OUTPUTS
+from onnxcam.runtime.postprocess import postprocess
+from onnxcam.runtime.providers import ProviderSpec, Runner
+from onnxcam.runtime.scorecam import scorecam
+
+ALL_METHODS = tuple(METHODS) + ("scorecam", "ablationcam")
+Inputs = Union[np.ndarray, str, Path, Image.Image, Sequence[Union[str, Path, Image.Image]]]
+ClassIndex = Union[None, int, Sequence[int], np.ndarray]
+
+
+@dataclass
+class Explanation:
+    """One method's result for a batch: ``heatmaps`` float32 [N, H, W] in [0, 1] at the model
+    input resolution, ``logits`` float32 [N, C], ``class_index`` int64 [N] (the class
+    explained), ``raw`` float32 [N, h, w] (the map before post-processing) and, for inputs
+    given as files / PIL images, each image's ``geometry`` (to map back onto the photo)."""
+
+    method: str
+    heatmaps: np.ndarray
+    logits: np.ndarray
+    class_index: np.ndarray
+    raw: np.ndarray
+    geometry: Optional[list[Geometry]] = field(default=None)
+
+    def heatmaps_on_original(self) -> list[np.ndarray]:
+        """Each heatmap mapped onto its original photo ([H0, W0], outside the crop = 0)."""
+        if self.geometry is None:
+            raise ValueError("inputs were a preprocessed batch: there is no original photo")
+        return [heatmap_to_original(h, g) for h, g in zip(self.heatmaps, self.geometry)]
+
+
+class Explainer:
+    """One onnxruntime session on an explanation graph (``onnxcam export`` output).
+
+    ``providers=None`` picks CUDA when it really initialises, else CPU; ``intra_op_threads``
+    sets ORT's intra-op thread count; the graph runs on at most ``batch_size`` images at a time
+    (also the Score-CAM masked-input batch); Ablation-CAM feeds ``head_batch_size`` ablated
+    copies at a time to the head-only path.
+    """
+
+    def __init__(self, model_path: Union[str, Path], providers: Optional[Sequence[ProviderSpec]] = None,
+                 intra_op_threads: Optional[int] = None, batch_size: int = 16,
+                 head_batch_size: int = 128, io_binding: Optional[bool] = None) -> None:
+        path = str(model_path)
+        if not Path(path).is_file():
+            raise ModelError(f"{path}: no such model file")
+        if batch_size < 1 or head_batch_size < 1:
+            raise ValueError("batch_size and head_batch_size must be ≥ 1")
+        try:
+            self.runner = Runner(path, providers, intra_op_threads, io_binding)
+        except Exception as exc:  # noqa: BLE001  (ORT raises several types for bad files)
+            first = (str(exc) or type(exc).__name__).splitlines()[0]
+            raise ModelError(f"{path}: cannot load as an ONNX model ({first})") from None
+        self.info: ModelInfo = read_model_info(self.runner.session, path)
+        self.batch_size = int(batch_size if self.info.static_batch is None else self.info.static_batch)
+        self.head_batch_size = int(head_batch_size)
+        self._head_batch: Optional[int] = None  # image batch fed alongside head_activations
+
+    @property
+    def providers(self) -> list[str]:
+        """The execution providers the session actually uses, in priority order."""
+        return self.runner.providers
+
+    @property
+    def labels(self) -> Optional[list[str]]:
+        return self.info.labels
+
+    def prepare(self, images: Sequence[Union[str, Path, Image.Image]]) -> tuple[np.ndarray, list[Geometry]]:
+        """Load and preprocess images from the graph's ``onnxcam.preprocess`` metadata."""
+        if self.info.preprocess is None:
+            raise ModelError(f"{self.info.path} has no onnxcam.preprocess metadata; "
+                             "pass a preprocessed float32 batch instead of images")
+        return preprocess(list(images), self.info.preprocess)
+
+    def explain(self, x: Inputs, method: str = "gradcam", class_index: ClassIndex = None) -> Explanation:
+        """Explain a batch with one method (see ``explain_many``)."""
+        return self.explain_many(x, methods=[method], class_index=class_index)[method]
+
+    def explain_many(self, x: Inputs, methods: Sequence[str] = ("gradcam",),
+                     class_index: ClassIndex = None) -> dict[str, Explanation]:
+        """Explain a batch with several methods from ONE run of the graph (per batch chunk).
+
+        ``x``: a float32 batch preprocessed for the model (its layout), or paths / PIL images.
+        ``class_index``: None (top-1 everywhere), an int, or one int per image (negative =
+        top-1). Score-CAM and Ablation-CAM run the model / its head again as they need.
+        """
+        methods = list(dict.fromkeys(methods))
+        unknown = [m for m in methods if m not in ALL_METHODS]
+        if unknown or not methods:
+            raise ValueError(f"unknown method(s) {unknown}; choose from {', '.join(ALL_METHODS)}")
+        if "ablationcam" in methods and self.info.head_input is None:
+            raise ModelError(f"{self.info.path} has no head-only path (onnxcam.head_input / "
+                             f"{HEAD_OUTPUT}) needed by ablationcam; re-export it with `onnxcam export`")
+        x, geometry = self._as_batch(x)
+        classes = self._classes(class_index, len(x))
+        names = ["logits", "target"] + sorted({o for m in methods for o in REQUIRED_OUTPUTS[m]})
+        out = dict(zip(names, self._run_graph(names, x, classes)))
+        logits, target = out["logits"].astype(np.float32), out["target"].astype(np.int64)
+        self._check_range(classes, logits.shape[1])
+        size = x.shape[2:4] if self.info.layout == "NCHW" else x.shape[1:3]
+        results = {}
+        for m in methods:
+            raw = self._raw(m, x, out, logits, target)
+            results[m] = Explanation(m, postprocess(raw, size), logits, target, raw, geometry)
+        return results
+
+    # -- internals -----------------------------------------------------------------------------
+    def _raw(self, method: str, x: np.ndarray, out: dict, logits: np.ndarray, target: np.ndarray) -> np.ndarray:
+        A = out["activations"]
+        if method == "scorecam":
+            return scorecam(self._scores, x, A, target, self.info.layout, self.batch_size)
+        if method == "ablationcam":
+            y = logits[np.arange(len(target)), target]
+            return ablationcam(self._head, A, y, target, self.head_batch_size)
+        return METHODS[method](A, out.get("gradients"), out.get("gradients_pow2"), out.get("gradients_pow3"))
+
+    def _as_batch(self, x: Inputs) -> tuple[np.ndarray, Optional[list[Geometry]]]:
+        if isinstance(x, (str, Path, Image.Image)):
+            x = [x]
+        if not isinstance(x, np.ndarray):
+            x, geometry = self.prepare(x)
+        else:
+            geometry = None
+        if x.ndim != 4 or not np.issubdtype(x.dtype, np.floating) or len(x) == 0:
+            raise ValueError(f"x must be a non-empty float batch [N, ...] of rank 4 in the model's "
+                             f"layout ({self.info.layout}), got {x.dtype} {x.shape}")
+        want = self.info.image_shape
+        bad = [i for i in range(1, 4) if isinstance(want[i], int) and want[i] > 0 and want[i] != x.shape[i]]
+        if bad:
+            raise ValueError(f"x has shape {x.shape}, the model's input '{self.info.image_input}' "
+                             f"expects {list(want)}")
+        return x.astype(self.info.image_dtype, copy=False), geometry
+
+    def _classes(self, class_index: ClassIndex, n: int) -> np.ndarray:
+        if class_index is None:
+            return np.full(n, -1, np.int64)
+        if isinstance(class_index, (bool, np.bool_)):
+            raise ClassIndexError(f"class_index must be an int or a list of ints, got {class_index!r}")
+        if np.isscalar(class_index):
+            classes = np.full(n, int(class_index), np.int64)
+        else:
+            classes = np.asarray(list(class_index), dtype=np.int64).reshape(-1)
+            if len(classes) != n:
+                raise ClassIndexError(f"got {len(classes)} class indices for {n} images")
+        if self.info.num_classes is not None:
+            self._check_range(classes, self.info.num_classes)
+        return classes
+
+    @staticmethod
+    def _check_range(classes: np.ndarray, num_classes: int) -> None:
+        bad = classes[classes >= num_classes]
+        if len(bad):
+            raise ClassIndexError(f"class index {int(bad[0])} is out of range: the model has "
+                                  f"{num_classes} classes (0..{num_classes - 1}; negative = top-1)")
+
+    def _chunks(self, n: int, size: int):
+        for start in range(0, n, size):
+            yield start, min(start + size, n)
+
+    def _run_graph(self, names: list[str], x: np.ndarray, classes: np.ndarray) -> list[np.ndarray]:
+        """Run the graph over ``x`` in chunks; a static batch axis gets its last chunk padded."""
+        parts: list[list[np.ndarray]] = [[] for _ in names]
+        static = self.info.static_batch
+        for s, e in self._chunks(len(x), self.batch_size):
+            xb, cb = x[s:e], classes[s:e]
+            if static is not None and e - s < static:  # pad by repeating the last image
+                pad = static - (e - s)
+                xb = np.concatenate([xb, np.repeat(xb[-1:], pad, axis=0)])
+                cb = np.concatenate([cb, np.repeat(cb[-1:], pad)])
+            feeds = {self.info.image_input: xb, CLASS_INPUT: cb}
+            for part, arr in zip(parts, self.runner.run(names, feeds)):
+                part.append(arr[: e - s])
+        return [np.concatenate(p) for p in parts]
+
+    def _scores(self, xb: np.ndarray) -> np.ndarray:
+        """Logits of a batch (Score-CAM's masked inputs); the class input is all −1."""
+        return self._run_graph(["logits"], xb, np.full(len(xb), -1, np.int64))[0]
+
+    def _head(self, acts: np.ndarray) -> np.ndarray:
+        """Head-only path: ``head_logits`` for activations [M, K, h, w]. The image input is
+        required but unused there: it gets an empty batch (zeros of one batch when the graph
+        rejects that or its batch axis is static)."""
+        feeds = {self.info.head_input: acts.astype(np.float32)}
+        if self._head_batch is None:
+            self._head_batch = self.info.static_batch or 0
+            try:
+                return self.runner.run([HEAD_OUTPUT], {**feeds, **self._dummy(self._head_batch)})[0]
+            except Exception:  # noqa: BLE001  (an op that cannot take an empty batch)
+                self._head_batch = self.info.static_batch or 1
+        return self.runner.run([HEAD_OUTPUT], {**feeds, **self._dummy(self._head_batch)})[0]
+
+    def _dummy(self, batch: int) -> dict[str, np.ndarray]:
+        dims = list(self.info.image_shape[1:])
+        hw = self.info.input_size or (1, 1)
+        spatial = [1, 2] if self.info.layout == "NCHW" else [0, 1]
+        for i, d in enumerate(dims):
+            if not (isinstance(d, int) and d > 0):
+                dims[i] = hw[spatial.index(i)] if i in spatial else 3
+        return {self.info.image_input: np.zeros([batch] + dims, self.info.image_dtype),
+                CLASS_INPUT: np.full(batch, -1, np.int64)}
