@@ -35,34 +35,39 @@ class TargetCall:
 
 
 class ExposeTarget(nn.Module):
-    """Returns ``(logits, output of the target module's chosen call)``."""
+    """Returns ``(logits, output of each target module's chosen call, ...)``."""
 
-    def __init__(self, model: nn.Module, target: nn.Module, call_index: int) -> None:
+    def __init__(self, model: nn.Module, targets: list[tuple[nn.Module, int]]) -> None:
         super().__init__()
-        self.model, self.call_index = model, call_index
-        self._outputs: list[torch.Tensor] = []
-        self._handle = target.register_forward_hook(self._record)
+        self.model = model
+        self._calls = [index for _, index in targets]
+        self._outputs: list[list[torch.Tensor]] = [[] for _ in targets]
+        self._handles = [module.register_forward_hook(self._recorder(i)) for i, (module, _) in enumerate(targets)]
 
-    def _record(self, module: nn.Module, args: tuple, output: torch.Tensor) -> torch.Tensor | None:
-        """Keep the output and hand a copy downstream, so that in-place operators after the
-        target (DenseNet's ``relu(features, inplace=True)``) cannot change what is explained."""
-        if isinstance(output, torch.Tensor):
-            self._outputs.append(output)
-            return output.clone()
-        self._outputs.append(output[0])
-        return None
+    def _recorder(self, slot: int):
+        def record(module: nn.Module, args: tuple, output: torch.Tensor) -> torch.Tensor | None:
+            """Keep the output and hand a copy downstream, so that in-place operators after the
+            target (DenseNet's ``relu(features, inplace=True)``) cannot change what is explained."""
+            if isinstance(output, torch.Tensor):
+                self._outputs[slot].append(output)
+                return output.clone()
+            self._outputs[slot].append(output[0])
+            return None
 
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        self._outputs = []
+        return record
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        self._outputs = [[] for _ in self._calls]
         logits = self.model(x)
         if isinstance(logits, (tuple, list)):
             logits = logits[0]
         elif hasattr(logits, "logits"):
             logits = logits.logits
-        return logits, self._outputs[self.call_index]
+        return (logits, *(outputs[i] for outputs, i in zip(self._outputs, self._calls)))
 
     def remove(self) -> None:
-        self._handle.remove()
+        for handle in self._handles:
+            handle.remove()
 
 
 def count_calls(model: nn.Module, target: nn.Module, example: torch.Tensor) -> int:
@@ -77,48 +82,66 @@ def count_calls(model: nn.Module, target: nn.Module, example: torch.Tensor) -> i
     return len(calls)
 
 
-def _dynamo_export(wrapper: nn.Module, example: torch.Tensor, opset: int) -> onnx.ModelProto:
+def target_output_name(i: int) -> str:
+    """Graph output name of the ``i``-th exposed target."""
+    return TARGET if i == 0 else f"{TARGET}_{i}"
+
+
+def _dynamo_export(wrapper: nn.Module, example: torch.Tensor, opset: int, outputs: list[str]) -> onnx.ModelProto:
     batch = torch.export.Dim("batch", min=1, max=4096)
     program = torch.onnx.export(
-        wrapper, (example,), dynamo=True, input_names=[IMAGE_INPUT], output_names=[LOGITS, TARGET],
+        wrapper, (example,), dynamo=True, input_names=[IMAGE_INPUT], output_names=outputs,
         dynamic_shapes=({0: batch},), opset_version=opset, verbose=False,
     )
     return program.model_proto
 
 
-def _torchscript_export(wrapper: nn.Module, example: torch.Tensor, opset: int) -> onnx.ModelProto:
+def _torchscript_export(wrapper: nn.Module, example: torch.Tensor, opset: int, outputs: list[str]) -> onnx.ModelProto:
     buffer = io.BytesIO()
     torch.onnx.export(
-        wrapper, (example,), buffer, dynamo=False, input_names=[IMAGE_INPUT], output_names=[LOGITS, TARGET],
+        wrapper, (example,), buffer, dynamo=False, input_names=[IMAGE_INPUT], output_names=outputs,
         dynamic_axes={IMAGE_INPUT: {0: "N"}}, opset_version=opset, do_constant_folding=True,
     )
     return onnx.load_from_string(buffer.getvalue())
 
 
-def export_with_target(model: nn.Module, target_name: str, input_size: tuple[int, int, int],
-                       opset: int = 18, call_index: int | None = None) -> tuple[onnx.ModelProto, TargetCall]:
-    """ONNX graph of ``model`` with outputs ``logits`` and ``onnxcam_target`` (the target's output)."""
+def export_with_targets(model: nn.Module, target_names: list[str], input_size: tuple[int, int, int],
+                        opset: int = 18) -> tuple[onnx.ModelProto, list[TargetCall]]:
+    """ONNX graph of ``model`` with outputs ``logits`` and, for each target module, its output
+    (named by :func:`target_output_name`; the last call of a module that runs several times)."""
     modules = dict(model.named_modules())
-    if target_name not in modules:
-        raise ExportError(f"unknown target layer '{target_name}'")
     model.eval()
     example = torch.randn(2, *input_size)
-    count = count_calls(model, modules[target_name], example)
-    if count == 0:
-        raise ExportError(f"target layer '{target_name}' does not run in the forward pass")
-    call = TargetCall(count - 1 if call_index is None else call_index, count)
-    wrapper = ExposeTarget(model, modules[target_name], call.index)
+    calls, targets = [], []
+    for name in target_names:
+        if name not in modules:
+            raise ExportError(f"unknown target layer '{name}'")
+        count = count_calls(model, modules[name], example)
+        if count == 0:
+            raise ExportError(f"target layer '{name}' does not run in the forward pass")
+        calls.append(TargetCall(count - 1, count))
+        targets.append((modules[name], count - 1))
+    wrapper = ExposeTarget(model, targets)
+    outputs = [LOGITS] + [target_output_name(i) for i in range(len(targets))]
     errors = []
     try:
         for exporter in (_dynamo_export, _torchscript_export):
             try:
                 with _quiet():
-                    return exporter(wrapper, example, opset), call
+                    return exporter(wrapper, example, opset, outputs), calls
             except Exception as exc:  # each exporter fails in its own ways
-                errors.append(f"{exporter.__name__.strip('_')}: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}")
+                message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+                errors.append(f"{exporter.__name__.strip('_')}: {message}")
     finally:
         wrapper.remove()
     raise ExportError("torch.onnx could not export the model (" + "; ".join(errors) + ")")
+
+
+def export_with_target(model: nn.Module, target_name: str, input_size: tuple[int, int, int],
+                       opset: int = 18) -> tuple[onnx.ModelProto, TargetCall]:
+    """:func:`export_with_targets` for one target, exposed as ``onnxcam_target``."""
+    proto, calls = export_with_targets(model, [target_name], input_size, opset)
+    return proto, calls[0]
 
 
 @contextlib.contextmanager

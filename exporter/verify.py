@@ -39,7 +39,7 @@ class Comparison:
 def torch_reference(model: nn.Module, target: str, call_index: int, x: np.ndarray,
                     class_index: np.ndarray) -> dict[str, np.ndarray]:
     """logits, explained class, activations and ∂S_class/∂A computed by torch.autograd."""
-    wrapper = ExposeTarget(model, dict(model.named_modules())[target], call_index)
+    wrapper = ExposeTarget(model, [(dict(model.named_modules())[target], call_index)])
     try:
         logits, activations = wrapper(torch.from_numpy(x))
     finally:

@@ -1,0 +1,87 @@
+"""Gradients of the explanation graph against torch.autograd on torchvision classifiers.
+
+Each model is exported once with two targets exposed (its default target layer and one deeper
+inside the backbone); each target gets its own explanation graph. Weights are seeded random
+(``weights=None``) with batch-norm statistics calibrated on random data, so activations, logits
+and gradients have realistic magnitudes instead of vanishing.
+
+The reference is torch.autograd in float64: float32 torch is itself off by more than the
+contract's tolerance wherever a ReLU or a max-pool window sits within rounding distance of a tie.
+"""
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import pytest
+
+torch = pytest.importorskip("torch")
+torchvision = pytest.importorskip("torchvision")
+
+from onnxcam.exporter.explain_graph import GraphSpec, build_explanation_graph  # noqa: E402
+from onnxcam.exporter.onnx_source import load_classifier  # noqa: E402
+from onnxcam.exporter.torch_export import export_with_targets, target_output_name  # noqa: E402
+from onnxcam.exporter.verify import compare, run_graph, torch_reference  # noqa: E402
+
+# name, input size, default target, a deeper target inside the backbone
+ZOO = [
+    ("resnet18", 224, "layer4", "layer3"),
+    ("resnet50", 224, "layer4", "layer4.0"),
+    ("vgg16", 224, "features.30", "features.24"),
+    ("vgg16_bn", 224, "features.43", "features.33"),
+    ("densenet121", 224, "features", "features.denseblock3"),
+    ("mobilenet_v2", 224, "features", "features.14"),
+    ("mobilenet_v3_large", 224, "features", "features.12"),
+    ("efficientnet_b0", 224, "features", "features.5"),
+    ("convnext_tiny", 224, "features", "features.5"),
+    ("regnet_y_400mf", 224, "trunk_output", "trunk_output.block3"),
+    ("squeezenet1_1", 224, "features", "features.9"),
+    ("inception_v3", 299, "Mixed_7c", "Mixed_6e"),
+]
+
+
+def calibrate_batchnorm(model: torch.nn.Module, size: int, seed: int = 1) -> None:
+    """Set every BatchNorm's running statistics to those of a random batch (as after training),
+    with variances floored at 1 so that no channel is scaled up."""
+    norms = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    if not norms:
+        return
+    for norm in norms:
+        norm.reset_running_stats()
+        norm.momentum = None  # cumulative average
+    model.train()
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        model(torch.randn(4, 3, size, size, generator=generator))
+    model.eval()
+    for norm in norms:  # a channel that is dead on the calibration batch must not be amplified
+        norm.running_var.clamp_(min=1.0)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name,size,default_target,deeper_target", ZOO, ids=[z[0] for z in ZOO])
+def test_gradients_match_torch_autograd(name: str, size: int, default_target: str, deeper_target: str) -> None:
+    torch.manual_seed(0)
+    model = torchvision.models.get_model(name, weights=None)
+    calibrate_batchnorm(model, size)
+    targets = [default_target, deeper_target]
+    proto, calls = export_with_targets(model, targets, (3, size, size))
+    classifier = load_classifier(proto)
+
+    x = np.random.default_rng(0).standard_normal((3, 3, size, size)).astype(np.float32)
+    class_index = np.array([-1, 7, 409], np.int64)
+    reference_model = model.double()
+    for i, (target, call) in enumerate(zip(targets, calls)):
+        spec = GraphSpec(classifier.model, classifier.image_input, classifier.logits, target_output_name(i),
+                         f"torchvision:{name}", target, {})
+        graph = build_explanation_graph(spec, classifier.facts)
+        onnx.checker.check_model(graph, full_check=True)
+        assert {op.domain for op in graph.opset_import} <= {"", "ai.onnx"}
+        assert all(node.domain in ("", "ai.onnx") for node in graph.graph.node)
+
+        result = run_graph(graph, x, class_index)
+        reference = torch_reference(reference_model, target, call.index, x.astype(np.float64), class_index)
+        np.testing.assert_array_equal(result["target"], reference["target"])
+        assert np.abs(reference["gradients"]).max() > 1e-5, "degenerate model: gradients vanish"
+        report = compare(result, reference)
+        assert report.ok, f"{name} @ {target}: {report}"
+        assert result["gradients"].shape == result["activations"].shape
