@@ -91,7 +91,10 @@ def export(
     """
     if out is not None and Path(out).exists() and not overwrite:
         raise ExportError(f"{out} exists; pass --overwrite to replace it")
-    label_list = load_labels(labels) if isinstance(labels, (str, Path)) else (list(labels) if labels else None)
+    try:
+        label_list = load_labels(labels) if isinstance(labels, (str, Path)) else (list(labels) if labels else None)
+    except (OSError, ValueError) as exc:
+        raise ExportError(f"cannot read labels: {exc}") from exc
     shape = tuple(int(s) for s in input_shape) if input_shape else None
     if _is_onnx_path(source):
         if verify:
@@ -124,8 +127,8 @@ def _export_torch(source, target_layer, weights, shape, opset, label_list, overr
     target = target_layer or loaded.default_target_layer
     if target_layer is None:
         log.info("target layer: %s (default for %s)", target, loaded.source)
-    resolve_target_module(loaded.module, target)
     input_size = shape or loaded.input_size
+    resolve_target_module(loaded.module, target, tuple(input_size))
     preprocess = loaded.preprocess
     if shape:
         preprocess = replace(preprocess, size=(shape[1], shape[2]))
