@@ -1327,3 +1327,32 @@ def test_float16_target_tensor(batch):
     logits = torch.relu(a).mean((2, 3)) @ wc.t.T
     logits[torch.arange(n), torch.from_numpy(out["target"])].sum().backward()
     np.testing.assert_allclose(out["gradients"], a.grad.numpy(), rtol=0, atol=2e-3 * a.grad.abs().max().item())
+
+
+_COLLISION = ("explain_graph names its new inputs/outputs (class_index, target, gradients, logits, ...) without "
+              "renaming source tensors that already use those names: the graph is not in SSA form and fails the checker")
+
+
+@pytest.mark.parametrize("name", [
+    "activations",
+    pytest.param("target", marks=pytest.mark.xfail(strict=True, reason=_COLLISION)),
+    pytest.param("gradients", marks=pytest.mark.xfail(strict=True, reason=_COLLISION)),
+    pytest.param("class_index", marks=pytest.mark.xfail(strict=True, reason=_COLLISION)),
+])
+def test_source_tensor_named_like_a_graph_output(name):
+    """The target tensor of the source is called ``name``."""
+    net = Net()
+    torch_stem = stem(net, out=name)
+    torch_head = tail(net, net.op("Relu", name), torch.relu, (1, K, H, W))
+    check_against_torch(Classifier(net.model(["logits"]), torch_stem, torch_head, net), target=name)
+
+
+@pytest.mark.xfail(strict=True, reason=_COLLISION)
+def test_source_tensor_named_logits_that_is_not_the_scores():
+    """A source whose tensor "logits" is temperature-scaled into its [N, C] output."""
+    net = Net()
+    torch_stem = stem(net)
+    torch_head = tail(net, net.op("Relu", "A"), torch.relu, (1, K, H, W), out="logits")
+    net.op("Div", "logits", net.param([], values=2.0), out="scaled")
+    c = Classifier(net.model(["scaled"]), torch_stem, lambda a: torch_head(a) / 2.0, net)
+    check_against_torch(c)
