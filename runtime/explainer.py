@@ -150,7 +150,7 @@ class Explainer:
             return np.full(n, -1, np.int64)
         if isinstance(class_index, (bool, np.bool_)):
             raise ClassIndexError(f"class_index must be an int or a list of ints, got {class_index!r}")
-        if np.isscalar(class_index):
+        if np.ndim(class_index) == 0:
             classes = np.full(n, int(class_index), np.int64)
         else:
             classes = np.asarray(list(class_index), dtype=np.int64).reshape(-1)

@@ -118,6 +118,8 @@ def load_image(source: ImageLike, max_pixels: int = MAX_PIXELS) -> Image.Image:
     if isinstance(source, Image.Image):
         _check_pixels(source, _name(source), max_pixels)
         img = source
+    elif not isinstance(source, (str, Path)):
+        raise TypeError(f"expected an image path or a PIL image, got {type(source).__name__}")
     else:
         img = _open(Path(source), max_pixels)
     try:

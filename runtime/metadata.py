@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
@@ -31,7 +31,7 @@ class ModelInfo:
     image_shape: tuple  # ORT shape: ints for static dims, str/None for dynamic ones
     image_dtype: type
     preprocess: Optional[PreprocessSpec]
-    labels: Optional[list[str]]
+    labels: Optional[list[str]] = field(repr=False)
     head_input: Optional[str]
     target_layer: str
     source: str

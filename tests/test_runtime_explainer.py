@@ -218,3 +218,25 @@ def test_cuda_request_falls_back_quietly_to_cpu(toy, capfd):
     ex.explain(toy["x"])
     out, err = capfd.readouterr()
     assert out == "" and err == ""
+
+
+def test_a_real_third_party_classifier_is_not_an_explanation_graph():
+    """A plain ONNX classifier (Google's MobileNet, from the shared fixtures) gets the hint."""
+    from pathlib import Path
+    model = Path(__file__).resolve().parents[2] / "shared/fixtures/models/mobilenet_v1_0.25_128_quant_dequant.onnx"
+    if not model.is_file():
+        pytest.skip("shared fixtures not present")
+    with pytest.raises(ModelError, match=r"mobilenet.* is not an onnxcam explanation graph .*onnxcam export"):
+        Explainer(model)
+
+
+def test_image_inputs_errors_and_scalar_forms(toy, explainer, tmp_path):
+    from onnxcam.runtime import ImageError
+    (tmp_path / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
+    with pytest.raises(ImageError, match="broken.jpg"):
+        explainer.explain([photos()[0], tmp_path / "broken.jpg"])
+    with pytest.raises(TypeError, match="image path or a PIL image"):
+        explainer.explain([np.zeros((3, H, W), np.float32)])
+    single = explainer.explain(photos()[1], class_index=np.int64(2))
+    assert single.heatmaps.shape == (1, H, W) and single.class_index.tolist() == [2]
+    assert explainer.explain(toy["x"], class_index=np.array(4)).class_index.tolist() == [4, 4, 4]
