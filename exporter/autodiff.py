@@ -84,7 +84,8 @@ def is_piecewise_linear(path: Path) -> bool:
     Products (Mul, Div, MatMul, Gemm, Conv) stay linear only while at most one operand depends on A.
     """
     for node in path.nodes:
-        dependent_inputs = sum(1 for i in node.inputs if i is not None and i in path.values)
+        operands = node.inputs[:2]  # Gemm's C and Conv's bias are added, not multiplied
+        dependent_inputs = sum(1 for i in operands if i is not None and i in path.values)
         if node.op_type in _PRODUCTS:
             if dependent_inputs > 1:
                 return False

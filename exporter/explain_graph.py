@@ -73,6 +73,24 @@ def _set_output(graph: ir.Graph, builder: GraphBuilder, value: ir.Value, name: s
     return value
 
 
+RESERVED_NAMES = {"logits", "target", "activations", "gradients", "gradients_pow2", "gradients_pow3",
+                  "class_index", "head_activations", "head_logits"}
+
+
+def _free_reserved_names(values: dict[str, ir.Value], keep: set[ir.Value]) -> None:
+    """Rename source tensors that carry a name the explanation graph gives to its own inputs/outputs."""
+    for name in RESERVED_NAMES & set(values):
+        if values[name] not in keep:
+            values[name].name = f"{name}__source"
+
+
+def _as_float32(builder: GraphBuilder, value: ir.Value) -> ir.Value:
+    """``value`` as float32 (fp16 models keep their outputs float32, as the contract says)."""
+    if builder.dtype(value) == np.float32:
+        return value
+    return builder.op("Cast", value, to=ir.DataType.FLOAT)
+
+
 def build_explanation_graph(spec: GraphSpec, facts: TensorFacts) -> onnx.ModelProto:
     """The explanation graph of ``spec`` (see the module docstring)."""
     opset = max(17, next((o.version for o in spec.model.opset_import if o.domain in ("", "ai.onnx")), 17))
@@ -82,9 +100,9 @@ def build_explanation_graph(spec: GraphSpec, facts: TensorFacts) -> onnx.ModelPr
     logits, target = values[spec.logits], resolve_identity(values[spec.target])
     builder = GraphBuilder(graph, facts, opset)
     image = values[spec.image_input]
-    batch: str | int = "N" if facts.batch_dynamic else 1
-    if not facts.batch_dynamic:
-        image.shape = ir.Shape([1, *facts.shape(image.name)[1:]])
+    batch: str | int = "N" if facts.batch_dynamic else facts.shape(image.name)[0]
+    if not facts.batch_dynamic:  # the source bakes its batch size into its shape arithmetic
+        image.shape = ir.Shape(list(facts.shape(image.name)))
 
     target_shape = facts.shape(target.name)
     if len(target_shape) != 4:
@@ -97,26 +115,31 @@ def build_explanation_graph(spec: GraphSpec, facts: TensorFacts) -> onnx.ModelPr
     graph.inputs.append(class_index)
     top1 = builder.op("ArgMax", logits, axis=1, keepdims=0)
     chosen = builder.op("Where", builder.op("Less", class_index, builder.ints([0])), top1, class_index)
-    seed = builder.op("OneHot", chosen, builder.ints([num_classes]), builder.const(np.array([0, 1], np.float32)),
-                      axis=-1)
+    seed = builder.op("OneHot", chosen, builder.ints([num_classes]),
+                      builder.const(np.array([0, 1], builder.dtype(logits))), axis=-1)
 
     path = find_path(graph, facts, target, logits)
     gradient = differentiate(builder, path, target, logits, seed)
 
     layout = feature_layout(target, facts)
     activations: ir.Value = target
+    if builder.dtype(target) != np.float32:  # a gradient has its tensor's dtype
+        activations = builder.op("Cast", target, to=ir.DataType.FLOAT)
+        gradient = builder.op("Cast", gradient, to=ir.DataType.FLOAT)
     if layout == "NHWC":
-        activations = builder.op("Transpose", target, perm=[0, 3, 1, 2])
+        activations = builder.op("Transpose", activations, perm=[0, 3, 1, 2])
         gradient = builder.op("Transpose", gradient, perm=[0, 3, 1, 2])
         target_shape = (target_shape[0], target_shape[3], target_shape[1], target_shape[2])
     gradient_pow2 = builder.op("Mul", gradient, gradient)
     gradient_pow3 = builder.op("Mul", gradient_pow2, gradient)
 
-    has_head = add_head_path(builder, graph, facts, spec, target, logits, layout)
+    has_head = add_head_path(builder, graph, facts, image, target, logits, layout)
 
+    # after all look-ups of probed facts by name; the source's logits may keep the name "logits"
+    _free_reserved_names(values, keep={image} | ({logits} if logits.name == "logits" else set()))
     graph.outputs.clear()
     fmap = [batch, *target_shape[1:]]
-    _set_output(graph, builder, logits, "logits", ir.DataType.FLOAT, [batch, num_classes])
+    _set_output(graph, builder, _as_float32(builder, logits), "logits", ir.DataType.FLOAT, [batch, num_classes])
     _set_output(graph, builder, chosen, "target", ir.DataType.INT64, [batch])
     for value, name in ((activations, "activations"), (gradient, "gradients"),
                         (gradient_pow2, "gradients_pow2"), (gradient_pow3, "gradients_pow3")):
@@ -124,6 +147,9 @@ def build_explanation_graph(spec: GraphSpec, facts: TensorFacts) -> onnx.ModelPr
     if has_head:
         _set_output(graph, builder, has_head, "head_logits", ir.DataType.FLOAT, ["M", num_classes])
 
+    for value in values.values():  # a former output declared without an element type
+        if value.type is not None and value.dtype == ir.DataType.UNDEFINED and value not in graph.outputs:
+            value.type = None
     ir_passes.RemoveUnusedNodesPass()(model)
     ir_passes.TopologicalSortPass()(model)
     metadata = {

@@ -76,6 +76,17 @@ def _input_shape(value_info: onnx.ValueInfoProto, batch: int) -> tuple[list[int]
     return shape, dynamic
 
 
+def data_independent(model: onnx.ModelProto) -> set[str]:
+    """Tensors whose values depend on no input data: constants, weights, and what is computed
+    from them and from tensor shapes (``Shape``/``Size``). Only their probed values may be
+    treated as constants; an index computed from the data (an ArgMax, say) changes per input."""
+    static = {init.name for init in model.graph.initializer}
+    for node in model.graph.node:
+        if node.op_type in ("Shape", "Size", "Constant") or all(i in static for i in node.input if i):
+            static.update(o for o in node.output if o)
+    return static
+
+
 def probe(model: onnx.ModelProto, seed: int = 0) -> TensorFacts:
     """Run ``model`` once with every intermediate tensor as an output and record the facts.
 
@@ -121,11 +132,12 @@ def probe(model: onnx.ModelProto, seed: int = 0) -> TensorFacts:
             last_error = exc
             continue
         facts = TensorFacts(batch_dynamic=dynamic and batch == 2, probe_batch=batch)
+        static = data_independent(model)
         for name, array in list(zip(names, results)) + list(feeds.items()):
             array = np.asarray(array)
             facts.shapes[name] = tuple(int(d) for d in array.shape)
             facts.dtypes[name] = array.dtype
-            if np.issubdtype(array.dtype, np.integer) and array.size <= _SMALL_INT_TENSOR:
+            if name in static and np.issubdtype(array.dtype, np.integer) and array.size <= _SMALL_INT_TENSOR:
                 facts.values[name] = array.copy()
         for init in model.graph.initializer:
             array = onnx.numpy_helper.to_array(init)

@@ -56,20 +56,6 @@ def case(name: str, linear: bool, xfail: str | None = None, **kw):
     return register
 
 
-# Known exporter bugs (see the reasons); each has a strict xfail so that the fix shows up.
-BUG_GEMM_C = ("autodiff.is_piecewise_linear counts Gemm's C input as a product operand: "
-              "Gemm(f(A), W, C(A)) = αf·W + βC is linear but the metadata says 'false'")
-BUG_MAXPOOL_ORDER = ("rules/pooling.max_pool ignores storage_order=1: the Indices output is then "
-                     "column-major and ScatterElements puts the gradient on the wrong elements")
-BUG_SPLIT_NUM_OUTPUTS = ("head.add_head_path copies node attributes as **kwargs of GraphBuilder.op_multi, "
-                         "whose own num_outputs keyword collides with Split-18's num_outputs attribute: TypeError")
-BUG_PAD_BATCH = ("rules/shape.pad slices dy with ends taken from the probed output shape, batch axis included: "
-                 "the probe's batch of 2 is baked in and a batch of 3 gets gradients for 2 images")
-BUG_SLICE_BATCH = ("rules/shape.slice_ refuses any Slice that lists the batch axis, even with the full range "
-                   "[0, INT64_MAX) that keeps the batch whole (tf2onnx-style Slices over all axes): "
-                   "'works along the batch axis; export with a fixed batch'")
-
-
 def tpads(p):
     """ONNX 2-D pads [hb, wb, he, we] → torch F.pad order (wb, we, hb, he)."""
     return (p[1], p[3], p[0], p[2])
@@ -137,7 +123,7 @@ for _ta in (0, 1):
         case(f"Gemm-B-transA{_ta}-transB{_tb}-C[M,1]", True)(_gemm_second(_ta, _tb, 0.8, 1.5))
 
 
-@case("Gemm-C-depends", True, xfail=BUG_GEMM_C)
+@case("Gemm-C-depends", True)
 def _gemm_c(net, a):
     f = net.op("Flatten", a, axis=1)
     w1, w2 = net.param([D, M], 0.1), net.param([M, D], 0.1)
@@ -289,7 +275,7 @@ case("MaxPool-k3-s1-p1", True)(_max_pool(k=(3, 3), s=(1, 1), p=(1, 1)))
 case("MaxPool-k2-s2-ceil", True)(_max_pool(ceil=1))
 case("MaxPool-k3-s2-p1-ceil", True, image=(3, 8, 7))(_max_pool(k=(3, 3), p=(1, 1), ceil=1))
 case("MaxPool-k2-dilation2", True)(_max_pool(s=(1, 1), dil=(2, 2)))
-case("MaxPool-storage_order1", True, xfail=BUG_MAXPOOL_ORDER)(_max_pool(k=(3, 2), s=(1, 2), storage_order=1))
+case("MaxPool-storage_order1", True)(_max_pool(k=(3, 2), s=(1, 2), storage_order=1))
 
 
 def _avg_pool(k=(3, 3), s=(2, 2), p=(0, 0), ceil=0, include=0):
@@ -822,13 +808,13 @@ def _split_pieces(net, a):
 case("Split-sizes-one-piece-unused", True)(_split_pieces)
 
 
-@case("Split-num_outputs-uneven-opset18", True, opset=18, xfail=BUG_SPLIT_NUM_OUTPUTS)
+@case("Split-num_outputs-uneven-opset18", True, opset=18)
 def _split_num(net, a):
     s0, s1 = net.op("Split", a, axis=3, num_outputs=2, outputs=2)    # 7 → 4, 3
     return net.op("Concat", s1, s0, axis=3), lambda t: torch.cat([t[..., 4:], t[..., :4]], 3)
 
 
-@case("Split-only-first-piece-used", True, opset=18, xfail=BUG_SPLIT_NUM_OUTPUTS)
+@case("Split-only-first-piece-used", True, opset=18)
 def _split_first(net, a):
     s0, _ = net.op("Split", a, axis=-2, num_outputs=2, outputs=2)
     return s0, lambda t: t[:, :, :3]
@@ -857,7 +843,7 @@ case("Slice-negative-end", True)(_slice([1], [-1], [2]))
 case("Slice-out-of-range-bounds", True)(_slice([-1000, 2], [1000, INT64_MAX], [3, 1]))
 case("Slice-negative-axes-and-starts", True)(_slice([-3, 1], [INT64_MAX, 5], [-1, -2], [1, 1]))
 case("Slice-end-beyond-start-clamped", True)(_slice([2, -5], [100, -2], [2, 3]))
-case("Slice-all-axes-full-batch-range", True, xfail=BUG_SLICE_BATCH)(_slice([0, 0, 1, 0], [INT64_MAX] * 4))
+case("Slice-all-axes-full-batch-range", True)(_slice([0, 0, 1, 0], [INT64_MAX] * 4))
 
 
 @case("Slice-int32-bounds", True)
@@ -969,10 +955,10 @@ def _pad(pads, value=0.0, axes=None, opset=17):
     return head
 
 
-case("Pad-constant", True, xfail=BUG_PAD_BATCH)(_pad([0, 0, 1, 2, 0, 0, 2, 1]))
-case("Pad-constant-value-and-negative", True, xfail=BUG_PAD_BATCH)(_pad([0, 1, -1, 1, 0, 0, 1, -2], value=0.5))
-case("Pad-axes-input-opset18", True, opset=18, xfail=BUG_PAD_BATCH)(_pad([1, 0, 0, 2], axes=[2, 3]))
-case("Pad-negative-axis-opset18", True, opset=18, xfail=BUG_PAD_BATCH)(_pad([2, -1], axes=[-1], value=-1.0))
+case("Pad-constant", True)(_pad([0, 0, 1, 2, 0, 0, 2, 1]))
+case("Pad-constant-value-and-negative", True)(_pad([0, 1, -1, 1, 0, 0, 1, -2], value=0.5))
+case("Pad-axes-input-opset18", True, opset=18)(_pad([1, 0, 0, 2], axes=[2, 3]))
+case("Pad-negative-axis-opset18", True, opset=18)(_pad([2, -1], axes=[-1], value=-1.0))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -1167,15 +1153,12 @@ def _reduce_last_head(net, a):
     return net.op("Squeeze", y, net.const([-1])), lambda t: t.sum(-1)
 
 
-_EMPTY_HEAD = ("the head path's default head_activations is an empty [0, K, h, w] tensor and onnxruntime "
-               "evaluates the head path on every run: ops that cannot take an empty batch fail the whole run")
-
 
 @pytest.mark.parametrize("name", [
     "gap",
-    pytest.param("reshape-0-minus1", marks=pytest.mark.xfail(strict=True, reason=_EMPTY_HEAD)),
-    pytest.param("matmul-broadcast", marks=pytest.mark.xfail(strict=True, reason=_EMPTY_HEAD)),
-    pytest.param("reducesum-squeeze", marks=pytest.mark.xfail(strict=True, reason=_EMPTY_HEAD)),
+    "reshape-0-minus1",
+    "matmul-broadcast",
+    "reducesum-squeeze",
 ])
 def test_graph_runs_without_feeding_head_activations(name):
     """The contract's inputs are the image and class_index only: running every output of the
@@ -1217,8 +1200,6 @@ def test_fixed_batch_of_one():
     assert "head_logits" not in out
 
 
-@pytest.mark.xfail(strict=True, reason="a static batch > 1 is rewritten to 1 in the graph's image input "
-                                       "(explain_graph: image.shape = [1, ...] whenever the batch is not dynamic)")
 def test_fixed_batch_of_three():
     c = classifier(_cnn_head)
     c.model = c.net.model(["logits"], batch=3)
@@ -1275,10 +1256,6 @@ def test_unsupported_forms_raise_one_line_export_error(name):
     assert "node" in message
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "GraphBuilder.constant_value falls back to the probe's recorded value of ANY small integer tensor, "
-    "including data-dependent ones (ArgMax here): rules/shape.gather bakes the probed indices into its "
-    "one-hot matrix, so the gradient goes to the probe's channel while the forward uses the run's"))
 def test_runtime_computed_gather_indices_are_not_baked_in():
     """Indices computed from the data (ArgMax of the channel means): either a clean ExportError or
     gradients that follow the indices of each run."""
@@ -1303,11 +1280,6 @@ def test_runtime_computed_gather_indices_are_not_baked_in():
     pytest.param(1, id="static-batch-1"),
     pytest.param("N", id="dynamic-batch"),
 ])
-@pytest.mark.xfail(strict=True, reason=(
-    "a float16 target tensor (a model converted to fp16 with float32 inputs/outputs, e.g. onnxconverter-common's "
-    "keep_io_types=True) gives a graph that fails the ONNX checker: explain_graph._set_output declares "
-    "activations/gradients FLOAT without casting the fp16 values, and head.add_head_path feeds a FLOAT "
-    "head_activations straight into the fp16 head"))
 def test_float16_target_tensor(batch):
     """image (float32) → Cast fp16 → Conv (fp16) → A (fp16) → Relu → GAP → Gemm (fp16) → Cast → logits (float32):
     activations and gradients come out float32 (the contract), close to torch at fp16 precision."""
@@ -1329,15 +1301,12 @@ def test_float16_target_tensor(batch):
     np.testing.assert_allclose(out["gradients"], a.grad.numpy(), rtol=0, atol=2e-3 * a.grad.abs().max().item())
 
 
-_COLLISION = ("explain_graph names its new inputs/outputs (class_index, target, gradients, logits, ...) without "
-              "renaming source tensors that already use those names: the graph is not in SSA form and fails the checker")
-
 
 @pytest.mark.parametrize("name", [
     "activations",
-    pytest.param("target", marks=pytest.mark.xfail(strict=True, reason=_COLLISION)),
-    pytest.param("gradients", marks=pytest.mark.xfail(strict=True, reason=_COLLISION)),
-    pytest.param("class_index", marks=pytest.mark.xfail(strict=True, reason=_COLLISION)),
+    "target",
+    "gradients",
+    "class_index",
 ])
 def test_source_tensor_named_like_a_graph_output(name):
     """The target tensor of the source is called ``name``."""
@@ -1347,7 +1316,6 @@ def test_source_tensor_named_like_a_graph_output(name):
     check_against_torch(Classifier(net.model(["logits"]), torch_stem, torch_head, net), target=name)
 
 
-@pytest.mark.xfail(strict=True, reason=_COLLISION)
 def test_source_tensor_named_logits_that_is_not_the_scores():
     """A source whose tensor "logits" is temperature-scaled into its [N, C] output."""
     net = Net()

@@ -25,6 +25,9 @@ def max_pool(b: GraphBuilder, node: ir.Node, dys: Grads, needs: Sequence[bool]) 
         node.resize_outputs(2)
         node.outputs[1].name = f"{node.outputs[0].name}/indices"
         node.outputs[1].dtype = ir.DataType.INT64
+        node.attributes.pop("storage_order", None)  # row-major indices, as the scatter below expects
+    elif node.attributes.get_int("storage_order", 0):
+        raise ExportError(f"MaxPool node '{node.name}': column-major Indices (storage_order=1) are not supported")
     indices = node.outputs[1]
     flat = b.ints([-1])
     zeros = b.op("ConstantOfShape", b.op("Reshape", b.op("Size", x), flat), value=ir.tensor(np.zeros(1, b.dtype(x))))

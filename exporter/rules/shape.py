@@ -1,7 +1,6 @@
 """Operators that move data without arithmetic: reshapes, permutations, slicing and joining."""
 from __future__ import annotations
 
-import string
 from collections.abc import Sequence
 
 import numpy as np
@@ -12,6 +11,7 @@ from onnxcam.exporter.errors import ExportError
 from onnxcam.exporter.rules import rule
 
 Grads = Sequence["ir.Value | None"]
+_END = int(np.iinfo(np.int64).max)
 
 
 @rule("Identity", "Dropout", piecewise_linear=True)
@@ -84,7 +84,7 @@ def slice_(b: GraphBuilder, node: ir.Node, dys: Grads, needs: Sequence[bool]) ->
     x = node.inputs[0]
     x_shape = b.static_shape(x)
     ranges = _slice_ranges(b, node)
-    b.check_batch_axis(list(ranges), node)
+    b.check_batch_axis([a for a, kept in ranges.items() if kept != range(x_shape[a])], node)
     begins, ends = [0] * len(x_shape), [0] * len(x_shape)
     for axis, kept in ranges.items():
         if kept.step != 1 or len(kept) == 0:
@@ -109,9 +109,8 @@ def pad(b: GraphBuilder, node: ir.Node, dys: Grads, needs: Sequence[bool]) -> Gr
     for i, axis in enumerate(axes):
         full[axis], full[rank + axis] = pads[i], pads[len(axes) + i]
     b.check_batch_axis([a for a in range(rank) if full[a] or full[rank + a]], node)
-    y_shape = b.static_shape(node.outputs[0])
     starts = [max(p, 0) for p in full[:rank]]
-    stops = [y_shape[a] - max(full[rank + a], 0) for a in range(rank)]
+    stops = [-full[rank + a] if full[rank + a] > 0 else _END for a in range(rank)]  # never a probed size
     dx = b.op("Slice", dys[0], b.ints(starts), b.ints(stops), b.ints(list(range(rank))))
     crop = [max(-p, 0) for p in full]
     if any(crop):
@@ -121,29 +120,20 @@ def pad(b: GraphBuilder, node: ir.Node, dys: Grads, needs: Sequence[bool]) -> Gr
 
 @rule("Gather", piecewise_linear=True)
 def gather(b: GraphBuilder, node: ir.Node, dys: Grads, needs: Sequence[bool]) -> Grads:
-    """y = take(x, idx, axis):  dx = dy contracted with the one-hot matrix M[l, d] = [idx_l = d]
-    (repeated indices add up)."""
+    """y = take(x, idx, axis):  dx = scatter-add of dy into zeros at idx along axis (repeated
+    indices add up). The indices are read at run time, so shape-derived (batch-dependent) and
+    data-dependent indices are both exact."""
     x, indices = node.inputs
-    x_shape = b.static_shape(x)
-    rank = len(x_shape)
+    rank = b.rank(x)
     axis = node.attributes.get_int("axis", 0) % rank
-    b.check_batch_axis([axis], node)
-    idx = np.asarray(b.require_constant(indices, node, "indices")).astype(np.int64)
-    flat = (idx.reshape(-1) % x_shape[axis])
-    one_hot = (flat[:, None] == np.arange(x_shape[axis])[None, :]).astype(b.dtype(x))
-    dy = dys[0]
-    if idx.ndim != 1:  # a scalar index dropped the axis, a k-D index made k axes: fold them into one
-        dy = b.op("Reshape", dy, b.ints(_fold_shape(x_shape, axis, len(flat), b.facts.batch_dynamic)))
-    letters = string.ascii_lowercase[:rank]
-    equation = f"{letters.replace(letters[axis], 'y')},yz->{letters.replace(letters[axis], 'z')}"
-    dx = b.op("Einsum", dy, b.const(one_hot, "gather_one_hot"), equation=equation)
-    return [dx, None]
-
-
-def _fold_shape(x_shape: tuple[int, ...], axis: int, length: int, batch_dynamic: bool) -> list[int]:
-    """Reshape target for dy with the gathered index axes folded into one of ``length``."""
-    shape = list(x_shape)
-    shape[axis] = length
-    if batch_dynamic and axis != 0:
-        shape[0] = -1
-    return shape
+    x_shape = b.shape_of(x)
+    idx = b.op("Cast", indices, to=ir.DataType.INT64)
+    size = b.op("Gather", x_shape, b.ints([axis]), axis=0)
+    idx = b.op("Where", b.op("Less", idx, b.ints([0])), b.op("Add", idx, size), idx)
+    # dy with the index axes folded into one: x's shape with axis replaced by len(idx)
+    folded_shape = b.op("Concat", b.op("Slice", x_shape, b.ints([0]), b.ints([axis])), b.ints([-1]),
+                        b.op("Slice", x_shape, b.ints([axis + 1]), b.ints([_END])), axis=0)
+    dy = b.op("Reshape", dys[0], folded_shape)
+    idx = b.op("Reshape", idx, b.ints([1] * axis + [-1] + [1] * (rank - axis - 1)))
+    idx = b.op("Expand", idx, b.op("Shape", dy))
+    return [b.op("ScatterElements", b.zeros_like(x), idx, dy, axis=axis, reduction="add"), None]
