@@ -98,7 +98,7 @@ class Explainer:
         ``class_index``: None (top-1 everywhere), an int, or one int per image (negative =
         top-1). Score-CAM and Ablation-CAM run the model / its head again as they need.
         """
-        methods = list(dict.fromkeys(methods))
+        methods = list(dict.fromkeys([methods] if isinstance(methods, str) else methods))
         unknown = [m for m in methods if m not in ALL_METHODS]
         if unknown or not methods:
             raise ValueError(f"unknown method(s) {unknown}; choose from {', '.join(ALL_METHODS)}")
@@ -132,6 +132,8 @@ class Explainer:
         if isinstance(x, (str, Path, Image.Image)):
             x = [x]
         if not isinstance(x, np.ndarray):
+            if len(x) == 0:
+                raise ValueError("no images given")
             x, geometry = self.prepare(x)
         else:
             geometry = None

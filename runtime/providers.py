@@ -125,6 +125,8 @@ class Runner:
         self.session = ort.InferenceSession(model, opts, providers=resolve_providers(providers))
         self.providers: list[str] = self.session.get_providers()
         self.device = "cuda" if self.providers[0] == CUDA else "cpu"
+        options = self.session.get_provider_options().get(self.providers[0], {})
+        self.device_id = int(options.get("device_id", 0) or 0)
         self.io_binding = (self.device == "cuda") if io_binding is None else bool(io_binding)
         self._bindable = {i.name for i in self.session.get_inputs()}
 
@@ -136,6 +138,6 @@ class Runner:
         for name, value in feeds.items():
             binding.bind_cpu_input(name, np.ascontiguousarray(value))
         for name in outputs:
-            binding.bind_output(name, self.device)
+            binding.bind_output(name, self.device, self.device_id)
         self.session.run_with_iobinding(binding)
         return binding.copy_outputs_to_cpu()

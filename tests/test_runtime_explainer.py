@@ -166,6 +166,9 @@ def test_bad_method_and_bad_batch(toy, explainer):
         explainer.explain(toy["x"][:, :, :8])
     with pytest.raises(ValueError, match="rank 4"):
         explainer.explain(toy["x"][0])
+    with pytest.raises(ValueError, match="no images given"):
+        explainer.explain([])
+    assert list(explainer.explain_many(toy["x"], methods="hirescam")) == ["hirescam"]
 
 
 def test_models_that_are_not_explanation_graphs(toy, tmp_path):
