@@ -8,6 +8,8 @@ For image n, class c and channel k:
                           the class, not over the classes;
   map = Σ_k w_k A_k    (ReLU comes with post-processing).
 The K masked copies of each image run through the model in batches of ``batch_size``.
+A channel that is all zeros (common after ReLU/ReLU6) has the mask 0, so its masked input is
+all zeros: that score is computed once and shared (exact; often half the channels).
 """
 from __future__ import annotations
 
@@ -36,12 +38,19 @@ def scorecam_weights(score: ScoreFn, x: np.ndarray, A: np.ndarray, classes: np.n
     n_img, k_chan = A.shape[:2]
     size = x.shape[2:4] if layout == "NCHW" else x.shape[1:3]
     scores = np.empty((n_img, k_chan), np.float32)
+    zero_logits = None  # logits of the all-zero input, shared by every all-zero channel
     for n in range(n_img):
-        for k0 in range(0, k_chan, batch_size):
-            masks = channel_masks(A[n, k0:k0 + batch_size], size)
+        live = np.flatnonzero(A[n].reshape(k_chan, -1).any(axis=1))
+        if len(live) < k_chan:
+            if zero_logits is None:
+                zero_logits = score(np.zeros_like(x[:1], dtype=np.float32))[0]
+            scores[n] = zero_logits[int(classes[n])]
+        for k0 in range(0, len(live), batch_size):
+            channels = live[k0:k0 + batch_size]
+            masks = channel_masks(A[n, channels], size)
             masks = masks[:, None] if layout == "NCHW" else masks[..., None]
             logits = score((x[n][None] * masks).astype(np.float32))
-            scores[n, k0:k0 + len(masks)] = logits[:, int(classes[n])]
+            scores[n, channels] = logits[:, int(classes[n])]
     scores = scores - scores.max(axis=1, keepdims=True)
     e = np.exp(scores)
     return e / e.sum(axis=1, keepdims=True)
