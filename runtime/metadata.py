@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
@@ -63,8 +64,9 @@ class ModelInfo:
 
 def not_an_explanation_graph(path: str, why: str) -> ModelError:
     stem = Path(path).name.split(".")[0] or "model"
+    source = shlex.quote(path) if path.lower().endswith(".onnx") else "SOURCE"  # a plain ONNX classifier
     return ModelError(f"{path} is not an onnxcam explanation graph ({why}); make one with "
-                      f"`onnxcam export SOURCE -o {stem}.cam.onnx`")
+                      f"`onnxcam export {source} -o {stem}.cam.onnx`")
 
 
 def read_model_info(session: ort.InferenceSession, path: str) -> ModelInfo:
