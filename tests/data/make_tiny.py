@@ -1,6 +1,6 @@
 """Build ``tiny.cam.onnx``: a small explanation graph for the torch-free CLI tests.
 
-    python tests/data/make_tiny.py     # rewrites tests/data/tiny.cam.onnx and tests/data/plain.onnx
+    python tests/data/make_tiny.py     # rewrites tiny.cam.onnx, plain.onnx and coffee.jpg here
 
 The classifier is a seeded two-conv CNN on 3x32x32 inputs (10 classes, made-up labels):
 Conv(3→8, s2) → BatchNorm → ReLU → Conv(8→16, s1) → ReLU (``features``, the target layer,
@@ -10,6 +10,8 @@ is exercised. Exported with ``onnxcam.exporter.export`` from the source ``make_t
 
 ``plain.onnx`` is an ordinary ONNX classifier (GlobalAveragePool → Flatten → Gemm, made with
 ``onnx.helper``): NOT an explanation graph, for the "make one with onnxcam export" error.
+``coffee.jpg`` is scikit-image's ``coffee`` photo (CC0) scaled to 150x100, so that
+``onnxcam explain tiny.cam.onnx tests/data`` has a real picture to explain.
 """
 from __future__ import annotations
 
@@ -66,6 +68,13 @@ def make_plain(out: Path) -> None:
     onnx.save(model, str(out))
 
 
+def make_photo(out: Path) -> None:
+    from PIL import Image
+    from skimage import data
+
+    Image.fromarray(data.coffee()).resize((150, 100), Image.LANCZOS).save(out, quality=85)
+
+
 def main(out: Path = HERE / "tiny.cam.onnx") -> None:
     sys.path.insert(0, str(HERE))
     from onnxcam.exporter import export
@@ -73,7 +82,8 @@ def main(out: Path = HERE / "tiny.cam.onnx") -> None:
     export("make_tiny:build", "features", input_shape=(3, 32, 32), resize=36, labels=LABELS,
            out=out, overwrite=True, opset=18)
     make_plain(HERE / "plain.onnx")
-    for path in (out, HERE / "plain.onnx"):
+    make_photo(HERE / "coffee.jpg")
+    for path in (out, HERE / "plain.onnx", HERE / "coffee.jpg"):
         print(f"wrote {path} ({path.stat().st_size} bytes)")
 
 
