@@ -3,7 +3,9 @@ from __future__ import annotations
 
 import click
 
+from onnxcam.cli.explain_cmd import explain_command
 from onnxcam.cli.export_cmd import export_command
+from onnxcam.cli.info_cmd import info_command
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -13,6 +15,8 @@ def main() -> None:
 
 
 main.add_command(export_command)
+main.add_command(explain_command)
+main.add_command(info_command)
 
 if __name__ == "__main__":  # pragma: no cover
     main()

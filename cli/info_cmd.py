@@ -1,0 +1,99 @@
+"""``onnxcam info``: what an explanation graph contains and how it would run here."""
+from __future__ import annotations
+
+import json
+import os
+from typing import Any
+
+import click
+
+from onnxcam.cli.common import setup_logging
+from onnxcam.cli.explain_cmd import PROVIDERS, make_explainer
+
+
+def _shape(shape: Any) -> str:
+    return "[" + ", ".join("?" if d is None else str(d) for d in shape) + "]"
+
+
+def _dtype(ort_type: str) -> str:
+    return ort_type[len("tensor("):-1] if ort_type.startswith("tensor(") else ort_type
+
+
+def describe(explainer: Any) -> dict[str, Any]:
+    """Everything ``info`` prints, as JSON-able values."""
+    from onnxcam.runtime import ALL_METHODS
+
+    info, session = explainer.info, explainer.runner.session
+    meta = session.get_modelmeta()
+    pre = info.preprocess
+    head = info.head_input is not None
+    return {
+        "file": info.path,
+        "size_bytes": os.path.getsize(info.path),
+        "format": meta.custom_metadata_map.get("onnxcam.format"),
+        "source": info.source or None,
+        "target_layer": info.target_layer or None,
+        "image_input": info.image_input,
+        "inputs": [{"name": i.name, "shape": list(i.shape), "dtype": _dtype(i.type)} for i in session.get_inputs()],
+        "outputs": [{"name": o.name, "shape": list(o.shape), "dtype": _dtype(o.type)} for o in session.get_outputs()],
+        "preprocess": None if pre is None else {
+            "layout": pre.layout, "color": pre.color, "size": list(pre.size), "resize": pre.resize,
+            "scale": pre.scale, "mean": list(pre.mean), "std": list(pre.std)},
+        "num_classes": info.num_classes,
+        "labels": None if info.labels is None else len(info.labels),
+        "head_piecewise_linear": info.piecewise_linear,
+        "ablationcam_head": head,
+        "head_input": info.head_input,
+        "methods": [m for m in ALL_METHODS if head or m != "ablationcam"],
+        "providers": list(explainer.providers),
+        "producer": " ".join(p for p in (meta.producer_name, meta.version and str(meta.version)) if p) or None,
+    }
+
+
+def _text(d: dict[str, Any]) -> str:
+    def io_lines(items: list[dict]) -> list[str]:
+        width = max(len(i["name"]) for i in items)
+        return [f"  {i['name'].ljust(width)}  {i['dtype']:<7}  {_shape(i['shape'])}" for i in items]
+
+    pre = d["preprocess"]
+    if pre is None:
+        pre_line = "none (the CLI cannot read image files for this model)"
+    else:
+        resize = f"short side → {pre['resize']}, centre crop" if pre["resize"] else "resize"
+        pre_line = (f"{pre['layout']} {pre['color']}, {resize} {pre['size'][0]}x{pre['size'][1]}, "
+                    f"x = (pixels·{pre['scale']:.6g} − mean) / std, mean {pre['mean']}, std {pre['std']}")
+    flag = d["head_piecewise_linear"]
+    flag_text = "unknown" if flag is None else (
+        "yes (Grad-CAM++ higher-order terms exact)" if flag else "no (Grad-CAM++ terms are the standard approximation)")
+    head_text = (f"present ({d['head_input']} → head_logits)" if d["ablationcam_head"]
+                 else "absent (ablationcam unavailable)")
+    labels = f"{d['labels']} class names" if d["labels"] is not None else "none"
+    lines = [
+        f"file:              {d['file']} ({d['size_bytes'] / 1e6:.2f} MB, onnxcam format {d['format']})",
+        f"source:            {d['source'] or '-'}",
+        f"target layer:      {d['target_layer'] or '-'}",
+        "inputs:", *io_lines(d["inputs"]),
+        "outputs:", *io_lines(d["outputs"]),
+        f"preprocessing:     {pre_line}",
+        f"classes:           {d['num_classes'] if d['num_classes'] is not None else '?'}; labels: {labels}",
+        f"piecewise linear:  {flag_text}",
+        f"ablationcam head:  {head_text}",
+        f"methods:           {', '.join(d['methods'])}",
+        f"providers:         {', '.join(d['providers'])}",
+    ]
+    return "\n".join(lines)
+
+
+@click.command("info", short_help="Describe an explanation graph (.cam.onnx).")
+@click.argument("model", metavar="MODEL.cam.onnx")
+@click.option("--providers", type=click.Choice(list(PROVIDERS)), default="auto", show_default=True,
+              help="Execution provider to report on (auto picks CUDA when it really works).")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of text.")
+@click.option("--debug", is_flag=True, help="Show tracebacks.")
+def info_command(model: str, providers: str, as_json: bool, debug: bool) -> None:
+    """Show an explanation graph's inputs, outputs, source, target layer, preprocessing, labels,
+    piecewise-linear flag, ablationcam head path and the execution providers it would use."""
+    setup_logging(debug)
+    explainer = make_explainer(model, providers, None, 1, debug)
+    d = describe(explainer)
+    click.echo(json.dumps(d, indent=2) if as_json else _text(d))
