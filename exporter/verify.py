@@ -1,7 +1,8 @@
 """Check an explanation graph against ``torch.autograd`` on the PyTorch model it came from.
 
-Pass criteria (the contract's numerics): logits within 1e-4 relative to max|S|, and
-max|Δg| ≤ 1e-4·max|g| + 1e-6 for the gradients of the explained class score.
+Pass criteria (the contract's numerics): logits within 1e-4 relative to max|S|, activations
+within 1e-4 relative to max|A|, and max|Δg| ≤ 1e-4·max|g| + 1e-6 for the gradients of the
+explained class score, taken by torch at the graph's own activations (see ``torch_reference``).
 """
 from __future__ import annotations
 
@@ -14,7 +15,6 @@ import torch
 from torch import nn
 
 from onnxcam.exporter.errors import ExportError
-from onnxcam.exporter.torch_export import ExposeTarget
 
 
 @dataclass
@@ -27,28 +27,55 @@ class Comparison:
     gradient_bound: float
     activation_error: float
 
+    activation_bound: float = float("inf")
+
     @property
     def ok(self) -> bool:
-        return self.logits_error <= self.logits_bound and self.gradient_error <= self.gradient_bound
+        return (self.logits_error <= self.logits_bound and self.gradient_error <= self.gradient_bound
+                and self.activation_error <= self.activation_bound)
 
     def __str__(self) -> str:
         return (f"max|Δlogits| {self.logits_error:.2e} (≤ {self.logits_bound:.2e}), "
+                f"max|ΔA| {self.activation_error:.2e} (≤ {self.activation_bound:.2e}), "
                 f"max|Δg| {self.gradient_error:.2e} (≤ {self.gradient_bound:.2e})")
 
 
-def torch_reference(model: nn.Module, target: str, call_index: int, x: np.ndarray,
-                    class_index: np.ndarray) -> dict[str, np.ndarray]:
-    """logits, explained class, activations and ∂S_class/∂A computed by torch.autograd."""
-    wrapper = ExposeTarget(model, [(dict(model.named_modules())[target], call_index)])
+def torch_reference(model: nn.Module, target: str, call_index: int, x: np.ndarray, class_index: np.ndarray,
+                    activations: np.ndarray | None = None) -> dict[str, np.ndarray]:
+    """logits, explained class, activations A and ∂S_class/∂A computed by torch.autograd.
+
+    With ``activations`` the target's output is replaced by those values (A is then the point
+    where the head is differentiated): comparing with another implementation at *its own* A
+    keeps the two on the same side of every ReLU and max-pool tie that directly follows A.
+    """
+    module = dict(model.named_modules())[target]
+    dtype = next(model.parameters()).dtype
+    calls, captured = [0], {}
+
+    def replace_output(mod: nn.Module, args: tuple, output):
+        index, calls[0] = calls[0], calls[0] + 1
+        if index != call_index:
+            return None
+        value = output if isinstance(output, torch.Tensor) else output[0]
+        if activations is not None:
+            value = torch.from_numpy(activations).to(dtype)
+        leaf = value.detach().clone().requires_grad_(True)
+        captured["A"] = leaf
+        downstream = leaf.clone()  # in-place operators after the target must not touch the leaf
+        return downstream if isinstance(output, torch.Tensor) else (downstream, *output[1:])
+
+    handle = module.register_forward_hook(replace_output)
     try:
-        logits, activations = wrapper(torch.from_numpy(x))
+        logits = model(torch.from_numpy(x).to(dtype))
     finally:
-        wrapper.remove()
+        handle.remove()
+    if isinstance(logits, (tuple, list)):
+        logits = logits[0]
     chosen = torch.where(torch.from_numpy(class_index) < 0, logits.argmax(1), torch.from_numpy(class_index))
     score = logits.gather(1, chosen[:, None]).sum()
-    (gradients,) = torch.autograd.grad(score, activations)
+    (gradients,) = torch.autograd.grad(score, captured["A"])
     return {"logits": logits.detach().numpy(), "target": chosen.numpy(),
-            "activations": activations.detach().numpy(), "gradients": gradients.numpy()}
+            "activations": captured["A"].detach().numpy(), "gradients": gradients.numpy()}
 
 
 def run_graph(model: onnx.ModelProto, x: np.ndarray, class_index: np.ndarray) -> dict[str, np.ndarray]:
@@ -70,6 +97,7 @@ def compare(graph: dict[str, np.ndarray], reference: dict[str, np.ndarray]) -> C
         gradient_error=float(np.abs(graph["gradients"] - g_ref).max()),
         gradient_bound=1e-4 * float(np.abs(g_ref).max()) + 1e-6,
         activation_error=float(np.abs(graph["activations"] - reference["activations"]).max()),
+        activation_bound=1e-4 * float(np.abs(reference["activations"]).max()) + 1e-6,
     )
 
 
@@ -81,7 +109,10 @@ def verify_against_torch(model: onnx.ModelProto, module: nn.Module, target: str,
     with torch.no_grad():
         num_classes = module(torch.from_numpy(x[:1])).shape[-1]
     class_index = np.array([-1 if i % 2 == 0 else (7 * i) % num_classes for i in range(batch)], np.int64)
-    result = compare(run_graph(model, x, class_index), torch_reference(module, target, call_index, x, class_index))
+    graph = run_graph(model, x, class_index)
+    reference = torch_reference(module, target, call_index, x, class_index)
+    at_graph_point = torch_reference(module, target, call_index, x, class_index, graph["activations"])
+    result = compare(graph, {**reference, "gradients": at_graph_point["gradients"]})
     if not result.ok:
         raise ExportError(f"verification against torch.autograd FAILED: {result}")
     return result

@@ -62,7 +62,7 @@ def matmul(b: GraphBuilder, node: ir.Node, dys: Grads, needs: Sequence[bool]) ->
     return grads
 
 
-def _conv_geometry(b: GraphBuilder, node: ir.Node, x_shape, y_shape, kernel) -> tuple[list[int], list[int], list[int]]:
+def conv_geometry(b: GraphBuilder, node: ir.Node, x_shape, y_shape, kernel) -> tuple[list[int], list[int], list[int]]:
     """Explicit (strides, dilations, pads) of a Conv node, resolving ``auto_pad``."""
     spatial = len(kernel)
     strides = list(node.attributes.get_ints("strides", [1] * spatial))
@@ -92,7 +92,7 @@ def conv(b: GraphBuilder, node: ir.Node, dys: Grads, needs: Sequence[bool]) -> G
     x, w = node.inputs[0], node.inputs[1]
     x_shape, y_shape = b.static_shape(x), b.static_shape(node.outputs[0])
     kernel = b.static_shape(w)[2:]
-    strides, dilations, pads = _conv_geometry(b, node, x_shape, y_shape, kernel)
+    strides, dilations, pads = conv_geometry(b, node, x_shape, y_shape, kernel)
     spatial = len(kernel)
     output_padding = []
     for i in range(spatial):

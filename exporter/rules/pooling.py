@@ -9,6 +9,7 @@ import onnx_ir as ir
 from onnxcam.exporter.builder import GraphBuilder
 from onnxcam.exporter.errors import ExportError
 from onnxcam.exporter.rules import rule
+from onnxcam.exporter.rules.linear import conv_geometry
 
 Grads = Sequence["ir.Value | None"]
 
@@ -53,12 +54,10 @@ def window_counts(size: int, kernel: int, stride: int, dilation: int, pad_begin:
 def average_pool(b: GraphBuilder, node: ir.Node, dys: Grads, needs: Sequence[bool]) -> Grads:
     """y_o = (1/n_o) Σ_{i ∈ window o} x_i:  dx = ConvTranspose(dy / n, ones) per channel, where
     n_o counts the window's elements (padding included or not, as ``count_include_pad`` says)."""
-    from onnxcam.exporter.rules.linear import _conv_geometry
-
     x, y = node.inputs[0], node.outputs[0]
     x_shape, y_shape = b.static_shape(x), b.static_shape(y)
     kernel = list(node.attributes.get_ints("kernel_shape"))
-    strides, dilations, pads = _conv_geometry(b, node, x_shape, y_shape, kernel)
+    strides, dilations, pads = conv_geometry(b, node, x_shape, y_shape, kernel)
     spatial, channels = len(kernel), x_shape[1]
     include_pad = bool(node.attributes.get_int("count_include_pad", 0))
     counts = np.ones(())
