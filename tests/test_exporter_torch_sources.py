@@ -1,0 +1,107 @@
+"""PyTorch sources end to end through `onnxcam export`: callables, shared modules, weights, errors."""
+from __future__ import annotations
+
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+onnx = pytest.importorskip("onnx")
+import onnxruntime as ort  # noqa: E402
+from click.testing import CliRunner  # noqa: E402
+
+from onnxcam.cli.main import main  # noqa: E402
+from onnxcam.exporter.verify import torch_reference  # noqa: E402
+
+SHARED_RELU_NET = textwrap.dedent("""
+    import torch
+    from torch import nn
+
+    class SharedReluNet(nn.Module):
+        '''conv → relu → conv → relu (the same module twice) → pool → linear'''
+        def __init__(self):
+            super().__init__()
+            self.conv1 = nn.Conv2d(3, 8, 3, padding=1)
+            self.conv2 = nn.Conv2d(8, 12, 3, stride=2, padding=1)
+            self.relu = nn.ReLU()
+            self.fc = nn.Linear(12, 5)
+
+        def forward(self, x):
+            x = self.relu(self.conv2(self.relu(self.conv1(x))))
+            return self.fc(x.mean((2, 3)))
+
+    def build():
+        torch.manual_seed(0)
+        return SharedReluNet()
+""")
+
+
+@pytest.fixture()
+def shared_relu_source(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
+    (tmp_path / "shared_relu_net.py").write_text(SHARED_RELU_NET)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    return "shared_relu_net:build"
+
+
+def _run(path: Path, x: np.ndarray, class_index: np.ndarray) -> dict[str, np.ndarray]:
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    names = [o.name for o in session.get_outputs()]
+    return dict(zip(names, session.run(names, {"input": x, "class_index": class_index})))
+
+
+def test_module_called_twice_is_explained_at_its_last_call(shared_relu_source: str, tmp_path: Path) -> None:
+    out = tmp_path / "net.cam.onnx"
+    result = CliRunner().invoke(main, ["export", shared_relu_source, "-o", str(out), "--target-layer", "relu",
+                                       "--input-shape", "3,32,32", "--verify"])
+    assert result.exit_code == 0, result.output
+    assert "runs 2 times" in result.output and "call 2 (the last)" in result.output
+
+    import shared_relu_net
+
+    model = shared_relu_net.build().eval()
+    for batch in (1, 4):  # the batch axis is dynamic
+        x = np.random.default_rng(batch).standard_normal((batch, 3, 32, 32)).astype(np.float32)
+        class_index = np.array([-1, 3, -1, 0][:batch], np.int64)
+        graph = _run(out, x, class_index)
+        reference = torch_reference(model, "relu", 1, x, class_index)
+        assert graph["activations"].shape == (batch, 12, 16, 16)  # the second call's output
+        np.testing.assert_allclose(graph["activations"], reference["activations"], atol=1e-5)
+        np.testing.assert_allclose(graph["gradients"], reference["gradients"],
+                                   atol=1e-4 * np.abs(reference["gradients"]).max() + 1e-6)
+        np.testing.assert_allclose(graph["gradients_pow3"], graph["gradients"] ** 3, rtol=1e-5, atol=1e-12)
+
+
+def test_weights_file_is_loaded(tmp_path: Path) -> None:
+    torchvision = pytest.importorskip("torchvision")
+    torch.manual_seed(3)
+    model = torchvision.models.resnet18(weights=None, num_classes=10).eval()
+    weights = tmp_path / "r18.pth"
+    torch.save(model.state_dict(), weights)
+    out = tmp_path / "r18.cam.onnx"
+    result = CliRunner().invoke(main, ["export", "torchvision:resnet18", "-o", str(out), "--weights", str(weights),
+                                       "--input-shape", "3,64,64"])
+    assert result.exit_code == 0, result.output
+    x = np.random.default_rng(0).standard_normal((2, 3, 64, 64)).astype(np.float32)
+    graph = _run(out, x, np.array([-1, -1], np.int64))
+    with torch.no_grad():
+        expected = model(torch.from_numpy(x)).numpy()
+    np.testing.assert_allclose(graph["logits"], expected, rtol=1e-4, atol=1e-4 * np.abs(expected).max())
+    meta = {p.key: p.value for p in onnx.load(str(out)).metadata_props}
+    assert meta["onnxcam.target_layer"] == "layer4" and meta["onnxcam.source"] == "torchvision:resnet18"
+    assert "onnxcam.labels" not in meta  # 10 classes: not ImageNet
+
+
+@pytest.mark.parametrize("args,needle", [
+    (["torchvision:resnet18", "--target-layer", "layer9"], "layer9"),
+    (["torchvision:resnet18", "--weights", "no/such/file.pth"], "file.pth"),
+    (["torchvision:resnett18"], "resnet18"),
+])
+def test_torch_source_errors_are_one_line(tmp_path: Path, args: list[str], needle: str) -> None:
+    result = CliRunner().invoke(main, ["export", *args, "-o", str(tmp_path / "x.cam.onnx")])
+    assert result.exit_code == 2
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error:") and needle in lines[0], result.stderr
+    assert not (tmp_path / "x.cam.onnx").exists()
