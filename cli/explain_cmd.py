@@ -125,9 +125,9 @@ def _write(path: Path, overwrite: bool, save: Any) -> None:
         raise
 
 
-def save_png(image: Any, path: Path, overwrite: bool) -> None:
-    """Save a PIL image as PNG (fast compression: overlays are photos)."""
-    _write(path, overwrite, lambda fh: image.save(fh, format="PNG", compress_level=1))
+def save_png(image: Any, path: Path, overwrite: bool, compress_level: int = 1) -> None:
+    """Save a PIL image as PNG (fast compression by default: overlays are photos)."""
+    _write(path, overwrite, lambda fh: image.save(fh, format="PNG", compress_level=compress_level))
 
 
 def save_npy(array: Any, path: Path, overwrite: bool) -> None:

@@ -336,14 +336,16 @@ from onnxcam.cli.main import main
 r1 = CliRunner().invoke(main, ["explain", {str(TINY)!r}, {str(photos[0])!r}, "--out", {str(out)!r},
                                "-m", "gradcam++,ablationcam"])
 r2 = CliRunner().invoke(main, ["info", {str(TINY)!r}, "--json"])
+r3 = CliRunner().invoke(main, ["demo", "--out", {str(tmp_path / 'demo')!r}])
 heavy = sorted(m for m in sys.modules if m.split('.')[0] in {{'torch', 'onnx', 'skimage'}})
-print(json.dumps({{"codes": [r1.exit_code, r2.exit_code], "heavy": heavy,
-                  "info": json.loads(r2.stdout)["source"]}}))
+print(json.dumps({{"codes": [r1.exit_code, r2.exit_code, r3.exit_code], "heavy": heavy,
+                  "demo": r3.output, "info": json.loads(r2.stdout)["source"]}}))
 """
     env = {**os.environ, "XDG_CACHE_HOME": str(tmp_path / "cache")}
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
     assert proc.returncode == 0, proc.stderr
     report = json.loads(proc.stdout.strip().splitlines()[-1])
-    assert report["codes"] == [0, 0] and report["heavy"] == []
+    assert report["codes"] == [0, 0, 2] and report["heavy"] == []
     assert report["info"] == "make_tiny:build"
+    assert "pip install 'onnxcam[export]' scikit-image" in report["demo"]
     assert (out / "wide.gradcam++.png").is_file() and (out / "wide.ablationcam.png").is_file()
