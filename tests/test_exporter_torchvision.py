@@ -5,15 +5,19 @@ inside the backbone); each target gets its own explanation graph. Weights are se
 (``weights=None``) with batch-norm statistics calibrated on random data, so activations, logits
 and gradients have realistic magnitudes instead of vanishing.
 
-The reference is torch.autograd in float64, differentiated at the graph's own activations A
-(``torch_reference(..., activations=...)``), with A itself checked against torch's forward pass.
-In float32 a ReLU input or a max-pool window within rounding distance of a tie can go either way,
-in torch as in onnxruntime, and each such flip moves a whole gradient entry; differentiating both
-at the same A keeps the decisions that directly follow A identical, so what remains is the
-arithmetic of the reverse pass. Decisions further down the head still depend on float32
-rounding: the deeper targets sit one or two blocks before the head.
+The reference is torch.autograd differentiated at the graph's own activations A
+(``torch_reference(..., activations=...)``), with A itself checked against float64 torch's
+forward pass. In float32 a ReLU input or a max-pool window within rounding distance of a tie can
+go either way, in torch as in onnxruntime, and each such flip moves a whole gradient entry; at
+the same A the decisions that directly follow A are identical, and the rest of the head is
+compared with torch in float32 (the contract's reference) and in float64: the graph must match
+one of them within 1e-4·max|g|. (At some deep targets and seeds float32 torch and onnxruntime
+agree with each other to 1e-9 and both miss float64 torch by ~1 % on a few hundred entries: a
+shared float32 flip.)
 """
 from __future__ import annotations
+
+import copy
 
 import numpy as np
 import onnx
@@ -74,7 +78,7 @@ def test_gradients_match_torch_autograd(name: str, size: int, default_target: st
 
     x = np.random.default_rng(0).standard_normal((3, 3, size, size)).astype(np.float32)
     class_index = np.array([-1, 7, 409], np.int64)
-    reference_model = model.double()
+    model64 = copy.deepcopy(model).double()
     for i, (target, call) in enumerate(zip(targets, calls)):
         spec = GraphSpec(classifier.model, classifier.image_input, classifier.logits, target_output_name(i),
                          f"torchvision:{name}", target, {})
@@ -84,13 +88,15 @@ def test_gradients_match_torch_autograd(name: str, size: int, default_target: st
         assert all(node.domain in ("", "ai.onnx") for node in graph.graph.node)
 
         result = run_graph(graph, x, class_index)
-        reference = torch_reference(reference_model, target, call.index, x.astype(np.float64), class_index)
+        reference = torch_reference(model64, target, call.index, x.astype(np.float64), class_index)
         np.testing.assert_array_equal(result["target"], reference["target"])
-        at_graph_point = torch_reference(reference_model, target, call.index, x.astype(np.float64), class_index,
-                                         result["activations"].astype(np.float64))
-        report = compare(result, {**reference, "gradients": at_graph_point["gradients"]})
-        assert report.ok, f"{name} @ {target}: {report}"
-        # stricter than the contract: relative to max|g| alone, so small gradients are checked too
-        scale = np.abs(at_graph_point["gradients"]).max()
-        assert scale > 0 and report.gradient_error <= 1e-4 * scale, f"{name} @ {target}: {report}"
+        reports = []
+        for net, dtype in ((model, np.float32), (model64, np.float64)):
+            at_graph_point = torch_reference(net, target, call.index, x.astype(dtype), class_index,
+                                             result["activations"].astype(dtype))
+            report = compare(result, {**reference, "gradients": at_graph_point["gradients"]})
+            # stricter than the contract: relative to max|g| alone, so small gradients are checked too
+            scale = np.abs(at_graph_point["gradients"]).max()
+            reports.append((report.ok and report.gradient_error <= 1e-4 * scale and scale > 0, report))
+        assert any(ok for ok, _ in reports), f"{name} @ {target}: " + "; ".join(str(r) for _, r in reports)
         assert result["gradients"].shape == result["activations"].shape
