@@ -1,11 +1,14 @@
 # Two entry points for a fresh machine: `make demo` and `make test`.
 VENV ?= .venv
+BASE_VENV ?= .venv-base
 PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
 # pytest workers: 2 matches CI's two cores.
 WORKERS ?= 2
+# tests that must pass with the base install alone (numpy, onnxruntime, Pillow, click; no torch, no onnx)
+BASE_TESTS := $(wildcard tests/test_runtime_*.py tests/test_cli_explain.py tests/test_cli_info.py)
 
-.PHONY: demo test bench clean
+.PHONY: demo test test-full test-base bench clean
 
 $(VENV)/bin/python:
 	python3 -m venv $(VENV)
@@ -15,14 +18,30 @@ $(VENV)/.installed-dev: pyproject.toml | $(VENV)/bin/python
 	$(PIP) install -e '.[dev]'
 	touch $@
 
+$(BASE_VENV)/.installed: pyproject.toml
+	python3 -m venv $(BASE_VENV)
+	$(BASE_VENV)/bin/pip install -q --upgrade pip
+	$(BASE_VENV)/bin/pip install . pytest
+	touch $@
+
 demo: $(VENV)/.installed-dev
 	$(VENV)/bin/onnxcam demo --out demo-out
 
-test: $(VENV)/.installed-dev
+test: test-full test-base
+
+test-full: $(VENV)/.installed-dev
 	$(PY) -m pytest -n $(WORKERS) -q --durations=15
+
+# The runtime and the CLI's explain/info with the base install only: torch and onnx must be absent.
+test-base: $(BASE_VENV)/.installed
+	$(BASE_VENV)/bin/python -c "import importlib.util as u, sys; sys.exit(any(u.find_spec(m) for m in ('torch', 'onnx')))" \
+		|| (echo "the base install pulled in torch or onnx" && exit 1)
+	$(BASE_VENV)/bin/python -m pytest -q -p no:cacheprovider $(BASE_TESTS)
+	rm -rf .base-explain-out
+	$(BASE_VENV)/bin/onnxcam explain tests/data/tiny.cam.onnx tests/data --out .base-explain-out
 
 bench: $(VENV)/.installed-dev
 	$(PY) benchmarks/overhead.py
 
 clean:
-	rm -rf $(VENV) demo-out .pytest_cache
+	rm -rf $(VENV) $(BASE_VENV) demo-out .base-explain-out .pytest_cache
