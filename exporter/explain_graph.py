@@ -100,7 +100,9 @@ def build_explanation_graph(spec: GraphSpec, facts: TensorFacts) -> onnx.ModelPr
     logits, target = values[spec.logits], resolve_identity(values[spec.target])
     builder = GraphBuilder(graph, facts, opset)
     image = values[spec.image_input]
-    batch: str | int = "N" if facts.batch_dynamic else facts.shape(image.name)[0]
+    declared = image.shape[0] if image.shape is not None and len(image.shape) else None
+    symbol = declared.value if isinstance(declared, ir.SymbolicDim) and declared.value else "N"
+    batch: str | int = symbol if facts.batch_dynamic else facts.shape(image.name)[0]
     if not facts.batch_dynamic:  # the source bakes its batch size into its shape arithmetic
         image.shape = ir.Shape(list(facts.shape(image.name)))
 
