@@ -1,0 +1,18 @@
+"""Metrics for explanation maps, on ONNX Runtime with numpy only (no torch, onnx or scipy).
+
+Faithfulness (:mod:`.faithfulness`), localisation and complexity (:mod:`.localisation`).
+Every function documents its definition; maps are float32 [N, H, W] at input resolution.
+"""
+from onnxcam.runtime.metrics._model import Scorer, class_score, softmax
+from onnxcam.runtime.metrics.faithfulness import (auc, average_drop, cam_mult_scores, confidence_change,
+                                                  deletion_curve, drop_in_confidence, gaussian_blur,
+                                                  increase_in_confidence, increase_in_confidence_percent,
+                                                  insertion_curve, relative_drop, remove_top_percent,
+                                                  rise_kernel, win_percent)
+
+__all__ = [
+    "Scorer", "auc", "average_drop", "cam_mult_scores", "class_score", "confidence_change",
+    "deletion_curve", "drop_in_confidence", "gaussian_blur", "increase_in_confidence",
+    "increase_in_confidence_percent", "insertion_curve", "relative_drop", "remove_top_percent",
+    "rise_kernel", "softmax", "win_percent",
+]
