@@ -9,10 +9,15 @@ from onnxcam.runtime.metrics.faithfulness import (auc, average_drop, cam_mult_sc
                                                   increase_in_confidence, increase_in_confidence_percent,
                                                   insertion_curve, relative_drop, remove_top_percent,
                                                   rise_kernel, win_percent)
+from onnxcam.runtime.metrics.localisation import (as_boxes, as_mask, box_iou, box_localisation, boxes_to_mask,
+                                                  energy_pointing_game, gini, label_components, mask_to_box,
+                                                  pointing_game, sparsity, top_percent_box, topk_box_iou)
 
 __all__ = [
     "Scorer", "auc", "average_drop", "cam_mult_scores", "class_score", "confidence_change",
     "deletion_curve", "drop_in_confidence", "gaussian_blur", "increase_in_confidence",
     "increase_in_confidence_percent", "insertion_curve", "relative_drop", "remove_top_percent",
     "rise_kernel", "softmax", "win_percent",
+    "as_boxes", "as_mask", "box_iou", "box_localisation", "boxes_to_mask", "energy_pointing_game", "gini",
+    "label_components", "mask_to_box", "pointing_game", "sparsity", "top_percent_box", "topk_box_iou",
 ]
