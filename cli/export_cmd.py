@@ -20,11 +20,13 @@ from onnxcam.cli.common import fail, float_triplet, int_triplet, setup_logging
 @click.option("--layout", type=click.Choice(["NCHW", "NHWC"]), help="Layout of the image input.")
 @click.option("--bgr", is_flag=True, help="The model expects BGR channel order.")
 @click.option("--verify", is_flag=True, help="Check the graph against torch.autograd (PyTorch sources).")
+@click.option("--input-gradients", is_flag=True,
+              help="Also output input_gradients (∂S/∂input) and guided_gradients (Guided Backpropagation).")
 @click.option("--overwrite", is_flag=True, help="Replace OUT if it exists.")
 @click.option("--debug", is_flag=True, help="Show tracebacks.")
 def export_command(source: str, out: str, target_layer: str | None, weights: str | None, input_shape,
                    opset: int | None, labels: str | None, mean, std, resize: int | None, layout: str | None,
-                   bgr: bool, verify: bool, overwrite: bool, debug: bool) -> None:
+                   bgr: bool, verify: bool, input_gradients: bool, overwrite: bool, debug: bool) -> None:
     """Export SOURCE (torchvision:NAME, timm:NAME, package.module:callable, a registry name or an
     .onnx classifier) into an explanation graph with logits and target-layer gradients."""
     setup_logging(debug)
@@ -35,7 +37,7 @@ def export_command(source: str, out: str, target_layer: str | None, weights: str
     try:
         model = export(source, target_layer, weights=weights, input_shape=input_shape, opset=opset, labels=labels,
                        mean=mean, std=std, resize=resize, layout=layout, bgr=bgr, out=out, overwrite=overwrite,
-                       verify=verify)
+                       verify=verify, input_gradients=input_gradients)
     except ExportError as exc:
         fail(str(exc), 2, debug)
     except Exception as exc:  # an unexpected failure still gets one line

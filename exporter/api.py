@@ -83,11 +83,14 @@ def export(
     out: str | Path | None = None,
     overwrite: bool = False,
     verify: bool = False,
+    input_gradients: bool = False,
 ) -> onnx.ModelProto:
     """Export ``source`` (``torchvision:NAME``, ``timm:NAME``, ``package.module:callable``, a
     registry name or an ``.onnx`` file) into an explanation graph; write it to ``out`` if given.
 
     ``verify`` (torch sources) compares the graph with ``torch.autograd`` and raises on mismatch.
+    ``input_gradients`` adds the outputs ``input_gradients`` (∂S/∂input) and ``guided_gradients``
+    (Guided Backpropagation).
     """
     if out is not None and Path(out).exists() and not overwrite:
         raise ExportError(f"{out} exists; pass --overwrite to replace it")
@@ -105,11 +108,11 @@ def export(
             log.info("target layer: %s (the last spatial feature map before the scores)", target)
         preprocess = _preprocess_overrides(_onnx_preprocess(classifier), mean, std, resize, layout, bgr)
         spec = GraphSpec(classifier.model, classifier.image_input, classifier.logits, target,
-                         Path(source).name, target, preprocess.to_dict(), label_list)
+                         Path(source).name, target, preprocess.to_dict(), label_list, input_gradients)
         model = _build(spec, classifier)
     else:
         model = _export_torch(source, target_layer, weights, shape, opset or DEFAULT_OPSET, label_list,
-                              (mean, std, resize, layout, bgr), verify)
+                              (mean, std, resize, layout, bgr), verify, input_gradients)
     if out is not None:
         Path(out).parent.mkdir(parents=True, exist_ok=True)
         onnx.save(model, str(out))
@@ -117,7 +120,8 @@ def export(
     return model
 
 
-def _export_torch(source, target_layer, weights, shape, opset, label_list, overrides, verify) -> onnx.ModelProto:
+def _export_torch(source, target_layer, weights, shape, opset, label_list, overrides, verify,
+                  input_gradients) -> onnx.ModelProto:
     try:
         from onnxcam.exporter.torch_export import TARGET, export_with_target
         from onnxcam.exporter.torch_loading import load_torch_source, resolve_target_module
@@ -138,7 +142,7 @@ def _export_torch(source, target_layer, weights, shape, opset, label_list, overr
         log.info(call.describe(target))
     classifier = load_classifier(proto)
     spec = GraphSpec(classifier.model, classifier.image_input, classifier.logits, TARGET, loaded.source, target,
-                     preprocess.to_dict(), label_list or loaded.labels)
+                     preprocess.to_dict(), label_list or loaded.labels, input_gradients)
     model = _build(spec, classifier)
     if verify:
         from onnxcam.exporter.verify import verify_against_torch

@@ -7,6 +7,7 @@ tensor used several times (fan-out) accumulates the gradients of all its uses.
 """
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import onnx_ir as ir
@@ -14,7 +15,7 @@ import onnx_ir as ir
 from onnxcam.exporter.builder import GraphBuilder
 from onnxcam.exporter.errors import ExportError
 from onnxcam.exporter.probe import TensorFacts
-from onnxcam.exporter.rules import PIECEWISE_LINEAR, RULES
+from onnxcam.exporter.rules import PIECEWISE_LINEAR, RULES, Rule
 
 #: operators whose outputs never carry a gradient (integer or boolean results, or shape data)
 NON_DIFFERENTIABLE = {
@@ -98,19 +99,24 @@ def is_piecewise_linear(path: Path) -> bool:
 
 
 def differentiate(
-    builder: GraphBuilder, path: Path, target: ir.Value, output: ir.Value, seed: ir.Value
+    builder: GraphBuilder, path: Path, target: ir.Value, output: ir.Value, seed: ir.Value,
+    overrides: Mapping[str, Rule] | None = None,
 ) -> ir.Value:
-    """Append the reverse pass of ``path`` and return ∂⟨seed, output⟩/∂target."""
+    """Append the reverse pass of ``path`` and return ∂⟨seed, output⟩/∂target.
+
+    ``overrides`` replaces the rules of some operators (Guided Backpropagation's ReLU, say).
+    """
     missing = unsupported_nodes(path)
     if missing:
         raise UnsupportedOperator(missing[0])
+    rules = {**RULES, **(overrides or {})}
     grads: dict[ir.Value, ir.Value] = {output: seed}
     for node in reversed(path.nodes):
         output_grads = [grads.get(o) for o in node.outputs]
         if all(g is None for g in output_grads):
             continue
         needs = [i is not None and i in path.values for i in node.inputs]
-        input_grads = RULES[node.op_type](builder, node, output_grads, needs)
+        input_grads = rules[node.op_type](builder, node, output_grads, needs)
         for inp, need, grad in zip(node.inputs, needs, input_grads):
             if not need or grad is None:
                 continue

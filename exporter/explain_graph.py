@@ -21,6 +21,7 @@ from onnxcam.exporter.errors import ExportError
 from onnxcam.exporter.head import add_head_path
 from onnxcam.exporter.layout import feature_layout
 from onnxcam.exporter.probe import TensorFacts
+from onnxcam.exporter.rules.guided import GUIDED_RULES
 
 FORMAT_VERSION = "1"
 
@@ -37,6 +38,7 @@ class GraphSpec:
     target_layer: str               # the user-facing name (module name or tensor name)
     preprocess: dict
     labels: list[str] | None = None
+    input_gradients: bool = False   # add ∂S/∂input and Guided Backpropagation outputs
     extra_metadata: dict[str, str] = field(default_factory=dict)
 
 
@@ -74,7 +76,7 @@ def _set_output(graph: ir.Graph, builder: GraphBuilder, value: ir.Value, name: s
 
 
 RESERVED_NAMES = {"logits", "target", "activations", "gradients", "gradients_pow2", "gradients_pow3",
-                  "class_index", "head_activations", "head_logits"}
+                  "class_index", "head_activations", "head_logits", "input_gradients", "guided_gradients"}
 
 
 def _free_reserved_names(values: dict[str, ir.Value], keep: set[ir.Value]) -> None:
@@ -89,6 +91,20 @@ def _as_float32(builder: GraphBuilder, value: ir.Value) -> ir.Value:
     if builder.dtype(value) == np.float32:
         return value
     return builder.op("Cast", value, to=ir.DataType.FLOAT)
+
+
+def _input_gradients(builder: GraphBuilder, graph: ir.Graph, facts: TensorFacts, image: ir.Value,
+                     logits: ir.Value, seed: ir.Value) -> dict[str, ir.Value]:
+    """``input_gradients`` = ∂S/∂input and ``guided_gradients`` (Guided Backpropagation), each a
+    reverse pass over the whole network, in the image input's layout."""
+    if not facts.is_float(image.name):
+        raise ExportError(f"input gradients need a float image input; '{image.name}' is {facts.dtypes[image.name]}")
+    path = find_path(graph, facts, image, logits)
+    plain = differentiate(builder, path, image, logits, seed)
+    guided = differentiate(builder, path, image, logits, seed, overrides=GUIDED_RULES)
+    if facts.dtypes[image.name] != np.float32:  # a gradient has its tensor's dtype
+        plain, guided = (builder.op("Cast", g, to=ir.DataType.FLOAT) for g in (plain, guided))
+    return {"input_gradients": plain, "guided_gradients": guided}
 
 
 def build_explanation_graph(spec: GraphSpec, facts: TensorFacts) -> onnx.ModelProto:
@@ -136,6 +152,7 @@ def build_explanation_graph(spec: GraphSpec, facts: TensorFacts) -> onnx.ModelPr
     gradient_pow3 = builder.op("Mul", gradient_pow2, gradient)
 
     has_head = add_head_path(builder, graph, facts, image, target, logits, layout)
+    input_outputs = _input_gradients(builder, graph, facts, image, logits, seed) if spec.input_gradients else {}
 
     # after all look-ups of probed facts by name; the source's logits may keep the name "logits"
     _free_reserved_names(values, keep={image} | ({logits} if logits.name == "logits" else set()))
@@ -148,6 +165,8 @@ def build_explanation_graph(spec: GraphSpec, facts: TensorFacts) -> onnx.ModelPr
         _set_output(graph, builder, value, name, ir.DataType.FLOAT, fmap)
     if has_head:
         _set_output(graph, builder, has_head, "head_logits", ir.DataType.FLOAT, ["M", num_classes])
+    for name, value in input_outputs.items():
+        _set_output(graph, builder, value, name, ir.DataType.FLOAT, [batch, *facts.shape(image.name)[1:]])
 
     for value in values.values():  # a former output declared without an element type
         if value.type is not None and value.dtype == ir.DataType.UNDEFINED and value not in graph.outputs:
@@ -163,6 +182,7 @@ def build_explanation_graph(spec: GraphSpec, facts: TensorFacts) -> onnx.ModelPr
         "onnxcam.head_piecewise_linear": "true" if is_piecewise_linear(path) else "false",
         **({"onnxcam.labels": json.dumps(spec.labels)} if spec.labels else {}),
         **({"onnxcam.head_input": "head_activations"} if has_head else {}),
+        **({"onnxcam.input_gradients": "true"} if input_outputs else {}),
         **spec.extra_metadata,
     }
     proto = ir.to_proto(model)

@@ -137,3 +137,13 @@ def gather(b: GraphBuilder, node: ir.Node, dys: Grads, needs: Sequence[bool]) ->
     idx = b.op("Reshape", idx, b.ints([1] * axis + [-1] + [1] * (rank - axis - 1)))
     idx = b.op("Expand", idx, b.op("Shape", dy))
     return [b.op("ScatterElements", b.zeros_like(x), idx, dy, axis=axis, reduction="add"), None]
+
+
+@rule("GatherND", piecewise_linear=True)
+def gather_nd(b: GraphBuilder, node: ir.Node, dys: Grads, needs: Sequence[bool]) -> Grads:
+    """y = x[idx] (index tuples along the leading axes):  dx = scatter-add of dy into zeros at
+    idx (repeated indices add up; indices read at run time)."""
+    if node.attributes.get_int("batch_dims", 0):
+        raise ExportError(f"GatherND node '{node.name}': batch_dims > 0 is not supported")
+    x, indices = node.inputs
+    return [b.op("ScatterND", b.zeros_like(x), indices, dys[0], reduction="add"), None]
