@@ -19,6 +19,7 @@ main.add_command(export_command)
 main.add_command(explain_command)
 main.add_command(info_command)
 main.add_command(demo_command)
+from onnxcam.cli.evaluate_cmd import evaluate_command; main.add_command(evaluate_command)  # noqa: E402,E702
 
 if __name__ == "__main__":  # pragma: no cover
     main()
