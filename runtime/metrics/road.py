@@ -1,0 +1,147 @@
+"""ROAD: RemOve And Debias (Rong et al. 2022), with noisy linear imputation in numpy.
+
+Removed pixels are filled by *noisy linear imputation*: every removed pixel equals the weighted
+mean of its 8 neighbours (weight 1/6 for the 4 edge neighbours, 1/12 for the 4 diagonals; only
+neighbours inside the image count), which couples all removed pixels in one sparse linear system
+per channel,
+
+    (Σ_{j ∈ N(i)} w_ij) u_i − Σ_{j ∈ N(i) removed} w_ij u_j = Σ_{j ∈ N(i) kept} w_ij x_j ,
+
+then N(0, noise²) noise is added to the filled values (``noise=0.01`` as the reference code).
+The matrix is symmetric positive definite whenever every group of removed pixels touches a kept
+pixel, so it is solved by Jacobi-preconditioned conjugate gradients on the pixel grid (every
+channel and image of a batch at once) — no scipy. A group without any kept pixel stays 0.
+
+Thresholds follow pytorch-grad-cam (``RemoveMostRelevantFirst`` / ``RemoveLeastRelevantFirst``):
+for percentile p, MoRF keeps the pixels with M < percentile_p(M) (so p = 80 removes the top
+20 %), LeRF keeps those with 1 − M < percentile_p(1 − M). The score change s(x̃) − s(x) is averaged
+over the percentiles (default 10, 20, …, 90); Combined = (LeRF − MoRF) / 2 (higher is better).
+"""
+from __future__ import annotations
+
+from typing import Optional, Sequence
+
+import numpy as np
+
+from onnxcam.runtime.metrics._model import Model, Scorer, check_inputs, chunks, class_score, resolve_classes
+
+NEIGHBOURS = (((1, 1), 1 / 12), ((0, 1), 1 / 6), ((-1, 1), 1 / 12), ((1, -1), 1 / 12),
+              ((0, -1), 1 / 6), ((-1, -1), 1 / 12), ((1, 0), 1 / 6), ((-1, 0), 1 / 6))
+PERCENTILES = (10, 20, 30, 40, 50, 60, 70, 80, 90)
+
+
+def _shift(a: np.ndarray, dy: int, dx: int) -> np.ndarray:
+    """out[..., y, x] = a[..., y + dy, x + dx], 0 outside."""
+    h, w = a.shape[-2:]
+    out = np.zeros_like(a)
+    ys, yd = (slice(dy, h), slice(0, h - dy)) if dy >= 0 else (slice(0, h + dy), slice(-dy, h))
+    xs, xd = (slice(dx, w), slice(0, w - dx)) if dx >= 0 else (slice(0, w + dx), slice(-dx, w))
+    out[..., yd, xd] = a[..., ys, xs]
+    return out
+
+
+def linear_impute(images: np.ndarray, keep: np.ndarray, tol: float = 1e-9, max_iter: int = 5000) -> np.ndarray:
+    """Noise-free linear imputation of images [B, C, H, W] where ``keep`` [B, H, W] is False.
+
+    Solves the system of the module docstring by preconditioned conjugate gradients until the
+    residual of every (image, channel) is below ``tol`` · |right-hand side| (float64)."""
+    x = np.asarray(images, np.float64)
+    keep = np.asarray(keep, bool)
+    b_, c_, h, w = x.shape
+    rem = (~keep)[:, None].astype(np.float64)  # [B, 1, H, W]
+    inside = np.ones((1, 1, h, w))
+    diag = sum(wt * _shift(inside, dy, dx) for (dy, dx), wt in NEIGHBOURS)  # weight of in-image neighbours
+    known = x * (1.0 - rem)
+    rhs = rem * sum(wt * _shift(known, dy, dx) for (dy, dx), wt in NEIGHBOURS)
+
+    def matvec(u: np.ndarray) -> np.ndarray:
+        return rem * (diag * u - sum(wt * _shift(u, dy, dx) for (dy, dx), wt in NEIGHBOURS))
+
+    inv_diag = rem / diag
+    u = np.zeros_like(x)
+    r = rhs.copy()
+    z = inv_diag * r
+    p = z.copy()
+    rz = (r * z).sum(axis=(2, 3), keepdims=True)
+    bnorm = np.sqrt((rhs ** 2).sum(axis=(2, 3), keepdims=True))
+    for _ in range(max_iter):
+        if np.all(np.sqrt((r ** 2).sum(axis=(2, 3), keepdims=True)) <= tol * np.maximum(bnorm, 1e-30)):
+            break
+        ap = matvec(p)
+        pap = (p * ap).sum(axis=(2, 3), keepdims=True)
+        alpha = np.divide(rz, pap, out=np.zeros_like(rz), where=pap > 0)
+        u += alpha * p
+        r -= alpha * ap
+        z = inv_diag * r
+        rz_new = (r * z).sum(axis=(2, 3), keepdims=True)
+        beta = np.divide(rz_new, rz, out=np.zeros_like(rz), where=rz > 0)
+        p = z + beta * p
+        rz = rz_new
+    return np.where(rem > 0, u, x)
+
+
+def noisy_linear_impute(images: np.ndarray, keep: np.ndarray, noise: float = 0.01,
+                        rng: Optional[np.random.Generator] = None, layout: str = "NCHW") -> np.ndarray:
+    """ROAD's noisy linear imputation of a batch (NCHW or NHWC) at the pixels where ``keep``
+    [B, H, W] is False: :func:`linear_impute` plus N(0, ``noise``²) on the filled values."""
+    x = np.asarray(images, np.float32)
+    if layout == "NHWC":
+        x = np.moveaxis(x, -1, 1)
+    out = linear_impute(x, keep)
+    if noise:
+        rng = rng if rng is not None else np.random.default_rng()
+        out = np.where((~np.asarray(keep, bool))[:, None], out + noise * rng.standard_normal(out.shape), out)
+    out = out.astype(np.float32)
+    return np.moveaxis(out, 1, -1) if layout == "NHWC" else out
+
+
+def road_keep_mask(maps: np.ndarray, percentile: float, order: str = "morf") -> np.ndarray:
+    """Pixels kept at ``percentile`` (pytorch-grad-cam's rule): MoRF M < P_p(M); LeRF
+    (1 − M) < P_p(1 − M); P_p = ``np.percentile`` per map. Boolean [N, H, W]."""
+    m = np.asarray(maps, np.float32)
+    if order == "lerf":
+        m = 1 - m
+    elif order != "morf":
+        raise ValueError(f"order must be 'morf' or 'lerf', got {order!r}")
+    thr = np.array([np.percentile(mi, percentile) for mi in m], np.float32)
+    return m < thr[:, None, None]
+
+
+def road_scores(model: Model, x: np.ndarray, maps: np.ndarray, order: str = "morf",
+                percentiles: Sequence[float] = PERCENTILES, class_index=None, noise: float = 0.01,
+                seed: Optional[int] = 0, score: str = "probability", batch_size: Optional[int] = None,
+                layout: Optional[str] = None) -> np.ndarray:
+    """ROAD score changes ``s(x̃_p) − s(x)`` per image and percentile, float32 [N, P], where x̃_p
+    is x with the pixels removed at percentile p (``order`` 'morf' or 'lerf', see the module
+    docstring) filled by :func:`noisy_linear_impute` (``noise``; ``seed`` for its generator)."""
+    scorer = Scorer(model, batch_size, layout)
+    x, maps = check_inputs(scorer, x, maps)
+    logits, classes = resolve_classes(scorer, x, class_index)
+    y = class_score(logits, classes, score)
+    rng = np.random.default_rng(seed)
+    out = np.zeros((len(x), len(percentiles)), np.float32)
+    for k, p in enumerate(percentiles):
+        keep = road_keep_mask(maps, p, order)
+        for s, e in chunks(len(x), scorer.batch_size):
+            imputed = noisy_linear_impute(x[s:e], keep[s:e], noise, rng, scorer.layout)
+            out[s:e, k] = scorer.scores(imputed, classes[s:e], score) - y[s:e]
+    return out
+
+
+def road_morf(model: Model, x: np.ndarray, maps: np.ndarray, **kwargs) -> np.ndarray:
+    """ROAD most-relevant-first: mean over percentiles of s(x̃_p) − s(x), float32 [N] (lower is
+    better); keyword arguments as :func:`road_scores`. pytorch-grad-cam's
+    ``ROADMostRelevantFirstAverage``."""
+    return road_scores(model, x, maps, "morf", **kwargs).mean(axis=1)
+
+
+def road_lerf(model: Model, x: np.ndarray, maps: np.ndarray, **kwargs) -> np.ndarray:
+    """ROAD least-relevant-first: mean over percentiles, float32 [N] (higher is better);
+    pytorch-grad-cam's ``ROADLeastRelevantFirstAverage``."""
+    return road_scores(model, x, maps, "lerf", **kwargs).mean(axis=1)
+
+
+def road_combined(model: Model, x: np.ndarray, maps: np.ndarray, **kwargs) -> np.ndarray:
+    """ROAD combined: (LeRF − MoRF) / 2 per image, float32 [N] (higher is better);
+    pytorch-grad-cam's ``ROADCombined``."""
+    return ((road_lerf(model, x, maps, **kwargs) - road_morf(model, x, maps, **kwargs)) / 2).astype(np.float32)
