@@ -27,24 +27,27 @@ from onnxcam.cli.explain_cmd import (IMAGE_EXTENSIONS, PROVIDERS, Reporter, make
 FAITHFULNESS = ("confidence_change", "drop_topk", "average_drop", "increase_in_confidence", "deletion", "insertion")
 LOCALISATION = ("topk_iou", "pointing_game", "energy_pointing_game", "box_localisation")
 COMPLEXITY = ("sparsity", "gini")
-ALL_METRICS = FAITHFULNESS + LOCALISATION + COMPLEXITY
+ROAD = ("road_morf", "road_lerf", "road_combined")
+ALL_METRICS = FAITHFULNESS + ROAD + LOCALISATION + COMPLEXITY
 #: Direction of "better" for the Markdown table.
 BETTER = {"confidence_change": "↑", "drop_topk": "↓", "average_drop": "↓", "increase_in_confidence": "↑",
           "deletion": "↓", "insertion": "↑", "topk_iou": "↑", "pointing_game": "↑", "energy_pointing_game": "↑",
-          "box_localisation": "↑", "sparsity": "↑", "gini": "↑"}
+          "box_localisation": "↑", "sparsity": "↑", "gini": "↑", "road_morf": "↓", "road_lerf": "↑",
+          "road_combined": "↑"}
 METRICS_HELP = (
     "confidence_change: p(x⊙map) − p(x) (seed method 1); drop_topk: 100·(p after removing the top --percent % "
     "pixels − p)/p (seed method 2); average_drop / increase_in_confidence: AD % and IC % (Grad-CAM++); "
-    "deletion / insertion: RISE AUC; topk_iou: IoU of the top --percent % box with the ground truth (seed "
+    "deletion / insertion: RISE AUC; road_morf / road_lerf / road_combined: ROAD (noisy linear imputation, "
+    "percentiles 10..90; slow, not in the default set); topk_iou: IoU of the top --percent % box with the ground truth (seed "
     "method 3); pointing_game (hit = 1); energy_pointing_game; box_localisation (15 % threshold, largest "
-    "segment, IoU ≥ 0.5 → 1); sparsity (max/mean); gini. Groups: faithfulness, localisation, complexity, all.")
+    "segment, IoU ≥ 0.5 → 1); sparsity (max/mean); gini. Groups: faithfulness, road, localisation, complexity, all.")
 
 
 def parse_metrics(value: Optional[str], has_ground_truth: bool) -> list[str]:
     if value is None:
         return list(FAITHFULNESS + (LOCALISATION if has_ground_truth else ()) + COMPLEXITY)
     groups = {"faithfulness": FAITHFULNESS, "localisation": LOCALISATION, "localization": LOCALISATION,
-              "complexity": COMPLEXITY, "all": ALL_METRICS}
+              "complexity": COMPLEXITY, "road": ROAD, "all": ALL_METRICS}
     names: list[str] = []
     for name in (v.strip().lower().replace("-", "_") for v in value.split(",")):
         if name in groups:
@@ -53,7 +56,7 @@ def parse_metrics(value: Optional[str], has_ground_truth: bool) -> list[str]:
             names.append(name)
         elif name:
             fail(f"unknown metric {name!r}; choose from {', '.join(ALL_METRICS)} "
-                 "(or faithfulness, localisation, complexity, all)", EXIT_USAGE)
+                 "(or faithfulness, road, localisation, complexity, all)", EXIT_USAGE)
     if not names:
         fail("--metrics is empty", EXIT_USAGE)
     return list(dict.fromkeys(names))
@@ -145,7 +148,8 @@ def evaluate_batch(explainer: Any, x: Any, geos: list, gts: list, methods: list[
     from onnxcam.runtime import heatmap_to_original
     from onnxcam.runtime.metrics import (auc, box_localisation, cam_mult_scores, deletion_curve,
                                          energy_pointing_game, gini, insertion_curve, pointing_game,
-                                         relative_drop, remove_top_percent, sparsity, topk_box_iou)
+                                         relative_drop, remove_top_percent, road_scores, sparsity,
+                                         topk_box_iou)
 
     res = explainer.explain_many(x, methods=methods, class_index=class_index)
     bs = opts["batch_size"]
@@ -173,6 +177,15 @@ def evaluate_batch(explainer: Any, x: Any, geos: list, gts: list, methods: list[
                 c = fn(explainer, x, maps, classes, step=opts["step"], batch_size=bs)
                 curves.setdefault(m, {})[kind] = c
                 v[kind] = auc(c)
+        if set(ROAD) & set(metrics):
+            road = {order: road_scores(explainer, x, maps, order, class_index=classes, noise=opts["road_noise"],
+                                       seed=0, batch_size=bs).mean(axis=1)
+                    for order in ("morf", "lerf") if f"road_{order}" in metrics or "road_combined" in metrics}
+            for order in ("morf", "lerf"):
+                if f"road_{order}" in metrics:
+                    v[f"road_{order}"] = road[order]
+            if "road_combined" in metrics:
+                v["road_combined"] = (road["lerf"] - road["morf"]) / 2
         if set(LOCALISATION) & set(metrics):
             on_photo = [heatmap_to_original(h, g) for h, g in zip(maps, geos)]
             for metric in LOCALISATION:
@@ -265,6 +278,8 @@ def write_curve_plots(out: Path, curves: dict) -> list[Path]:
               help="Pixels moved per step of the deletion / insertion curves (RISE: 224).")
 @click.option("--tolerance", type=click.FloatRange(0), default=0.0, show_default=True,
               help="Pointing-game tolerance in photo pixels (the original protocol uses 15).")
+@click.option("--road-noise", type=click.FloatRange(0), default=0.01, show_default=True,
+              help="Standard deviation of the noise added by ROAD's imputation (seeded).")
 @click.option("--limit", type=click.IntRange(1), default=None, help="Evaluate at most N images (in name order).")
 @click.option("-b", "--batch-size", type=click.IntRange(1), default=16, show_default=True,
               help="Images per graph run, also the perturbed images per run of the metrics.")
@@ -274,7 +289,7 @@ def write_curve_plots(out: Path, curves: dict) -> list[Path]:
 @click.option("--debug", is_flag=True, help="Show tracebacks.")
 def evaluate_command(model: str, data: str, methods: tuple[str, ...], metrics: Optional[str], out: str,
                      boxes_file: Optional[str], mask_value: Optional[int], class_: str, percent: float, step: int,
-                     tolerance: float, limit: Optional[int], batch_size: int, providers: str,
+                     tolerance: float, road_noise: float, limit: Optional[int], batch_size: int, providers: str,
                      threads: Optional[int], debug: bool) -> None:
     """Evaluate CAM methods of an explanation graph on the images in DATA_DIR.
 
@@ -327,7 +342,7 @@ def evaluate_command(model: str, data: str, methods: tuple[str, ...], metrics: O
     if limit is not None:
         files = files[:limit]
     need_gt = bool(set(LOCALISATION) & set(metric_list))
-    opts = {"batch_size": batch_size, "percent": percent, "step": step, "tolerance": tolerance}
+    opts = {"batch_size": batch_size, "percent": percent, "step": step, "tolerance": tolerance, "road_noise": road_noise}
 
     rows: list[list] = []
     per_method: dict = {m: {k: [] for k in metric_list} for m in method_list}

@@ -184,3 +184,19 @@ def test_metrics_import_without_torch_onnx_scipy(tmp_path):
             "print('ok')\n")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert r.stdout.strip() == "ok", r.stderr
+
+
+def test_road_metrics_in_the_cli_equal_the_library(tmp_path):
+    from onnxcam.runtime import Explainer
+    from onnxcam.runtime.metrics import road_combined, road_morf
+    imgs = make_images(tmp_path / "data", n=2)
+    out = tmp_path / "out"
+    r = run("evaluate", TINY, tmp_path / "data", "--metrics", "road", "--road-noise", "0", "--out", out)
+    assert r.exit_code == 0, r.stderr
+    got = json.loads((out / "metrics.json").read_text())["gradcam"]
+    assert set(got) == {"road_morf", "road_lerf", "road_combined"}
+    ex = Explainer(TINY, providers=["CPUExecutionProvider"])
+    res = ex.explain(imgs, "gradcam")
+    x, _ = ex.prepare(imgs)
+    assert got["road_morf"] == pytest.approx(float(road_morf(ex, x, res.heatmaps, noise=0).mean()), abs=1e-6)
+    assert got["road_combined"] == pytest.approx(float(road_combined(ex, x, res.heatmaps, noise=0).mean()), abs=1e-6)
