@@ -5,6 +5,8 @@ Ground truth (only needed by the localisation metrics), in the ORIGINAL photo's 
 - boxes: ``--boxes FILE`` (or ``boxes.json`` / ``boxes.csv`` inside DATA): JSON
   ``{"cat.jpg": [[x_min, y_min, x_max, y_max], ...], ...}`` or CSV with the header
   ``file,x_min,y_min,x_max,y_max`` (one row per box); ``x_max``/``y_max`` are exclusive pixel edges;
+  a COCO JSON (``images`` + ``annotations`` with ``bbox`` = [x, y, width, height]) is read too;
+- Pascal VOC XML: ``<stem>.xml`` beside the image (``object/bndbox``, 1-based inclusive corners);
 - masks: ``<stem>_mask.png`` beside ``<stem>.jpg``; object pixels are those equal to
   ``--mask-value`` (default: every non-zero pixel).
 Localisation metrics compare the heatmap mapped back onto the photo (outside the centre crop = 0).
@@ -78,6 +80,8 @@ def read_boxes(path: Path) -> dict[str, list[list[float]]]:
     try:
         if path.suffix.lower() == ".json":
             raw = json.loads(text)
+            if isinstance(raw, dict) and "annotations" in raw and "images" in raw:
+                return _coco_boxes(raw)
             if not isinstance(raw, dict):
                 raise ValueError("expected an object {file name: [[x_min, y_min, x_max, y_max], ...]}")
             for name, value in raw.items():
@@ -98,6 +102,33 @@ def read_boxes(path: Path) -> dict[str, list[list[float]]]:
     return boxes
 
 
+def _coco_boxes(raw: dict) -> dict[str, list[list[float]]]:
+    """COCO detection JSON → {file name: [[x_min, y_min, x_max, y_max], ...]}."""
+    names = {img["id"]: Path(str(img["file_name"])).name for img in raw["images"]}
+    boxes: dict[str, list[list[float]]] = {}
+    for ann in raw["annotations"]:
+        x, y, w, h = (float(v) for v in ann["bbox"])
+        boxes.setdefault(names[ann["image_id"]], []).append([x, y, x + w, y + h])
+    return boxes
+
+
+def read_voc(path: Path) -> list[list[float]]:
+    """Pascal VOC XML → boxes (1-based inclusive corners → pixel edges: x_min − 1, …, x_max)."""
+    import xml.etree.ElementTree as ET
+
+    try:
+        root = ET.parse(path).getroot()
+        rows = []
+        for box in root.iter("bndbox"):
+            v = {k: float(box.findtext(k)) for k in ("xmin", "ymin", "xmax", "ymax")}
+            rows.append([v["xmin"] - 1, v["ymin"] - 1, v["xmax"], v["ymax"]])
+    except (ET.ParseError, TypeError, ValueError) as exc:
+        raise ValueError(f"{path.name}: unreadable Pascal VOC XML ({exc})") from None
+    if not rows:
+        raise ValueError(f"{path.name}: no object/bndbox in the Pascal VOC XML")
+    return rows
+
+
 def find_mask(image: Path) -> Optional[Path]:
     for p in sorted(image.parent.glob(f"{image.stem}_mask.*")):
         if p.suffix.lower() in IMAGE_EXTENSIONS:
@@ -115,6 +146,8 @@ def load_ground_truth(image: Path, size: tuple[int, int], boxes: dict, mask_valu
 
     h0, w0 = size
     rows = boxes.get(image.name, boxes.get(image.stem))
+    if rows is None and image.with_suffix(".xml").is_file():
+        rows = read_voc(image.with_suffix(".xml"))
     if rows is not None:
         try:
             return as_boxes(np.asarray(rows, np.float64), (h0, w0))
@@ -273,7 +306,7 @@ def write_curve_plots(out: Path, curves: dict) -> list[Path]:
 @click.option("-c", "--class", "class_", default="top1", show_default=True, metavar="top1|INDEX",
               help="Class to explain and score: each image's top-1 class, or one index for all images.")
 @click.option("--percent", type=click.FloatRange(0, 100, min_open=True), default=25.0, show_default=True,
-              help="k of drop_topk and topk_iou: the top k %% most salient pixels.")
+              help="k of drop_topk and topk_iou: the top k % most salient pixels.")
 @click.option("--step", type=click.IntRange(1), default=224, show_default=True,
               help="Pixels moved per step of the deletion / insertion curves (RISE: 224).")
 @click.option("--tolerance", type=click.FloatRange(0), default=0.0, show_default=True,
@@ -318,7 +351,7 @@ def evaluate_command(model: str, data: str, methods: tuple[str, ...], metrics: O
                 break
     boxes = read_boxes(Path(boxes_file)) if boxes_file else {}
     files = list_images(data_dir)
-    has_gt = bool(boxes) or any(find_mask(f) for f in files)
+    has_gt = bool(boxes) or any(find_mask(f) or f.with_suffix(".xml").is_file() for f in files)
     metric_list = parse_metrics(metrics, has_gt)
     explainer = make_explainer(model, providers, threads, batch_size, debug)
     if explainer.info.preprocess is None:

@@ -200,3 +200,31 @@ def test_road_metrics_in_the_cli_equal_the_library(tmp_path):
     x, _ = ex.prepare(imgs)
     assert got["road_morf"] == pytest.approx(float(road_morf(ex, x, res.heatmaps, noise=0).mean()), abs=1e-6)
     assert got["road_combined"] == pytest.approx(float(road_combined(ex, x, res.heatmaps, noise=0).mean()), abs=1e-6)
+
+
+def test_coco_json_and_pascal_voc_xml_boxes(tmp_path):
+    data = tmp_path / "data"
+    make_images(data, n=3)
+    coco = {"images": [{"id": 7, "file_name": "train/img0.png"}, {"id": 8, "file_name": "img1.png"}],
+            "annotations": [{"image_id": 7, "bbox": [5, 10, 20, 20]}, {"image_id": 8, "bbox": [0, 0, 40, 48]}]}
+    (tmp_path / "coco.json").write_text(json.dumps(coco))
+    (data / "img2.xml").write_text("<annotation><object><name>x</name><bndbox><xmin>6</xmin><ymin>11</ymin>"
+                                   "<xmax>25</xmax><ymax>30</ymax></bndbox></object></annotation>")
+    out = tmp_path / "out"
+    r = run("evaluate", TINY, data, "--boxes", tmp_path / "coco.json", "--metrics", "energy_pointing_game",
+            "--out", out)
+    assert r.exit_code == 0, r.stderr
+    rows = {row["image"]: float(row["energy_pointing_game"]) for row in csv.DictReader((out / "per_image.csv").open())}
+    assert rows["img1.png"] == pytest.approx(1.0)          # the whole image
+    (tmp_path / "same.json").write_text(json.dumps({"img0.png": [5, 10, 25, 30], "img1.png": [0, 0, 1, 1],
+                                                    "img2.png": [5, 10, 25, 30]}))
+    r = run("evaluate", TINY, data, "--boxes", tmp_path / "same.json", "--metrics", "energy_pointing_game",
+            "--out", tmp_path / "out2")
+    same = {row["image"]: float(row["energy_pointing_game"])
+            for row in csv.DictReader((tmp_path / "out2" / "per_image.csv").open())}
+    assert rows["img0.png"] == pytest.approx(same["img0.png"], abs=1e-6)  # COCO [x, y, w, h]
+    assert rows["img2.png"] == pytest.approx(same["img2.png"], abs=1e-6)  # VOC 1-based inclusive
+    assert rows["img0.png"] != pytest.approx(rows["img2.png"], abs=1e-3)
+    (data / "img2.xml").write_text("<annotation><object/></annotation>")
+    r = run("evaluate", TINY, data, "--boxes", tmp_path / "coco.json", "--metrics", "pointing_game", "--out", out)
+    assert r.exit_code == 1 and "no object/bndbox" in error_lines(r)[0]
