@@ -33,7 +33,7 @@ def guided_clip(b: GraphBuilder, node: ir.Node, dys: Grads, needs: Sequence[bool
     any other Clip keeps its ordinary rule."""
     bound = node.inputs[1] if len(node.inputs) > 1 else None
     low = b.constant_value(bound) if bound is not None and bound.name else None
-    if low is None or float(np.asarray(low)) != 0.0:
+    if low is None or np.asarray(low).size != 1 or float(np.asarray(low).reshape(())) != 0.0:
         return clip(b, node, dys, needs)
     (dx,) = clip(b, node, dys, needs)
     return [b.op("Where", b.op("Greater", dys[0], b.scalar(0.0, node.inputs[0])), dx, b.scalar(0.0, node.inputs[0]))]
