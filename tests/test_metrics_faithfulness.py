@@ -199,3 +199,18 @@ def test_bad_shapes_are_clear_errors(tiny, batch):
         confidence_change(tiny, x, maps, score="prob")
     with pytest.raises(ValueError, match="out of range"):
         confidence_change(tiny, x, maps, 10)
+
+
+def test_curves_batch_across_images_and_check_classes(tiny, batch):
+    x, maps = batch
+    calls = []
+
+    def counting(xb):
+        calls.append(len(xb))
+        return tiny._scores(xb)
+
+    curves = deletion_curve(counting, x[:3], maps[:3], class_index=[1, 2, 3], step=256, batch_size=8)
+    assert curves.shape == (3, 5) and calls == [8, 7]  # 15 points in two runs, no run on x itself
+    np.testing.assert_allclose(curves, deletion_curve(tiny, x[:3], maps[:3], [1, 2, 3], step=256), atol=1e-6)
+    with pytest.raises(ValueError, match="out of range"):
+        insertion_curve(tiny, x[:2], maps[:2], class_index=[1, 12], step=256)

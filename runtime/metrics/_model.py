@@ -65,6 +65,9 @@ def class_score(logits: np.ndarray, classes: np.ndarray, score: str = "probabili
         raise ValueError(f"score must be one of {SCORES}, got {score!r}")
     values = softmax(logits) if score == "probability" else np.asarray(logits, np.float32)
     classes = np.asarray(classes, np.int64)
+    if np.any(classes >= values.shape[1]) or np.any(classes < 0):
+        bad = int(classes[(classes >= values.shape[1]) | (classes < 0)][0])
+        raise ValueError(f"class index {bad} is out of range ({values.shape[1]} classes)")
     return values[np.arange(len(classes)), classes]
 
 

@@ -149,14 +149,25 @@ def _curves(scorer: Scorer, start: np.ndarray, finish: np.ndarray, maps: np.ndar
     rank = np.empty((n, h * w), np.int64)
     np.put_along_axis(rank, descending_order(maps), np.arange(h * w)[None].repeat(n, 0), axis=1)
     rank = rank.reshape(n, h, w)
-    curves = np.zeros((n, n_steps + 1), np.float32)
-    counts = np.arange(n_steps + 1) * step  # pixels moved before point i
-    for i in range(n):
-        for s, e in chunks(n_steps + 1, scorer.batch_size):
-            moved = rank[i][None] < counts[s:e, None, None]  # [K, H, W]
-            batch = np.where(scorer.spatial(moved), finish[i][None], start[i][None]).astype(np.float32)
-            curves[i, s:e] = scorer.scores(batch, np.full(e - s, classes[i]), score)
-    return curves
+    counts = np.arange(n_steps + 1) * step  # pixels moved before point k
+    img_idx = np.repeat(np.arange(n), n_steps + 1)  # (image, point) pairs, batched across images
+    pt_idx = np.tile(np.arange(n_steps + 1), n)
+    scores = np.zeros(len(img_idx), np.float32)
+    for s, e in chunks(len(img_idx), scorer.batch_size):
+        ii, kk = img_idx[s:e], pt_idx[s:e]
+        moved = rank[ii] < counts[kk][:, None, None]  # [K, H, W]
+        batch = np.where(scorer.spatial(moved), finish[ii], start[ii]).astype(np.float32, copy=False)
+        scores[s:e] = scorer.scores(batch, classes[ii], score)
+    return scores.reshape(n, n_steps + 1)
+
+
+def _explicit_classes(scorer: Scorer, x: np.ndarray, class_index) -> np.ndarray:
+    """Classes per image; runs the model on x only when some must be resolved to the top-1."""
+    if class_index is not None:
+        classes = np.asarray(class_index if np.ndim(class_index) else [class_index] * len(x), np.int64).reshape(-1)
+        if len(classes) == len(x) and np.all(classes >= 0):
+            return classes
+    return resolve_classes(scorer, x, class_index)[1]
 
 
 def deletion_curve(model: Model, x: np.ndarray, maps: np.ndarray, class_index=None, step: int = 224,
@@ -167,7 +178,7 @@ def deletion_curve(model: Model, x: np.ndarray, maps: np.ndarray, class_index=No
     ``baseline`` (0 in normalised space). Returns float32 [N, n + 1]; lower area is better."""
     scorer = Scorer(model, batch_size, layout)
     x, maps = check_inputs(scorer, x, maps)
-    _, classes = resolve_classes(scorer, x, class_index)
+    classes = _explicit_classes(scorer, x, class_index)
     return _curves(scorer, x, np.full_like(x, baseline), maps, classes, step, score)
 
 
@@ -179,7 +190,7 @@ def insertion_curve(model: Model, x: np.ndarray, maps: np.ndarray, class_index=N
     Returns float32 [N, ⌈H·W/step⌉ + 1]; higher area is better."""
     scorer = Scorer(model, batch_size, layout)
     x, maps = check_inputs(scorer, x, maps)
-    _, classes = resolve_classes(scorer, x, class_index)
+    classes = _explicit_classes(scorer, x, class_index)
     return _curves(scorer, gaussian_blur(x, klen, sigma, scorer.layout), x, maps, classes, step, score)
 
 
