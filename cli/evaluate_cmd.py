@@ -30,26 +30,29 @@ FAITHFULNESS = ("confidence_change", "drop_topk", "average_drop", "increase_in_c
 LOCALISATION = ("topk_iou", "pointing_game", "energy_pointing_game", "box_localisation")
 COMPLEXITY = ("sparsity", "gini")
 ROAD = ("road_morf", "road_lerf", "road_combined")
-ALL_METRICS = FAITHFULNESS + ROAD + LOCALISATION + COMPLEXITY
+SANITY = ("randomisation_spearman", "randomisation_ssim")
+ALL_METRICS = FAITHFULNESS + ROAD + LOCALISATION + COMPLEXITY + SANITY
 #: Direction of "better" for the Markdown table.
 BETTER = {"confidence_change": "↑", "drop_topk": "↓", "average_drop": "↓", "increase_in_confidence": "↑",
           "deletion": "↓", "insertion": "↑", "topk_iou": "↑", "pointing_game": "↑", "energy_pointing_game": "↑",
           "box_localisation": "↑", "sparsity": "↑", "gini": "↑", "road_morf": "↓", "road_lerf": "↑",
-          "road_combined": "↑"}
+          "road_combined": "↑", "randomisation_spearman": "↓", "randomisation_ssim": "↓"}
 METRICS_HELP = (
     "confidence_change: p(x⊙map) − p(x) (seed method 1); drop_topk: 100·(p after removing the top --percent % "
     "pixels − p)/p (seed method 2); average_drop / increase_in_confidence: AD % and IC % (Grad-CAM++); "
     "deletion / insertion: RISE AUC; road_morf / road_lerf / road_combined: ROAD (noisy linear imputation, "
     "percentiles 10..90; slow, not in the default set); topk_iou: IoU of the top --percent % box with the ground truth (seed "
     "method 3); pointing_game (hit = 1); energy_pointing_game; box_localisation (15 % threshold, largest "
-    "segment, IoU ≥ 0.5 → 1); sparsity (max/mean); gini. Groups: faithfulness, road, localisation, complexity, all.")
+    "segment, IoU ≥ 0.5 → 1); sparsity (max/mean); gini; randomisation_spearman / randomisation_ssim: similarity of each map to the map "
+    "of the model with its top --randomise-layers layers re-drawn (cascading randomisation; needs onnx). Groups: "
+    "faithfulness, road, localisation, complexity, sanity, all.")
 
 
 def parse_metrics(value: Optional[str], has_ground_truth: bool) -> list[str]:
     if value is None:
         return list(FAITHFULNESS + (LOCALISATION if has_ground_truth else ()) + COMPLEXITY)
     groups = {"faithfulness": FAITHFULNESS, "localisation": LOCALISATION, "localization": LOCALISATION,
-              "complexity": COMPLEXITY, "road": ROAD, "all": ALL_METRICS}
+              "complexity": COMPLEXITY, "road": ROAD, "sanity": SANITY, "all": ALL_METRICS}
     names: list[str] = []
     for name in (v.strip().lower().replace("-", "_") for v in value.split(",")):
         if name in groups:
@@ -58,7 +61,7 @@ def parse_metrics(value: Optional[str], has_ground_truth: bool) -> list[str]:
             names.append(name)
         elif name:
             fail(f"unknown metric {name!r}; choose from {', '.join(ALL_METRICS)} "
-                 "(or faithfulness, road, localisation, complexity, all)", EXIT_USAGE)
+                 "(or faithfulness, road, localisation, complexity, sanity, all)", EXIT_USAGE)
     if not names:
         fail("--metrics is empty", EXIT_USAGE)
     return list(dict.fromkeys(names))
@@ -219,6 +222,14 @@ def evaluate_batch(explainer: Any, x: Any, geos: list, gts: list, methods: list[
                     v[f"road_{order}"] = road[order]
             if "road_combined" in metrics:
                 v["road_combined"] = (road["lerf"] - road["morf"]) / 2
+        if set(SANITY) & set(metrics):
+            from onnxcam.runtime.metrics.sanity import model_randomisation
+            r = model_randomisation(explainer.info.path, x, m, classes, steps=[opts["randomise_layers"]],
+                                    seed=0, providers=explainer.providers, batch_size=bs)
+            if "randomisation_spearman" in metrics:
+                v["randomisation_spearman"] = r.spearman[-1]
+            if "randomisation_ssim" in metrics:
+                v["randomisation_ssim"] = r.ssim[-1]
         if set(LOCALISATION) & set(metrics):
             on_photo = [heatmap_to_original(h, g) for h, g in zip(maps, geos)]
             for metric in LOCALISATION:
@@ -313,6 +324,8 @@ def write_curve_plots(out: Path, curves: dict) -> list[Path]:
               help="Pointing-game tolerance in photo pixels (the original protocol uses 15).")
 @click.option("--road-noise", type=click.FloatRange(0), default=0.01, show_default=True,
               help="Standard deviation of the noise added by ROAD's imputation (seeded).")
+@click.option("--randomise-layers", type=click.IntRange(1), default=10**9, show_default="all",
+              help="Sanity metrics: how many layers to re-draw, from the top (cascading).")
 @click.option("--limit", type=click.IntRange(1), default=None, help="Evaluate at most N images (in name order).")
 @click.option("-b", "--batch-size", type=click.IntRange(1), default=16, show_default=True,
               help="Images per graph run, also the perturbed images per run of the metrics.")
@@ -322,7 +335,7 @@ def write_curve_plots(out: Path, curves: dict) -> list[Path]:
 @click.option("--debug", is_flag=True, help="Show tracebacks.")
 def evaluate_command(model: str, data: str, methods: tuple[str, ...], metrics: Optional[str], out: str,
                      boxes_file: Optional[str], mask_value: Optional[int], class_: str, percent: float, step: int,
-                     tolerance: float, road_noise: float, limit: Optional[int], batch_size: int, providers: str,
+                     tolerance: float, road_noise: float, randomise_layers: int, limit: Optional[int], batch_size: int, providers: str,
                      threads: Optional[int], debug: bool) -> None:
     """Evaluate CAM methods of an explanation graph on the images in DATA_DIR.
 
@@ -353,6 +366,12 @@ def evaluate_command(model: str, data: str, methods: tuple[str, ...], metrics: O
     files = list_images(data_dir)
     has_gt = bool(boxes) or any(find_mask(f) or f.with_suffix(".xml").is_file() for f in files)
     metric_list = parse_metrics(metrics, has_gt)
+    if set(SANITY) & set(metric_list):
+        try:
+            import onnx  # noqa: F401
+        except ImportError:
+            fail("the sanity metrics (randomisation_*) need the onnx package to rewrite weights: "
+                 "pip install onnx", EXIT_USAGE)
     explainer = make_explainer(model, providers, threads, batch_size, debug)
     if explainer.info.preprocess is None:
         fail(f"{model} has no onnxcam.preprocess metadata, so image files cannot be preprocessed for it; "
@@ -375,7 +394,8 @@ def evaluate_command(model: str, data: str, methods: tuple[str, ...], metrics: O
     if limit is not None:
         files = files[:limit]
     need_gt = bool(set(LOCALISATION) & set(metric_list))
-    opts = {"batch_size": batch_size, "percent": percent, "step": step, "tolerance": tolerance, "road_noise": road_noise}
+    opts = {"batch_size": batch_size, "percent": percent, "step": step, "tolerance": tolerance, "road_noise": road_noise,
+            "randomise_layers": randomise_layers}
 
     rows: list[list] = []
     per_method: dict = {m: {k: [] for k in metric_list} for m in method_list}

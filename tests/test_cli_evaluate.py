@@ -228,3 +228,19 @@ def test_coco_json_and_pascal_voc_xml_boxes(tmp_path):
     (data / "img2.xml").write_text("<annotation><object/></annotation>")
     r = run("evaluate", TINY, data, "--boxes", tmp_path / "coco.json", "--metrics", "pointing_game", "--out", out)
     assert r.exit_code == 1 and "no object/bndbox" in error_lines(r)[0]
+
+
+def test_sanity_metrics_in_the_cli(tmp_path):
+    pytest.importorskip("onnx")
+    from onnxcam.runtime import Explainer
+    from onnxcam.runtime.metrics.sanity import model_randomisation
+    imgs = make_images(tmp_path / "data", n=2)
+    out = tmp_path / "out"
+    r = run("evaluate", TINY, tmp_path / "data", "--metrics", "sanity", "--randomise-layers", "2", "--out", out)
+    assert r.exit_code == 0, r.stderr
+    got = json.loads((out / "metrics.json").read_text())["gradcam"]
+    ex = Explainer(TINY, providers=["CPUExecutionProvider"])
+    x, _ = ex.prepare(imgs)
+    want = model_randomisation(TINY, x, "gradcam", steps=[2], seed=0)
+    assert got["randomisation_spearman"] == pytest.approx(float(want.spearman[-1].mean()), abs=1e-6)
+    assert got["randomisation_ssim"] == pytest.approx(float(want.ssim[-1].mean()), abs=1e-6)
