@@ -8,7 +8,8 @@ Ground truth (only needed by the localisation metrics), in the ORIGINAL photo's 
   a COCO JSON (``images`` + ``annotations`` with ``bbox`` = [x, y, width, height]) is read too;
 - Pascal VOC XML: ``<stem>.xml`` beside the image (``object/bndbox``, 1-based inclusive corners);
 - masks: ``<stem>_mask.png`` beside ``<stem>.jpg``; object pixels are those equal to
-  ``--mask-value`` (default: every non-zero pixel).
+  ``--mask-value`` (default: every non-zero pixel); ``--mask-value STEM=V`` (repeatable) sets it
+  for one image, e.g. a pet trimap (0 = animal) beside a VOC class mask (3 = bird).
 Localisation metrics compare the heatmap mapped back onto the photo (outside the centre crop = 0).
 """
 from __future__ import annotations
@@ -65,6 +66,23 @@ def parse_metrics(value: Optional[str], has_ground_truth: bool) -> list[str]:
     if not names:
         fail("--metrics is empty", EXIT_USAGE)
     return list(dict.fromkeys(names))
+
+
+def parse_mask_values(values: tuple[str, ...]) -> tuple[Optional[int], dict[str, int]]:
+    """``--mask-value`` entries → (default value or None, {stem: value})."""
+    default: Optional[int] = None
+    per_stem: dict[str, int] = {}
+    for value in values:
+        stem, _, number = value.rpartition("=")
+        try:
+            v = int(number)
+        except ValueError:
+            fail(f"--mask-value takes V or STEM=V with an integer V, got {value!r}", EXIT_USAGE)
+        if stem:
+            per_stem[stem] = v
+        else:
+            default = v
+    return default, per_stem
 
 
 # -- data and ground truth ---------------------------------------------------------------------
@@ -312,8 +330,9 @@ def write_curve_plots(out: Path, curves: dict) -> list[Path]:
 @click.option("-o", "--out", default="onnxcam-eval", show_default=True, help="Output directory (created if missing).")
 @click.option("--boxes", "boxes_file", default=None, type=click.Path(dir_okay=False),
               help="Ground-truth boxes, JSON or CSV (default: DATA/boxes.json or DATA/boxes.csv when present).")
-@click.option("--mask-value", type=int, default=None,
-              help="Object pixel value in <stem>_mask.png ground-truth masks (default: any non-zero pixel).")
+@click.option("--mask-value", "mask_values", multiple=True, metavar="[STEM=]V",
+              help="Object pixel value in <stem>_mask.png ground-truth masks (default: any non-zero pixel); "
+                   "STEM=V for one image (repeatable).")
 @click.option("-c", "--class", "class_", default="top1", show_default=True, metavar="top1|INDEX",
               help="Class to explain and score: each image's top-1 class, or one index for all images.")
 @click.option("--percent", type=click.FloatRange(0, 100, min_open=True), default=25.0, show_default=True,
@@ -334,7 +353,7 @@ def write_curve_plots(out: Path, curves: dict) -> list[Path]:
 @click.option("--threads", type=click.IntRange(0), default=None, help="ONNX Runtime intra-op threads.")
 @click.option("--debug", is_flag=True, help="Show tracebacks.")
 def evaluate_command(model: str, data: str, methods: tuple[str, ...], metrics: Optional[str], out: str,
-                     boxes_file: Optional[str], mask_value: Optional[int], class_: str, percent: float, step: int,
+                     boxes_file: Optional[str], mask_values: tuple[str, ...], class_: str, percent: float, step: int,
                      tolerance: float, road_noise: float, randomise_layers: int, limit: Optional[int], batch_size: int, providers: str,
                      threads: Optional[int], debug: bool) -> None:
     """Evaluate CAM methods of an explanation graph on the images in DATA_DIR.
@@ -354,6 +373,7 @@ def evaluate_command(model: str, data: str, methods: tuple[str, ...], metrics: O
 
     method_list = parse_methods(methods, ALL_METHODS)
     class_index = parse_class(class_)
+    mask_value, per_stem = parse_mask_values(mask_values)
     data_dir = Path(data)
     if not data_dir.is_dir():
         fail(f"{data}: not a directory (DATA is a folder of images)", EXIT_USAGE)
@@ -412,7 +432,8 @@ def evaluate_command(model: str, data: str, methods: tuple[str, ...], metrics: O
                     img = load_image(f)
                     gt = None
                     if need_gt:
-                        gt = load_ground_truth(f, (img.height, img.width), boxes, mask_value)
+                        gt = load_ground_truth(f, (img.height, img.width), boxes,
+                                               per_stem.get(f.stem, mask_value))
                         if gt is None:
                             raise ValueError(f"no ground truth (no entry in the boxes file, no {f.stem}_mask.png), "
                                              "needed by the localisation metrics")

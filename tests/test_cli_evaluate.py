@@ -141,6 +141,12 @@ def test_mask_value_selects_the_object(tmp_path):
     assert inside + outside == pytest.approx(1.0, abs=1e-5)
     r = run("evaluate", TINY, data, "--metrics", "energy_pointing_game", "--out", out, "--mask-value", "7")
     assert r.exit_code == 1 and "no object pixels" in error_lines(r)[0]
+    r = run("evaluate", TINY, data, "--metrics", "energy_pointing_game", "--out", out, "--mask-value", "7",
+            "--mask-value", "img0=2")  # per image beats the default
+    assert r.exit_code == 0
+    assert json.loads((out / "metrics.json").read_text())["gradcam"]["energy_pointing_game"] == pytest.approx(outside)
+    r = run("evaluate", TINY, data, "--out", out, "--mask-value", "img0=x")
+    assert r.exit_code == 2 and "--mask-value takes" in error_lines(r)[0]
 
 
 def test_limit_and_empty_folder_and_usage_errors(tmp_path):
