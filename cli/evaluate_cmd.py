@@ -435,8 +435,9 @@ def evaluate_command(model: str, data: str, methods: tuple[str, ...], metrics: O
                         gt = load_ground_truth(f, (img.height, img.width), boxes,
                                                per_stem.get(f.stem, mask_value))
                         if gt is None:
-                            raise ValueError(f"no ground truth (no entry in the boxes file, no {f.stem}_mask.png), "
-                                             "needed by the localisation metrics")
+                            raise ValueError(f"no ground truth (no entry in the boxes file, no {f.stem}_mask.png, "
+                                             f"no {f.stem}.xml), needed by the localisation metrics "
+                                             "(leave them out with --metrics faithfulness,complexity)")
                     xi, geo = preprocess_image(img, explainer.info.preprocess)
                 except (ImageError, ValueError) as exc:
                     msg = str(exc)
