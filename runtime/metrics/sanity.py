@@ -23,7 +23,6 @@ from typing import Optional, Sequence, Union
 
 import numpy as np
 
-from onnxcam.runtime.postprocess import minmax_per_image  # noqa: F401  (maps are already in [0, 1])
 
 LAYER_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
 
