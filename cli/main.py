@@ -4,6 +4,7 @@ from __future__ import annotations
 import click
 
 from onnxcam.cli.demo_cmd import demo_command
+from onnxcam.cli.evaluate_cmd import evaluate_command
 from onnxcam.cli.explain_cmd import explain_command
 from onnxcam.cli.export_cmd import export_command
 from onnxcam.cli.info_cmd import info_command
@@ -19,7 +20,7 @@ main.add_command(export_command)
 main.add_command(explain_command)
 main.add_command(info_command)
 main.add_command(demo_command)
-from onnxcam.cli.evaluate_cmd import evaluate_command; main.add_command(evaluate_command)  # noqa: E402,E702
+main.add_command(evaluate_command)
 
 if __name__ == "__main__":  # pragma: no cover
     main()
