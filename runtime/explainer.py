@@ -11,13 +11,22 @@ from PIL import Image
 from onnxcam.runtime.ablation import ablationcam
 from onnxcam.runtime.errors import ClassIndexError, ModelError
 from onnxcam.runtime.images import Geometry, heatmap_to_original, preprocess
+from onnxcam.runtime.input_methods import (INPUT_METHODS, NEEDS_INPUT_GRADIENTS, InputMethodOptions,
+                                           gradcam_counterfactual, missing_outputs_message, pixel_heatmaps,
+                                           run_input_method)
 from onnxcam.runtime.metadata import CLASS_INPUT, HEAD_OUTPUT, ModelInfo, read_model_info
 from onnxcam.runtime.methods import METHODS, REQUIRED_OUTPUTS
 from onnxcam.runtime.postprocess import postprocess
 from onnxcam.runtime.providers import ProviderSpec, Runner
 from onnxcam.runtime.scorecam import scorecam
 
+CAM_METHODS = {**METHODS, "gradcam-counterfactual": gradcam_counterfactual}
+#: The CAM family (what ``--method all`` means).
 ALL_METHODS = tuple(METHODS) + ("scorecam", "ablationcam")
+#: Counterfactual Grad-CAM and the input-space methods (these need ``--input-gradients``).
+EXTRA_METHODS = ("gradcam-counterfactual",) + tuple(INPUT_METHODS)
+EVERY_METHOD = ALL_METHODS + EXTRA_METHODS
+_REQUIRED = {**REQUIRED_OUTPUTS, "gradcam-counterfactual": ("activations", "gradients"), **INPUT_METHODS}
 Inputs = Union[np.ndarray, str, Path, Image.Image, Sequence[Union[str, Path, Image.Image]]]
 ClassIndex = Union[None, int, Sequence[int], np.ndarray]
 
@@ -27,7 +36,12 @@ class Explanation:
     """One method's result for a batch: ``heatmaps`` float32 [N, H, W] in [0, 1] at the model
     input resolution, ``logits`` float32 [N, C], ``class_index`` int64 [N] (the class
     explained), ``raw`` float32 [N, h, w] (the map before post-processing) and, for inputs
-    given as files / PIL images, each image's ``geometry`` (to map back onto the photo)."""
+    given as files / PIL images, each image's ``geometry`` (to map back onto the photo).
+
+    Input-space methods (``saliency``, ``guided-backprop``, ``guided-gradcam``, ``smoothgrad``,
+    ``integrated-gradients``) also fill ``attributions`` (float32, the input's shape and layout,
+    signed); their ``raw`` is the per-pixel map [N, H, W] and ``heatmaps`` = abs(raw) clipped at
+    its 99th percentile and scaled to [0, 1] (see ``input_methods``)."""
 
     method: str
     heatmaps: np.ndarray
@@ -35,6 +49,7 @@ class Explanation:
     class_index: np.ndarray
     raw: np.ndarray
     geometry: Optional[list[Geometry]] = field(default=None)
+    attributions: Optional[np.ndarray] = field(default=None)
 
     def heatmaps_on_original(self) -> list[np.ndarray]:
         """Each heatmap mapped onto its original photo ([H0, W0], outside the crop = 0)."""
@@ -86,34 +101,54 @@ class Explainer:
                              "pass a preprocessed float32 batch instead of images")
         return preprocess(list(images), self.info.preprocess)
 
-    def explain(self, x: Inputs, method: str = "gradcam", class_index: ClassIndex = None) -> Explanation:
+    def explain(self, x: Inputs, method: str = "gradcam", class_index: ClassIndex = None,
+                **options) -> Explanation:
         """Explain a batch with one method (see ``explain_many``)."""
-        return self.explain_many(x, methods=[method], class_index=class_index)[method]
+        return self.explain_many(x, methods=[method], class_index=class_index, **options)[method]
+
+    @property
+    def available_methods(self) -> tuple[str, ...]:
+        """The methods this graph can run (input-space ones need ``--input-gradients``)."""
+        return tuple(m for m in EVERY_METHOD if NEEDS_INPUT_GRADIENTS.get(m, "logits") in self.info.outputs
+                     and (m != "ablationcam" or self.info.head_input is not None))
 
     def explain_many(self, x: Inputs, methods: Sequence[str] = ("gradcam",),
-                     class_index: ClassIndex = None) -> dict[str, Explanation]:
+                     class_index: ClassIndex = None, **options) -> dict[str, Explanation]:
         """Explain a batch with several methods from ONE run of the graph (per batch chunk).
 
         ``x``: a float32 batch preprocessed for the model (its layout), or paths / PIL images.
         ``class_index``: None (top-1 everywhere), an int, or one int per image (negative =
-        top-1). Score-CAM and Ablation-CAM run the model / its head again as they need.
+        top-1). Score-CAM and Ablation-CAM run the model / its head again as they need, SmoothGrad
+        and Integrated Gradients the whole graph on their samples (``batch_size`` at a time).
+        ``options``: SmoothGrad / Integrated Gradients / Guided Grad-CAM settings, see
+        ``input_methods.InputMethodOptions`` (e.g. ``n_steps=50, integration="gausslegendre"``).
         """
         methods = list(dict.fromkeys([methods] if isinstance(methods, str) else methods))
-        unknown = [m for m in methods if m not in ALL_METHODS]
+        unknown = [m for m in methods if m not in EVERY_METHOD]
         if unknown or not methods:
-            raise ValueError(f"unknown method(s) {unknown}; choose from {', '.join(ALL_METHODS)}")
+            raise ValueError(f"unknown method(s) {unknown}; choose from {', '.join(EVERY_METHOD)}")
         if "ablationcam" in methods and self.info.head_input is None:
             raise ModelError(f"{self.info.path} has no head-only path (onnxcam.head_input / "
                              f"{HEAD_OUTPUT}) needed by ablationcam; re-export it with `onnxcam export`")
+        for m in methods:
+            need = NEEDS_INPUT_GRADIENTS.get(m)
+            if need is not None and need not in self.info.outputs:
+                raise ModelError(missing_outputs_message(self.info.path, m, need))
+        opts = InputMethodOptions.from_kwargs(**options)
         x, geometry = self._as_batch(x)
         classes = self._classes(class_index, len(x))
-        names = ["logits", "target"] + sorted({o for m in methods for o in REQUIRED_OUTPUTS[m]})
+        names = ["logits", "target"] + sorted({o for m in methods for o in _REQUIRED[m]})
         out = dict(zip(names, self._run_graph(names, x, classes)))
         logits, target = out["logits"].astype(np.float32), out["target"].astype(np.int64)
         self._check_range(classes, logits.shape[1])
         size = x.shape[2:4] if self.info.layout == "NCHW" else x.shape[1:3]
         results = {}
         for m in methods:
+            if m in INPUT_METHODS:
+                attr, raw = run_input_method(m, out, x, target, self.info.layout, self._input_gradients, opts,
+                                             self.batch_size)
+                results[m] = Explanation(m, pixel_heatmaps(raw), logits, target, raw, geometry, attr)
+                continue
             raw = self._raw(m, x, out, logits, target)
             results[m] = Explanation(m, postprocess(raw, size), logits, target, raw, geometry)
         return results
@@ -126,7 +161,7 @@ class Explainer:
         if method == "ablationcam":
             y = logits[np.arange(len(target)), target]
             return ablationcam(self._head, A, y, target, self.head_batch_size)
-        return METHODS[method](A, out.get("gradients"), out.get("gradients_pow2"), out.get("gradients_pow3"))
+        return CAM_METHODS[method](A, out.get("gradients"), out.get("gradients_pow2"), out.get("gradients_pow3"))
 
     def _as_batch(self, x: Inputs) -> tuple[np.ndarray, Optional[list[Geometry]]]:
         if isinstance(x, (str, Path, Image.Image)):
@@ -187,6 +222,10 @@ class Explainer:
             for part, arr in zip(parts, self.runner.run(names, feeds)):
                 part.append(arr[: e - s])
         return [np.concatenate(p) for p in parts]
+
+    def _input_gradients(self, xb: np.ndarray, classes: np.ndarray) -> np.ndarray:
+        """∂S/∂x for a batch of (SmoothGrad / IG) inputs and their explicit classes."""
+        return self._run_graph(["input_gradients"], xb, classes)[0]
 
     def _scores(self, xb: np.ndarray) -> np.ndarray:
         """Logits of a batch (Score-CAM's masked inputs); the class input is all −1."""
