@@ -25,14 +25,16 @@ DEFAULT_OUT = "onnxcam-out"
 
 
 # -- option parsing ----------------------------------------------------------------------------
-def parse_methods(values: Sequence[str], known: Sequence[str], default: Sequence[str] = ("gradcam",)) -> list[str]:
+def parse_methods(values: Sequence[str], known: Sequence[str], default: Sequence[str] = ("gradcam",),
+                  all_methods: Optional[Sequence[str]] = None) -> list[str]:
     """``--method`` values (repeatable, comma-separated allowed, ``all``) → method names, in order.
-    Unknown names end the command with one error line (exit 2)."""
+    ``all`` means ``all_methods`` (default: every known method). Unknown names end the command
+    with one error line (exit 2)."""
     names: list[str] = []
     for value in values:
         for name in (v.strip().lower() for v in value.split(",")):
             if name == "all":
-                names.extend(known)
+                names.extend(known if all_methods is None else all_methods)
             elif name:
                 names.append(name)
     unknown = [n for n in names if n not in known]
@@ -227,15 +229,23 @@ def load_batch(explainer: Any, files: Sequence[Path], report: Reporter):
 
 
 def write_image_outputs(results: dict, i: int, original: Any, geometry: Any, targets, overwrite: bool,
-                        alpha: float = 0.5) -> list[Path]:
+                        alpha: float = 0.5, layout: str = "NCHW", color: str = "RGB") -> list[Path]:
     """Write one image's overlay PNGs (heatmap mapped back onto the original photo) and .npy
-    heatmaps (model input resolution). Returns the paths written; raises on the first failure."""
+    heatmaps (model input resolution). Input-space methods (results with ``attributions``) get
+    their own picture at model input resolution instead of an overlay: the deprocessed guided
+    image (guided-backprop, guided-gradcam) or a signed diverging map clipped at the 99th
+    percentile (saliency, smoothgrad, integrated-gradients). Returns the paths written; raises
+    on the first failure."""
     from onnxcam.runtime import heatmap_to_original, overlay
+    from onnxcam.runtime.pixelmaps import input_space_picture
 
     written: list[Path] = []
     for method, kind, path in targets:
         heatmap = results[method].heatmaps[i]
-        if kind == "png":
+        attributions = getattr(results[method], "attributions", None)
+        if kind == "png" and attributions is not None:
+            save_png(input_space_picture(method, attributions[i], layout, color), path, overwrite)
+        elif kind == "png":
             save_png(overlay(original, heatmap_to_original(heatmap, geometry), alpha=alpha), path, overwrite)
         else:
             save_npy(heatmap, path, overwrite)
@@ -266,9 +276,11 @@ def check_class_range(class_index: Optional[int], num_classes: Optional[int]) ->
 @click.argument("model", metavar="MODEL.cam.onnx")
 @click.argument("inputs", nargs=-1, required=True, metavar="IMAGE_OR_DIR...")
 @click.option("-m", "--method", "--methods", "methods", multiple=True, metavar="NAME",
-              help="CAM method (repeatable or comma-separated; 'all' for every method). Default: gradcam. "
+              help="CAM method (repeatable or comma-separated; 'all' for every CAM method). Default: gradcam. "
                    "Methods: gradcam, gradcam++, xgradcam, hirescam, layercam, gradcam-elementwise, eigencam, "
-                   "eigengradcam, scorecam, ablationcam.")
+                   "eigengradcam, scorecam, ablationcam, gradcam-counterfactual; with a graph exported with "
+                   "--input-gradients also saliency, guided-backprop, guided-gradcam, smoothgrad, "
+                   "integrated-gradients (pixel-level pictures at model input resolution).")
 @click.option("-c", "--class", "class_", default="top1", show_default=True, metavar="top1|INDEX",
               help="Class to explain: each image's top-1 class, or one class index for all images.")
 @click.option("-o", "--out", default=DEFAULT_OUT, show_default=True,
@@ -294,15 +306,19 @@ def explain_command(model: str, inputs: tuple[str, ...], methods: tuple[str, ...
     setup_logging(debug)
     from tqdm import tqdm
 
-    from onnxcam.runtime import ALL_METHODS, ClassIndexError, ModelError
+    from onnxcam.runtime import ALL_METHODS, EVERY_METHOD, ClassIndexError, ModelError
 
-    method_list = parse_methods(methods, ALL_METHODS)
+    method_list = parse_methods(methods, EVERY_METHOD, all_methods=ALL_METHODS)
     class_index = parse_class(class_)
     explainer = make_explainer(model, providers, threads, batch_size, debug)
     info = explainer.info
     if info.preprocess is None:
         fail(f"{model} has no onnxcam.preprocess metadata, so image files cannot be preprocessed for it; "
              "re-export it with `onnxcam export`", EXIT_USAGE)
+    unavailable = [m for m in method_list if m not in explainer.available_methods and m != "ablationcam"]
+    if unavailable:
+        fail(f"{model} has no input gradients, needed by {unavailable[0]}; re-export it with "
+             "`onnxcam export ... --input-gradients`", EXIT_USAGE)
     if "ablationcam" in method_list and info.head_input is None:
         fail(f"{model} has no head-only path, needed by ablationcam; re-export it with `onnxcam export`",
              EXIT_USAGE)
@@ -380,7 +396,8 @@ def _explain_batch(explainer: Any, batch: list[tuple[Path, list]], methods: list
     for j, i in enumerate(kept):
         f, targets = batch[i]
         try:
-            written = write_image_outputs(res, j, originals[j], geos[j], targets, overwrite)
+            written = write_image_outputs(res, j, originals[j], geos[j], targets, overwrite,
+                                          layout=explainer.info.layout, color=explainer.info.preprocess.color)
         except FileExistsError as exc:
             report.error(f"{f}: {exc.filename} exists; pass --overwrite to replace it")
             continue

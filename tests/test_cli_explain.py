@@ -250,7 +250,8 @@ def test_unknown_method_is_a_usage_error(tmp_path, photos) -> None:
     assert result.exit_code == 2
     assert result.stderr.strip().splitlines() == [
         "error: unknown method 'magiccam'; choose from gradcam, gradcam++, xgradcam, hirescam, layercam, "
-        "gradcam-elementwise, eigencam, eigengradcam, scorecam, ablationcam (or 'all')"]
+        "gradcam-elementwise, eigencam, eigengradcam, scorecam, ablationcam, gradcam-counterfactual, saliency, "
+        "guided-backprop, guided-gradcam, smoothgrad, integrated-gradients (or 'all')"]
 
 
 def test_a_plain_onnx_model_says_how_to_make_an_explanation_graph(tmp_path, photos) -> None:

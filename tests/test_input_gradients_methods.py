@@ -195,3 +195,44 @@ def test_smoothgrad(resnet) -> None:
     expected = grads.reshape(3, 4, *x.shape[1:]).mean(1)
     np.testing.assert_allclose(noisy.attributions, expected, rtol=1e-4, atol=1e-6 * np.abs(expected).max())
     assert not np.allclose(noisy.attributions, plain.attributions, rtol=0.1)
+
+
+# -- pictures --------------------------------------------------------------------------------------
+def test_signed_and_guided_pictures() -> None:
+    from onnxcam.runtime.pixelmaps import deprocess_guided, diverging_lut, signed_picture
+
+    lut = diverging_lut()
+    assert lut.shape == (256, 3) and lut[128].min() > 240  # white around zero
+    attr = np.zeros((3, 4, 5), np.float32)
+    attr[:, 0, 0], attr[:, 1, 1] = 1.0, -1.0
+    picture = np.asarray(signed_picture(attr, "NCHW", percentile=100))
+    assert picture.shape == (4, 5, 3)
+    assert picture[0, 0, 0] > picture[0, 0, 2] and picture[1, 1, 2] > picture[1, 1, 0]  # red +, blue −
+    assert np.array_equal(picture[2, 2], lut[128])
+    nhwc = np.asarray(signed_picture(np.moveaxis(attr, 0, 2), "NHWC", percentile=100))
+    assert np.array_equal(nhwc, picture)
+    guided = np.asarray(deprocess_guided(attr))
+    a = np.moveaxis(attr, 0, 2)
+    expected = np.clip((a - a.mean()) / (a.std() + 1e-5) * 0.1 + 0.5, 0, 1) * 255
+    assert np.abs(guided.astype(float) - expected).max() <= 0.5 + 1e-6
+    assert np.array_equal(np.asarray(deprocess_guided(attr, color="BGR")), guided[..., ::-1])
+
+
+@pytest.mark.torch
+def test_cli_writes_input_space_pictures(resnet, tmp_path) -> None:
+    from click.testing import CliRunner
+
+    from onnxcam.cli.main import main
+
+    explainer, _, _ = resnet
+    methods = "saliency,guided-backprop,guided-gradcam,smoothgrad,integrated-gradients,gradcam-counterfactual"
+    result = CliRunner().invoke(main, ["explain", explainer.info.path, str(Path(__file__).parent / "data"),
+                                       "--out", str(tmp_path), "-m", methods, "--save-npy"])
+    assert result.exit_code == 0, result.output
+    from PIL import Image
+    for m in methods.split(","):
+        with Image.open(tmp_path / f"coffee.{m}.png") as img:
+            size = img.size
+        # pixel-level pictures at model input resolution; the counterfactual CAM overlays the photo
+        assert size == ((150, 100) if m == "gradcam-counterfactual" else (64, 64)), (m, size)
+        assert np.load(tmp_path / f"coffee.{m}.npy").shape == (64, 64)
