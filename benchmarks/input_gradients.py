@@ -23,33 +23,17 @@ import argparse
 import time
 
 import numpy as np
-import onnx
 import onnxruntime as ort
 import torch
 import torchvision
+
+from _common import plain_classifier, session
 
 from onnxcam.exporter.explain_graph import GraphSpec, build_explanation_graph
 from onnxcam.exporter.onnx_source import load_classifier
 from onnxcam.exporter.torch_export import TARGET, export_with_target
 
 GUIDED_GRADCAM_OUTPUTS = ["logits", "target", "activations", "gradients", "guided_gradients"]
-
-
-def session(model: onnx.ModelProto, threads: int) -> ort.InferenceSession:
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
-    options.inter_op_num_threads = 1
-    options.log_severity_level = 3
-    return ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
-
-
-def plain_classifier(model: onnx.ModelProto) -> onnx.ModelProto:
-    plain = onnx.ModelProto()
-    plain.CopyFrom(model)
-    kept = [o for o in plain.graph.output if o.name == "logits"]
-    del plain.graph.output[:]
-    plain.graph.output.extend(kept)
-    return plain
 
 
 def interleaved_medians(contenders: dict, runs: int, warmup: int = 2) -> dict[str, float]:

@@ -14,34 +14,17 @@ import statistics
 import time
 
 import numpy as np
-import onnx
 import onnxruntime as ort
 import torch
 import torchvision
+
+from _common import plain_classifier, session
 
 from onnxcam.exporter.explain_graph import GraphSpec, build_explanation_graph
 from onnxcam.exporter.onnx_source import load_classifier
 from onnxcam.exporter.torch_export import TARGET, export_with_target
 
 EXPLANATION_OUTPUTS = ["logits", "target", "activations", "gradients", "gradients_pow2", "gradients_pow3"]
-
-
-def session(model: onnx.ModelProto, threads: int) -> ort.InferenceSession:
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
-    options.inter_op_num_threads = 1
-    options.log_severity_level = 3
-    return ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
-
-
-def plain_classifier(model: onnx.ModelProto) -> onnx.ModelProto:
-    """The exported classifier with only its logits output."""
-    plain = onnx.ModelProto()
-    plain.CopyFrom(model)
-    kept = [o for o in plain.graph.output if o.name == "logits"]
-    del plain.graph.output[:]
-    plain.graph.output.extend(kept)
-    return plain
 
 
 def median_latency(run, runs: int, warmup: int = 3) -> float:

@@ -19,6 +19,20 @@ def fail(message: str, code: int = EXIT_USAGE, debug: bool = False) -> NoReturn:
     sys.exit(code)
 
 
+def prepare_output_dir(out: str, debug: bool = False) -> "Path":
+    """``--out`` as a directory, created if missing; a usage error when that is impossible."""
+    from pathlib import Path
+
+    out_dir = Path(out)
+    if out_dir.exists() and not out_dir.is_dir():
+        fail(f"{out}: exists and is not a directory (--out takes a directory)", EXIT_USAGE)
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        fail(f"{out}: cannot create the output directory ({exc.strerror or exc})", EXIT_USAGE, debug)
+    return out_dir
+
+
 def setup_logging(debug: bool = False) -> None:
     """onnxcam's own progress lines on stderr, without the libraries' chatter."""
     handler = logging.StreamHandler(sys.stderr)

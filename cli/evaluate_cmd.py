@@ -23,7 +23,7 @@ from typing import Any, Optional
 
 import click
 
-from onnxcam.cli.common import EXIT_PARTIAL, EXIT_USAGE, fail, setup_logging
+from onnxcam.cli.common import EXIT_PARTIAL, EXIT_USAGE, fail, prepare_output_dir, setup_logging
 from onnxcam.cli.explain_cmd import (IMAGE_EXTENSIONS, PROVIDERS, Reporter, make_explainer, parse_class,
                                      parse_methods)
 
@@ -398,13 +398,7 @@ def evaluate_command(model: str, data: str, methods: tuple[str, ...], metrics: O
              "re-export it with `onnxcam export`", EXIT_USAGE)
     if "ablationcam" in method_list and explainer.info.head_input is None:
         fail(f"{model} has no head-only path, needed by ablationcam; re-export it with `onnxcam export`", EXIT_USAGE)
-    out_dir = Path(out)
-    if out_dir.exists() and not out_dir.is_dir():
-        fail(f"{out}: exists and is not a directory (--out takes a directory)", EXIT_USAGE)
-    try:
-        out_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        fail(f"{out}: cannot create the output directory ({exc.strerror or exc})", EXIT_USAGE, debug)
+    out_dir = prepare_output_dir(out, debug)
 
     report = Reporter(debug)
     if not files:

@@ -15,7 +15,7 @@ from typing import Any, Iterable, Optional, Sequence
 
 import click
 
-from onnxcam.cli.common import EXIT_PARTIAL, EXIT_USAGE, fail, setup_logging
+from onnxcam.cli.common import EXIT_PARTIAL, EXIT_USAGE, fail, prepare_output_dir, setup_logging
 
 #: File name endings picked up when a directory is given (case-insensitive).
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp",
@@ -323,13 +323,7 @@ def explain_command(model: str, inputs: tuple[str, ...], methods: tuple[str, ...
         fail(f"{model} has no head-only path, needed by ablationcam; re-export it with `onnxcam export`",
              EXIT_USAGE)
     check_class_range(class_index, info.num_classes)
-    out_dir = Path(out)
-    if out_dir.exists() and not out_dir.is_dir():
-        fail(f"{out}: exists and is not a directory (--out takes a directory)", EXIT_USAGE)
-    try:
-        out_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        fail(f"{out}: cannot create the output directory ({exc.strerror or exc})", EXIT_USAGE, debug)
+    out_dir = prepare_output_dir(out, debug)
 
     report = Reporter(debug)
     files, input_errors = expand_inputs(inputs)
