@@ -118,7 +118,7 @@ class GraphBuilder:
 
     # -- reductions and broadcasting ---------------------------------------------------------
     def reduce(self, op_type: str, x: ir.Value, axes: Sequence[int], keepdims: bool) -> ir.Value:
-        """``ReduceSum``/``ReduceMean`` over ``axes`` whatever the opset."""
+        """``ReduceSum``/``ReduceMean``/``ReduceProd`` over ``axes`` whatever the opset."""
         axes = [int(a) for a in axes]
         takes_input = self.opset >= 18 or (op_type == "ReduceSum" and self.opset >= 13)
         if takes_input:

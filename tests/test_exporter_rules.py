@@ -19,6 +19,7 @@ import pytest
 torch = pytest.importorskip("torch")
 pytest.importorskip("onnx_ir")
 import onnx  # noqa: E402
+import onnxruntime as ort  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 from onnx import TensorProto  # noqa: E402
 
@@ -878,6 +879,34 @@ case("Gather-2d-indices-height", True)(_gather([[0, 1], [1, 5], [3, 3]], 2))
 case("Gather-2d-indices-negative-axis", True)(_gather([[6, 0]], -1))
 
 
+def _gather_nd(indices):
+    """GatherND on A moved to [C, H, N, W] (the batch never indexed), the result moved back batch-first."""
+    def head(net, a):
+        idx = np.asarray(indices, np.int64)
+        moved = net.op("Transpose", a, perm=[1, 2, 0, 3])
+        y = net.op("GatherND", moved, net.const(idx))
+        batch_axis = idx.ndim - 1 + 2 - idx.shape[-1]      # index axes, then [C, H, N, W][k:]
+        perm = [batch_axis] + [i for i in range(y_rank(idx)) if i != batch_axis]
+
+        def fn(t):
+            m = t.permute(1, 2, 0, 3)
+            taken = m[tuple(torch.from_numpy(idx[..., j] % m.shape[j]) for j in range(idx.shape[-1]))]
+            return taken.permute(*perm)
+        return net.op("Transpose", y, perm=perm), fn
+    return head
+
+
+def y_rank(idx: np.ndarray) -> int:
+    """Rank of GatherND's output on a rank-4 input: q - 1 + r - k."""
+    return idx.ndim - 1 + 4 - idx.shape[-1]
+
+
+case("GatherND-channel-rows-with-repeats", True)(_gather_nd([[1], [1], [0], [-1]]))
+case("GatherND-channel-height-pairs-repeats-negative", True)(
+    _gather_nd([[0, 1], [2, 3], [0, 1], [-1, -2], [1, 0], [0, 1]]))
+case("GatherND-2d-index-grid", True)(_gather_nd([[[0, 5], [3, 0]], [[0, 5], [0, 5]]]))
+
+
 def _softmax(op, axis, opset=17):
     def head(net, a):
         s = net.param([], values=0.5)
@@ -1254,6 +1283,22 @@ def test_unsupported_forms_raise_one_line_export_error(name):
         return y, shape
     message = _raises_export_error(head)
     assert "node" in message
+
+
+def test_gather_nd_repeated_indices_on_several_threads():
+    """onnxruntime's CPU ScatterND(add) applies repeated indices from several threads and loses
+    updates; the GatherND rule's scatter must give the same, right gradient on every run."""
+    rows = np.tile([[1, 2], [0, 0], [1, 2], [-1, 5]], (2000, 1))
+    c = classifier(_gather_nd(rows), image=(3, 16, 16), channels=8)
+    graph, _, want = check_against_torch(c)
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 4
+    sess = ort.InferenceSession(graph.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    feeds = {"image": images(c), "class_index": CLASS_INDEX, **head_feed(graph)}
+    runs = [run(sess, feeds)["gradients"] for _ in range(6)]
+    for got in runs:
+        assert_gradients_close(got, want, "gradients (4 threads)")
+        np.testing.assert_array_equal(got, runs[0])
 
 
 def test_runtime_computed_gather_indices_are_not_baked_in():

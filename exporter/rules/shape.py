@@ -141,9 +141,29 @@ def gather(b: GraphBuilder, node: ir.Node, dys: Grads, needs: Sequence[bool]) ->
 
 @rule("GatherND", piecewise_linear=True)
 def gather_nd(b: GraphBuilder, node: ir.Node, dys: Grads, needs: Sequence[bool]) -> Grads:
-    """y = x[idx] (index tuples along the leading axes):  dx = scatter-add of dy into zeros at
-    idx (repeated indices add up; indices read at run time)."""
+    """y = x[idx] (index tuples of length k along the leading axes):  dx = scatter-add of dy into
+    zeros at idx (repeated indices add up; indices read at run time).
+
+    Written as ScatterElements(add) along axis 0 of x folded to [∏ x.shape[:k], ∏ x.shape[k:]],
+    at the linear indices Σ_j idx[..., j]·∏ x.shape[j+1:k]. Not ScatterND(add): onnxruntime's CPU
+    kernel applies repeated indices from several threads at once and loses updates (results
+    differ from run to run); ScatterElements(add) accumulates them in order."""
     if node.attributes.get_int("batch_dims", 0):
         raise ExportError(f"GatherND node '{node.name}': batch_dims > 0 is not supported")
     x, indices = node.inputs
-    return [b.op("ScatterND", b.zeros_like(x), indices, dys[0], reduction="add"), None]
+    rank, k = b.rank(x), b.static_shape(indices)[-1]
+    x_shape = b.shape_of(x)
+    lead = b.op("Slice", x_shape, b.ints([0]), b.ints([k]))
+    idx = b.op("Cast", indices, to=ir.DataType.INT64)
+    idx = b.op("Where", b.op("Less", idx, b.ints([0])), b.op("Add", idx, lead), idx)
+    strides = [b.reduce("ReduceProd", b.op("Slice", x_shape, b.ints([j + 1]), b.ints([k])), [0], keepdims=True)
+               for j in range(k - 1)] + [b.ints([1])]
+    strides = b.op("Concat", *strides, axis=0) if k > 1 else strides[0]
+    linear = b.reduce("ReduceSum", b.op("Mul", idx, strides), [b.rank(indices) - 1], keepdims=True)
+    tail = (b.reduce("ReduceProd", b.op("Slice", x_shape, b.ints([k]), b.ints([rank])), [0], keepdims=True)
+            if k < rank else b.ints([1]))
+    folded = b.op("Concat", b.ints([-1]), tail, axis=0)
+    dy = b.op("Reshape", dys[0], folded)
+    linear = b.op("Expand", b.op("Reshape", linear, b.ints([-1, 1])), b.op("Shape", dy))
+    dx = b.op("ScatterElements", b.op("Reshape", b.zeros_like(x), folded), linear, dy, axis=0, reduction="add")
+    return [b.op("Reshape", dx, x_shape), None]
