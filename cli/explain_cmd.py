@@ -205,13 +205,13 @@ def load_batch(explainer: Any, files: Sequence[Path], report: Reporter):
     """Read and preprocess files → (kept indices, originals, x [n, ...] or None, geometries)."""
     import numpy as np
 
-    from onnxcam.runtime import ImageError, load_image, preprocess_image
+    from onnxcam.runtime import ImageError, load_image
 
     kept, originals, xs, geos = [], [], [], []
     for i, f in enumerate(files):
         try:
             img = load_image(f)
-            x, geo = preprocess_image(img, explainer.info.preprocess)
+            x, geo = explainer.prepare_one(img)  # uint8 pixels for a --raw-input graph
         except ImageError as exc:
             report.error(str(exc))
             continue
@@ -316,6 +316,8 @@ def explain_command(model: str, inputs: tuple[str, ...], methods: tuple[str, ...
         fail(f"{model} has no onnxcam.preprocess metadata, so image files cannot be preprocessed for it; "
              "re-export it with `onnxcam export`", EXIT_USAGE)
     unavailable = [m for m in method_list if m not in explainer.available_methods and m != "ablationcam"]
+    if unavailable and info.raw_input and unavailable[0] == "scorecam":
+        fail(explainer.unavailable_reason("scorecam"), EXIT_USAGE)
     if unavailable:
         fail(f"{model} has no input gradients, needed by {unavailable[0]}; re-export it with "
              "`onnxcam export ... --input-gradients`", EXIT_USAGE)

@@ -22,11 +22,18 @@ from onnxcam.cli.common import fail, float_triplet, int_triplet, setup_logging
 @click.option("--verify", is_flag=True, help="Check the graph against torch.autograd (PyTorch sources).")
 @click.option("--input-gradients", is_flag=True,
               help="Also output input_gradients (∂S/∂input) and guided_gradients (Guided Backpropagation).")
+@click.option("--heatmap", "heatmap", metavar="METHOD",
+              help="Bake this CAM and its post-processing into the graph: output heatmap [N, H, W] "
+                   "(gradcam, gradcam++, xgradcam, hirescam, layercam, gradcam-elementwise).")
+@click.option("--raw-input", is_flag=True,
+              help="The image input takes uint8 NHWC RGB pixels [N, H, W, 3] at the model's input size; "
+                   "the graph scales, normalises and reorders them itself.")
 @click.option("--overwrite", is_flag=True, help="Replace OUT if it exists.")
 @click.option("--debug", is_flag=True, help="Show tracebacks.")
 def export_command(source: str, out: str, target_layer: str | None, weights: str | None, input_shape,
                    opset: int | None, labels: str | None, mean, std, resize: int | None, layout: str | None,
-                   bgr: bool, verify: bool, input_gradients: bool, overwrite: bool, debug: bool) -> None:
+                   bgr: bool, verify: bool, input_gradients: bool, heatmap: str | None, raw_input: bool,
+                   overwrite: bool, debug: bool) -> None:
     """Export SOURCE (torchvision:NAME, timm:NAME, package.module:callable, a registry name or an
     .onnx classifier) into an explanation graph with logits and target-layer gradients."""
     setup_logging(debug)
@@ -34,10 +41,16 @@ def export_command(source: str, out: str, target_layer: str | None, weights: str
         from onnxcam.exporter import ExportError, export
     except ImportError as exc:
         fail(f"export needs the export extra: pip install 'onnxcam[export]' ({exc.name} is missing)", 2, debug)
+    from onnxcam.exporter.bake_heatmap import BAKEABLE_METHODS
+
+    if heatmap is not None and heatmap not in BAKEABLE_METHODS:
+        fail(f"--heatmap {heatmap}: unknown method; choose from {', '.join(BAKEABLE_METHODS)}", 2, debug)
+    if raw_input and input_gradients:
+        fail("--raw-input cannot be combined with --input-gradients", 2, debug)
     try:
         model = export(source, target_layer, weights=weights, input_shape=input_shape, opset=opset, labels=labels,
                        mean=mean, std=std, resize=resize, layout=layout, bgr=bgr, out=out, overwrite=overwrite,
-                       verify=verify, input_gradients=input_gradients)
+                       verify=verify, input_gradients=input_gradients, heatmap=heatmap, raw_input=raw_input)
     except ExportError as exc:
         fail(str(exc), 2, debug)
     except Exception as exc:  # an unexpected failure still gets one line
@@ -47,3 +60,9 @@ def export_command(source: str, out: str, target_layer: str | None, weights: str
     click.echo(f"exported {meta['onnxcam.source']} → {out}")
     click.echo(f"  target layer: {meta['onnxcam.target_layer']}; outputs: {outputs}")
     click.echo(f"  head piecewise linear: {meta['onnxcam.head_piecewise_linear']}")
+    if "onnxcam.heatmap_method" in meta:
+        click.echo(f"  baked heatmap: {meta['onnxcam.heatmap_method']} → output heatmap")
+    if meta.get("onnxcam.raw_input") == "true":
+        image = next(i for i in model.graph.input if i.name == meta["onnxcam.image_input"])
+        dims = [d.dim_param or d.dim_value for d in image.type.tensor_type.shape.dim]
+        click.echo(f"  raw input: {image.name} uint8 {dims} (NHWC RGB pixels, normalised in the graph)")

@@ -44,7 +44,9 @@ def describe(explainer: Any) -> dict[str, Any]:
         "head_piecewise_linear": info.piecewise_linear,
         "ablationcam_head": head,
         "head_input": info.head_input,
-        "methods": [m for m in ALL_METHODS if head or m != "ablationcam"],
+        "methods": [m for m in ALL_METHODS if m in explainer.available_methods],
+        "raw_input": info.raw_input,
+        "heatmap_method": info.heatmap_method,
         "providers": list(explainer.providers),
         "producer": " ".join(p for p in (meta.producer_name, meta.version and str(meta.version)) if p) or None,
     }
@@ -68,6 +70,10 @@ def _text(d: dict[str, Any]) -> str:
     head_text = (f"present ({d['head_input']} → head_logits)" if d["ablationcam_head"]
                  else "absent (ablationcam unavailable)")
     labels = f"{d['labels']} class names" if d["labels"] is not None else "none"
+    image = next((i for i in d["inputs"] if i["name"] == d["image_input"]), None)
+    raw_text = (f"yes ({d['image_input']} takes uint8 RGB pixels {_shape(image['shape']) if image else ''}; "
+                "the graph scales, normalises and reorders them)" if d["raw_input"] else "no (preprocessed float input)")
+    baked_text = f"{d['heatmap_method']} (output heatmap)" if d["heatmap_method"] else "none"
     lines = [
         f"file:              {d['file']} ({d['size_bytes'] / 1e6:.2f} MB, onnxcam format {d['format']})",
         f"source:            {d['source'] or '-'}",
@@ -75,6 +81,8 @@ def _text(d: dict[str, Any]) -> str:
         "inputs:", *io_lines(d["inputs"]),
         "outputs:", *io_lines(d["outputs"]),
         f"preprocessing:     {pre_line}",
+        f"raw input:         {raw_text}",
+        f"baked heatmap:     {baked_text}",
         f"classes:           {d['num_classes'] if d['num_classes'] is not None else '?'}; labels: {labels}",
         f"piecewise linear:  {flag_text}",
         f"ablationcam head:  {head_text}",

@@ -9,11 +9,13 @@ from pathlib import Path
 import onnx
 
 from onnxcam.exporter.autodiff import UnsupportedOperator
+from onnxcam.exporter.bake_heatmap import bake_heatmap, check_method
 from onnxcam.exporter.errors import ExportError
 from onnxcam.exporter.explain_graph import GraphSpec, build_explanation_graph
 from onnxcam.exporter.onnx_source import (
     Classifier, choose_target, load_classifier, load_onnx, working_candidates,
 )
+from onnxcam.exporter.raw_input import raw_input as make_raw_input
 from onnxcam.models.labels import load_labels
 from onnxcam.models.preprocess import Preprocess
 
@@ -53,6 +55,23 @@ def _onnx_preprocess(classifier: Classifier) -> Preprocess:
     return Preprocess(layout="NHWC" if nhwc else "NCHW", size=(h, w), resize=None, mean=mean, std=std)
 
 
+def _check(model: onnx.ModelProto) -> onnx.ModelProto:
+    try:
+        onnx.checker.check_model(model, full_check=True)
+    except Exception as exc:
+        raise ExportError(f"internal: the explanation graph fails the ONNX checker: {str(exc).splitlines()[0]}") from exc
+    return model
+
+
+def _finish(model: onnx.ModelProto, heatmap: str | None, raw_input: bool) -> onnx.ModelProto:
+    """The optional in-graph steps: a baked ``heatmap`` output, then the raw uint8 pixel input."""
+    if heatmap is not None:
+        model = bake_heatmap(model, heatmap)
+    if raw_input:
+        model = make_raw_input(model)
+    return _check(model) if heatmap is not None or raw_input else model
+
+
 def _build(spec: GraphSpec, classifier: Classifier) -> onnx.ModelProto:
     try:
         model = build_explanation_graph(spec, classifier.facts)
@@ -60,11 +79,7 @@ def _build(spec: GraphSpec, classifier: Classifier) -> onnx.ModelProto:
         working = working_candidates(classifier)
         hint = f"; target layers that would work: {', '.join(working)}" if working else ""
         raise ExportError(f"{exc}{hint}") from None
-    try:
-        onnx.checker.check_model(model, full_check=True)
-    except Exception as exc:
-        raise ExportError(f"internal: the explanation graph fails the ONNX checker: {str(exc).splitlines()[0]}") from exc
-    return model
+    return _check(model)
 
 
 def export(
@@ -84,14 +99,24 @@ def export(
     overwrite: bool = False,
     verify: bool = False,
     input_gradients: bool = False,
+    heatmap: str | None = None,
+    raw_input: bool = False,
 ) -> onnx.ModelProto:
     """Export ``source`` (``torchvision:NAME``, ``timm:NAME``, ``package.module:callable``, a
     registry name or an ``.onnx`` file) into an explanation graph; write it to ``out`` if given.
 
     ``verify`` (torch sources) compares the graph with ``torch.autograd`` and raises on mismatch.
     ``input_gradients`` adds the outputs ``input_gradients`` (∂S/∂input) and ``guided_gradients``
-    (Guided Backpropagation).
+    (Guided Backpropagation). ``heatmap`` (one of ``bake_heatmap.BAKEABLE_METHODS``) adds the
+    output ``heatmap`` [N, H, W]: that CAM with the contract's post-processing, computed in the
+    graph. ``raw_input`` makes the image input uint8 NHWC RGB pixels [N, H, W, 3] of the model's
+    input size, normalised inside the graph (not with ``input_gradients``).
     """
+    if heatmap is not None:
+        check_method(heatmap)
+    if raw_input and input_gradients:
+        raise ExportError("--raw-input cannot be combined with --input-gradients "
+                          "(input gradients are taken w.r.t. the normalised float input)")
     if out is not None and Path(out).exists() and not overwrite:
         raise ExportError(f"{out} exists; pass --overwrite to replace it")
     try:
@@ -113,6 +138,7 @@ def export(
     else:
         model = _export_torch(source, target_layer, weights, shape, opset or DEFAULT_OPSET, label_list,
                               (mean, std, resize, layout, bgr), verify, input_gradients)
+    model = _finish(model, heatmap, raw_input)
     if out is not None:
         Path(out).parent.mkdir(parents=True, exist_ok=True)
         onnx.save(model, str(out))

@@ -76,7 +76,7 @@ def _set_output(graph: ir.Graph, builder: GraphBuilder, value: ir.Value, name: s
 
 
 RESERVED_NAMES = {"logits", "target", "activations", "gradients", "gradients_pow2", "gradients_pow3",
-                  "class_index", "head_activations", "head_logits", "input_gradients", "guided_gradients"}
+                  "class_index", "head_activations", "head_logits", "input_gradients", "guided_gradients", "heatmap"}
 
 
 def _free_reserved_names(values: dict[str, ir.Value], keep: set[ir.Value]) -> None:

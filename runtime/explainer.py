@@ -10,7 +10,8 @@ from PIL import Image
 
 from onnxcam.runtime.ablation import ablationcam
 from onnxcam.runtime.errors import ClassIndexError, ModelError
-from onnxcam.runtime.images import Geometry, heatmap_to_original, preprocess
+from onnxcam.runtime.images import (Geometry, ImageLike, heatmap_to_original, image_pixels, load_image, load_pixels,
+                                     preprocess, preprocess_image)
 from onnxcam.runtime.input_methods import (INPUT_METHODS, NEEDS_INPUT_GRADIENTS, InputMethodOptions,
                                            gradcam_counterfactual, missing_outputs_message, pixel_heatmaps,
                                            run_input_method)
@@ -95,11 +96,26 @@ class Explainer:
         return self.info.labels
 
     def prepare(self, images: Sequence[Union[str, Path, Image.Image]]) -> tuple[np.ndarray, list[Geometry]]:
-        """Load and preprocess images from the graph's ``onnxcam.preprocess`` metadata."""
+        """Load and preprocess images from the graph's ``onnxcam.preprocess`` metadata: a float
+        batch in the model's layout, or for a raw-input graph the resized / cropped uint8 NHWC
+        RGB pixels (the graph normalises them itself)."""
         if self.info.preprocess is None:
             raise ModelError(f"{self.info.path} has no onnxcam.preprocess metadata; "
                              "pass a preprocessed float32 batch instead of images")
+        if self.info.raw_input:
+            return load_pixels(list(images), self.info.preprocess)
         return preprocess(list(images), self.info.preprocess)
+
+    def prepare_one(self, image: ImageLike) -> tuple[np.ndarray, Geometry]:
+        """One image (path or PIL image) as ``prepare`` would: [C, H, W] / [H, W, C] float32, or
+        uint8 [H, W, 3] pixels for a raw-input graph."""
+        if self.info.preprocess is None:
+            raise ModelError(f"{self.info.path} has no onnxcam.preprocess metadata; "
+                             "pass a preprocessed float32 batch instead of images")
+        img = load_image(image)
+        if self.info.raw_input:
+            return image_pixels(img, self.info.preprocess)
+        return preprocess_image(img, self.info.preprocess)
 
     def explain(self, x: Inputs, method: str = "gradcam", class_index: ClassIndex = None,
                 **options) -> Explanation:
@@ -109,14 +125,27 @@ class Explainer:
     @property
     def available_methods(self) -> tuple[str, ...]:
         """The methods this graph can run (input-space ones need ``--input-gradients``)."""
-        return tuple(m for m in EVERY_METHOD if NEEDS_INPUT_GRADIENTS.get(m, "logits") in self.info.outputs
-                     and (m != "ablationcam" or self.info.head_input is not None))
+        return tuple(m for m in EVERY_METHOD if self.unavailable_reason(m) is None)
+
+    def unavailable_reason(self, method: str) -> Optional[str]:
+        """Why this graph cannot run ``method`` (one line), or None when it can."""
+        need = NEEDS_INPUT_GRADIENTS.get(method)
+        if need is not None and need not in self.info.outputs:
+            return missing_outputs_message(self.info.path, method, need)
+        if method == "ablationcam" and self.info.head_input is None:
+            return (f"{self.info.path} has no head-only path (onnxcam.head_input / {HEAD_OUTPUT}) "
+                    "needed by ablationcam; re-export it with `onnxcam export`")
+        if method == "scorecam" and self.info.raw_input:
+            return (f"{self.info.path} takes raw uint8 pixels (exported with --raw-input) and scorecam "
+                    "needs to mask the normalised float input; use a graph exported without --raw-input")
+        return None
 
     def explain_many(self, x: Inputs, methods: Sequence[str] = ("gradcam",),
                      class_index: ClassIndex = None, **options) -> dict[str, Explanation]:
         """Explain a batch with several methods from ONE run of the graph (per batch chunk).
 
-        ``x``: a float32 batch preprocessed for the model (its layout), or paths / PIL images.
+        ``x``: a float32 batch preprocessed for the model (its layout), or paths / PIL images;
+        for a graph exported with ``--raw-input``, uint8 RGB pixels [N, H, W, 3] instead of floats.
         ``class_index``: None (top-1 everywhere), an int, or one int per image (negative =
         top-1). Score-CAM and Ablation-CAM run the model / its head again as they need, SmoothGrad
         and Integrated Gradients the whole graph on their samples (``batch_size`` at a time).
@@ -127,13 +156,10 @@ class Explainer:
         unknown = [m for m in methods if m not in EVERY_METHOD]
         if unknown or not methods:
             raise ValueError(f"unknown method(s) {unknown}; choose from {', '.join(EVERY_METHOD)}")
-        if "ablationcam" in methods and self.info.head_input is None:
-            raise ModelError(f"{self.info.path} has no head-only path (onnxcam.head_input / "
-                             f"{HEAD_OUTPUT}) needed by ablationcam; re-export it with `onnxcam export`")
         for m in methods:
-            need = NEEDS_INPUT_GRADIENTS.get(m)
-            if need is not None and need not in self.info.outputs:
-                raise ModelError(missing_outputs_message(self.info.path, m, need))
+            reason = self.unavailable_reason(m)
+            if reason is not None:
+                raise ModelError(reason)
         opts = InputMethodOptions.from_kwargs(**options)
         x, geometry = self._as_batch(x)
         classes = self._classes(class_index, len(x))
@@ -172,6 +198,8 @@ class Explainer:
             x, geometry = self.prepare(x)
         else:
             geometry = None
+        if self.info.raw_input:
+            return self._as_pixels(x), geometry
         if x.ndim != 4 or not np.issubdtype(x.dtype, np.floating) or len(x) == 0:
             raise ValueError(f"x must be a non-empty float batch [N, ...] of rank 4 in the model's "
                              f"layout ({self.info.layout}), got {x.dtype} {x.shape}")
@@ -181,6 +209,17 @@ class Explainer:
             raise ValueError(f"x has shape {x.shape}, the model's input '{self.info.image_input}' "
                              f"expects {list(want)}")
         return x.astype(self.info.image_dtype, copy=False), geometry
+
+    def _as_pixels(self, x: np.ndarray) -> np.ndarray:
+        """Check a batch for a raw-input graph: uint8 RGB pixels [N, H, W, 3] at the input size."""
+        H, W = self.info.input_size
+        if x.dtype != np.uint8:
+            raise ValueError(f"{self.info.path} takes raw uint8 RGB pixels [N, {H}, {W}, 3] (exported with "
+                             f"--raw-input), got a {x.dtype} batch; pass uint8 pixels or image files, "
+                             "not a preprocessed float batch")
+        if x.ndim != 4 or len(x) == 0 or x.shape[1:] != (H, W, 3):
+            raise ValueError(f"x has shape {x.shape}; {self.info.path} takes uint8 RGB pixels [N, {H}, {W}, 3]")
+        return x
 
     def _classes(self, class_index: ClassIndex, n: int) -> np.ndarray:
         if class_index is None:

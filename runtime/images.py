@@ -176,12 +176,12 @@ def _geometry(w0: int, h0: int, spec: PreprocessSpec) -> Geometry:
     return Geometry((h0, w0), (hr, wr), (offset(hr, H), offset(wr, W)), (H, W))
 
 
-def preprocess_image(img: Image.Image, spec: PreprocessSpec) -> tuple[np.ndarray, Geometry]:
-    """One RGB image → (x [C, H, W] or [H, W, C] float32, Geometry).
+def image_pixels(img: Image.Image, spec: PreprocessSpec) -> tuple[np.ndarray, Geometry]:
+    """One RGB image → (pixels uint8 [H, W, 3] RGB at the model input size, Geometry).
 
     Resize the short side to ``spec.resize`` (bilinear, torchvision's size rule), centre-crop
     ``spec.size`` (zero padding where the crop overhangs); with ``resize`` null, resize
-    straight to ``spec.size``. Then x = (pixels·scale − mean)/std, channels in ``color`` order.
+    straight to ``spec.size``. (What a raw-input graph takes; ``preprocess_image`` normalises.)
     """
     geo = _geometry(img.width, img.height, spec)
     (hr, wr), (top, left), (H, W) = geo.resized_size, geo.crop_offset, geo.input_size
@@ -189,16 +189,36 @@ def preprocess_image(img: Image.Image, spec: PreprocessSpec) -> tuple[np.ndarray
         img = img.resize((wr, hr), Image.BILINEAR)
     if (top, left, H, W) != (0, 0, hr, wr):
         img = img.crop((left, top, left + W, top + H))  # out-of-bounds areas become 0
-    pix = np.asarray(img, dtype=np.float32)
+    return np.asarray(img, dtype=np.uint8), geo
+
+
+def normalise_pixels(pixels: np.ndarray, spec: PreprocessSpec) -> np.ndarray:
+    """uint8 RGB pixels [..., H, W, 3] → float32 x = (pixels·scale − mean)/std, channels in
+    ``color`` order, in ``layout`` (a leading batch axis is kept)."""
+    pix = np.asarray(pixels, dtype=np.float32)
     if spec.color == "BGR":
         pix = pix[..., ::-1]
     x = (pix * np.float32(spec.scale) - np.asarray(spec.mean, np.float32)) / np.asarray(spec.std, np.float32)
-    return (x.transpose(2, 0, 1) if spec.layout == "NCHW" else x).astype(np.float32), geo
+    return np.moveaxis(x, -1, -3).astype(np.float32) if spec.layout == "NCHW" else x.astype(np.float32)
+
+
+def preprocess_image(img: Image.Image, spec: PreprocessSpec) -> tuple[np.ndarray, Geometry]:
+    """One RGB image → (x [C, H, W] or [H, W, C] float32, Geometry): ``image_pixels`` then
+    x = (pixels·scale − mean)/std, channels in ``color`` order."""
+    pix, geo = image_pixels(img, spec)
+    return normalise_pixels(pix, spec), geo
 
 
 def preprocess(images: list[ImageLike], spec: PreprocessSpec) -> tuple[np.ndarray, list[Geometry]]:
     """Load (``load_image``) and preprocess a list of paths / PIL images into one batch."""
     pairs = [preprocess_image(load_image(im), spec) for im in images]
+    return np.stack([p[0] for p in pairs]), [p[1] for p in pairs]
+
+
+def load_pixels(images: list[ImageLike], spec: PreprocessSpec) -> tuple[np.ndarray, list[Geometry]]:
+    """Load and resize / crop like ``preprocess`` but stop at the pixels: uint8 [N, H, W, 3] RGB
+    (the input of a graph exported with ``--raw-input``)."""
+    pairs = [image_pixels(load_image(im), spec) for im in images]
     return np.stack([p[0] for p in pairs]), [p[1] for p in pairs]
 
 

@@ -16,7 +16,8 @@ from onnxcam.runtime.images import PreprocessSpec
 REQUIRED_OUTPUTS = ("logits", "target", "activations", "gradients", "gradients_pow2", "gradients_pow3")
 CLASS_INPUT = "class_index"
 HEAD_OUTPUT = "head_logits"
-_DTYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(double)": np.float64}
+_DTYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(double)": np.float64,
+           "tensor(uint8)": np.uint8}
 
 
 def _static(dim: object) -> Optional[int]:
@@ -39,10 +40,15 @@ class ModelInfo:
     piecewise_linear: Optional[bool]
     num_classes: Optional[int]
     outputs: tuple[str, ...]
+    raw_input: bool = False               # image input = uint8 NHWC RGB pixels (export --raw-input)
+    heatmap_method: Optional[str] = None  # the method baked into the ``heatmap`` output (--heatmap)
 
     @property
     def layout(self) -> str:
-        """'NCHW' or 'NHWC': from the preprocess metadata, else guessed from a 3/1-channel axis."""
+        """'NCHW' or 'NHWC' of the image input: NHWC for raw-pixel graphs, else from the preprocess
+        metadata, else guessed from a 3/1-channel axis."""
+        if self.raw_input:
+            return "NHWC"
         if self.preprocess is not None:
             return self.preprocess.layout
         return "NHWC" if len(self.image_shape) == 4 and self.image_shape[-1] in (1, 3) \
@@ -98,6 +104,13 @@ def read_model_info(session: ort.InferenceSession, path: str) -> ModelInfo:
     flag = meta.get("onnxcam.head_piecewise_linear")
     feedable = set(inputs) | {i.name for i in session.get_overridable_initializers()}
     logits_shape = outputs["logits"].shape
+    raw_input = meta.get("onnxcam.raw_input", "").lower() == "true"
+    if raw_input and inputs[image].type != "tensor(uint8)":
+        raise ModelError(f"{path}: onnxcam.raw_input is set but the image input {image!r} is {inputs[image].type}, "
+                         "not uint8; re-export it with `onnxcam export --raw-input`")
+    if raw_input and spec is None:
+        raise ModelError(f"{path}: a raw-input graph needs onnxcam.preprocess metadata (its input size)")
+    baked = meta.get("onnxcam.heatmap_method")
     return ModelInfo(
         path=path, image_input=image, image_shape=tuple(inputs[image].shape),
         image_dtype=_DTYPES.get(inputs[image].type, np.float32), preprocess=spec,
@@ -106,4 +119,5 @@ def read_model_info(session: ort.InferenceSession, path: str) -> ModelInfo:
         target_layer=meta.get("onnxcam.target_layer", ""), source=meta.get("onnxcam.source", ""),
         piecewise_linear=None if flag is None else flag.lower() == "true",
         num_classes=_static(logits_shape[1]) if len(logits_shape) == 2 else None,
-        outputs=tuple(outputs))
+        outputs=tuple(outputs), raw_input=raw_input,
+        heatmap_method=baked if baked and "heatmap" in outputs else None)

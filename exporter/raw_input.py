@@ -1,0 +1,87 @@
+"""Make an explanation graph take raw pixels: uint8 NHWC RGB ``[N, H, W, 3]``.
+
+``raw_input(model)`` replaces the image input (same name) by a uint8 tensor of the model's input
+size and prepends the preprocessing the runtime would otherwise do in numpy
+(``runtime/images.py: preprocess_image``), from the ``onnxcam.preprocess`` metadata::
+
+    p = float32(pixels)                       # [N, H, W, 3], RGB, 0..255
+    p = p[..., ::-1]                          # only when the model wants BGR
+    x = (p · scale − mean) / std              # per channel, in the model's channel order
+    x = transpose(x, [0, 3, 1, 2])            # only when the model is NCHW
+    x = cast(x, model dtype)                  # only for fp16 / fp64 image inputs
+
+The resize / centre crop stays outside the graph (clients send images of the model's input
+size). The ``onnxcam.preprocess`` entry keeps describing the normalisation the graph now applies
+inside; ``onnxcam.raw_input`` = ``"true"`` says the input is raw pixels.
+"""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import onnx
+import onnx_ir as ir
+import onnx_ir.passes.common as ir_passes
+
+from onnxcam.exporter.builder import GraphBuilder
+from onnxcam.exporter.errors import ExportError
+from onnxcam.exporter.probe import TensorFacts
+
+METADATA_KEY = "onnxcam.raw_input"
+
+
+def _preprocess_facts(meta: dict[str, str]) -> dict:
+    try:
+        facts = json.loads(meta["onnxcam.preprocess"])
+        facts["size"] = [int(s) for s in facts["size"]]
+    except (KeyError, ValueError, TypeError) as exc:
+        raise ExportError(f"--raw-input needs readable onnxcam.preprocess metadata ({exc})") from None
+    if len(facts.get("mean", [])) != 3 or len(facts.get("std", [])) != 3:
+        raise ExportError("--raw-input needs a 3-channel (RGB/BGR) model; this one takes "
+                          f"{len(facts.get('mean', []))} channel(s)")
+    return facts
+
+
+def raw_input(model: onnx.ModelProto) -> onnx.ModelProto:
+    """A copy of the explanation graph ``model`` whose image input takes uint8 NHWC RGB pixels
+    (see the module docstring)."""
+    meta = {p.key: p.value for p in model.metadata_props}
+    if meta.get(METADATA_KEY) == "true":
+        raise ExportError("the graph already takes raw uint8 pixels")
+    if meta.get("onnxcam.input_gradients") == "true":
+        raise ExportError("--raw-input cannot be combined with --input-gradients "
+                          "(input gradients are taken w.r.t. the normalised float input)")
+    facts = _preprocess_facts(meta)
+    ir_model = ir.from_proto(model)
+    graph = ir_model.graph
+    name = meta.get("onnxcam.image_input")
+    index = next((i for i, v in enumerate(graph.inputs) if v.name == name), None)
+    if index is None:
+        raise ExportError(f"internal: image input {name!r} not found in the graph")
+    old = graph.inputs[index]
+    if old.dtype not in (ir.DataType.FLOAT, ir.DataType.FLOAT16, ir.DataType.DOUBLE):
+        raise ExportError(f"--raw-input needs a float image input; {name!r} is {old.dtype}")
+    batch = old.shape[0] if old.shape is not None and len(old.shape) == 4 else "N"
+    height, width = facts["size"]
+    pixels = ir.Value(name=name, type=ir.TensorType(ir.DataType.UINT8), shape=ir.Shape([batch, height, width, 3]))
+    old.name = "onnxcam/raw_input/normalised"
+
+    opset = next((v for d, v in ir_model.opset_imports.items() if d in ("", "ai.onnx")), 17)
+    b = GraphBuilder(graph, TensorFacts(), opset, prefix="onnxcam/raw_input")
+    x = b.op("Cast", pixels, to=ir.DataType.FLOAT)
+    if facts.get("color", "RGB").upper() == "BGR":
+        x = b.op("Gather", x, b.ints([2, 1, 0]), axis=3)
+    scale = np.array(facts.get("scale", 1.0 / 255.0), np.float32)
+    x = b.op("Mul", x, b.const(scale, "scale"))
+    x = b.op("Sub", x, b.const(np.asarray(facts["mean"], np.float32), "mean"))
+    x = b.op("Div", x, b.const(np.asarray(facts["std"], np.float32), "std"))
+    if facts.get("layout", "NCHW").upper() == "NCHW":
+        x = b.op("Transpose", x, perm=[0, 3, 1, 2])
+    if old.dtype != ir.DataType.FLOAT:
+        x = b.op("Cast", x, to=old.dtype)
+
+    old.replace_all_uses_with(x)
+    graph.inputs[index] = pixels
+    ir_passes.TopologicalSortPass()(ir_model)
+    ir_model.metadata_props[METADATA_KEY] = "true"
+    return ir.to_proto(ir_model)
