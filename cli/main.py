@@ -8,6 +8,7 @@ from onnxcam.cli.evaluate_cmd import evaluate_command
 from onnxcam.cli.explain_cmd import explain_command
 from onnxcam.cli.export_cmd import export_command
 from onnxcam.cli.info_cmd import info_command
+from onnxcam.cli.serve_cmd import serve_command
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -21,6 +22,7 @@ main.add_command(explain_command)
 main.add_command(info_command)
 main.add_command(demo_command)
 main.add_command(evaluate_command)
+main.add_command(serve_command)
 
 if __name__ == "__main__":  # pragma: no cover
     main()

@@ -1,0 +1,244 @@
+"""The Starlette application: V2 health, metadata and inference endpoints over a ``ModelRegistry``.
+
+Requests are decoded, explained and encoded on a bounded pool of ``workers`` threads, never on
+the event loop. At most ``max_queue`` inference requests are admitted at a time (reading,
+waiting or running); the next one gets 503 at once. A body larger than ``max_request_bytes``
+(declared or streamed, also after gzip/deflate decompression) gets 413. Every error is the
+protocol's ``{"error": "..."}`` JSON; one log line per request: ``METHOD path status ms``.
+"""
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import json
+import logging
+import time
+import zlib
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any, AsyncIterator, Optional
+
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from onnxcam.runtime.serving.models import ModelRegistry
+from onnxcam.runtime.serving.protocol import ProtocolError, encode_response, error_json, parse_request
+
+log = logging.getLogger("onnxcam.serve")
+HEADER_LENGTH = "Inference-Header-Content-Length"
+SERVER_NAME = "onnxcam"
+EXTENSIONS = ["binary_tensor_data", "parameters"]
+
+
+@dataclass(frozen=True)
+class ServerSettings:
+    """Limits of one server: inference threads, admitted requests, body size in bytes."""
+
+    workers: int = 2
+    max_queue: int = 64
+    max_request_bytes: int = 64 << 20
+
+
+def _json(payload: Any, status: int = 200) -> Response:
+    return Response(json.dumps(payload).encode(), status, media_type="application/json")
+
+
+def _error(message: str, status: int, headers: Optional[dict[str, str]] = None) -> Response:
+    return Response(error_json(message), status, headers=headers, media_type="application/json")
+
+
+class AccessLog:
+    """ASGI middleware: one INFO line per HTTP request, ``METHOD path status ms``."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        start, status = time.perf_counter(), 500
+
+        async def send_and_record(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_and_record)
+        finally:
+            log.info("%s %s %d %.1f ms", scope["method"], scope["path"], status,
+                     (time.perf_counter() - start) * 1e3)
+
+
+class V2Server:
+    """The endpoint handlers, the worker pool and the admission counter."""
+
+    def __init__(self, registry: ModelRegistry, settings: ServerSettings) -> None:
+        if settings.workers < 1 or settings.max_queue < 1 or settings.max_request_bytes < 1:
+            raise ValueError("workers, max_queue and max_request_bytes must be ≥ 1")
+        self.registry, self.settings = registry, settings
+        self.executor: Optional[ThreadPoolExecutor] = None
+        self.in_flight = 0  # touched only on the event loop thread
+
+    # -- lifecycle -----------------------------------------------------------------------------
+    @contextlib.asynccontextmanager
+    async def lifespan(self, app: Starlette) -> AsyncIterator[None]:
+        self.executor = ThreadPoolExecutor(self.settings.workers, thread_name_prefix="onnxcam-infer")
+        try:
+            yield
+        finally:  # uvicorn has drained the open requests by now
+            self.executor.shutdown(wait=True, cancel_futures=True)
+
+    # -- health and metadata -------------------------------------------------------------------
+    async def live(self, request: Request) -> Response:
+        return Response(status_code=200)
+
+    async def ready(self, request: Request) -> Response:
+        return Response(status_code=200 if self.executor is not None else 503)
+
+    async def server_metadata(self, request: Request) -> Response:
+        return _json({"name": SERVER_NAME, "version": _version(), "extensions": EXTENSIONS})
+
+    async def model_metadata(self, request: Request) -> Response:
+        try:
+            model = self.registry.get(request.path_params["name"], request.path_params.get("version"))
+        except ProtocolError as exc:
+            return _error(str(exc), exc.status)
+        return _json(model.metadata())
+
+    async def model_ready(self, request: Request) -> Response:
+        try:
+            self.registry.get(request.path_params["name"], request.path_params.get("version"))
+        except ProtocolError as exc:
+            return _error(str(exc), exc.status)
+        return Response(status_code=200)
+
+    # -- inference -----------------------------------------------------------------------------
+    async def infer(self, request: Request) -> Response:
+        limit = self.settings.max_queue
+        if self.in_flight >= limit:
+            return _error(f"server busy: {limit} inference requests in flight; retry later", 503,
+                          {"Retry-After": "1"})
+        self.in_flight += 1
+        try:
+            return await self._infer(request)
+        finally:
+            self.in_flight -= 1
+
+    async def _infer(self, request: Request) -> Response:
+        try:
+            model = self.registry.get(request.path_params["name"], request.path_params.get("version"))
+            header_length = _header_length(request)
+            body = await self._read_body(request)
+        except ProtocolError as exc:
+            return _error(str(exc), exc.status)
+        loop = asyncio.get_running_loop()
+        try:
+            payload, json_length = await loop.run_in_executor(self.executor, _run, model, body, header_length)
+        except ProtocolError as exc:
+            return _error(str(exc), exc.status)
+        except Exception as exc:  # noqa: BLE001  (a bug or an onnxruntime failure: 500, keep serving)
+            log.exception("inference failed on model '%s'", model.name)
+            return _error(f"inference failed: {type(exc).__name__}: {exc}".splitlines()[0], 500)
+        if json_length is None:
+            return Response(payload, 200, media_type="application/json")
+        return Response(payload, 200, headers={HEADER_LENGTH: str(json_length)},
+                        media_type="application/octet-stream")
+
+    async def _read_body(self, request: Request) -> bytes:
+        """The (decompressed) body, or ``ProtocolError`` 413 past ``max_request_bytes``."""
+        limit = self.settings.max_request_bytes
+        too_big = ProtocolError(f"request body exceeds the server's limit of {limit} bytes "
+                                f"({limit / 2**20:g} MiB)", 413)
+        declared = request.headers.get("content-length")
+        if declared is not None and declared.isdigit() and int(declared) > 2 * limit:
+            raise too_big  # not worth draining: the connection is closed after the answer
+        chunks: list[bytes] = []
+        size = 0
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size <= limit:
+                chunks.append(chunk)
+            elif size > 2 * limit:
+                break
+            else:  # drain up to 2 × limit, so that the client reads the 413 rather than a reset
+                chunks.clear()
+        if size > limit:
+            raise too_big
+        body = b"".join(chunks)
+        encoding = request.headers.get("content-encoding", "identity").strip().lower()
+        if encoding in ("", "identity"):
+            return body
+        if encoding not in ("gzip", "deflate"):
+            raise ProtocolError(f"unsupported Content-Encoding '{encoding}' (gzip, deflate or none)", 415)
+        inflater = zlib.decompressobj(zlib.MAX_WBITS | 16 if encoding == "gzip" else zlib.MAX_WBITS)
+        try:
+            out = inflater.decompress(body, limit + 1)
+        except zlib.error as exc:
+            raise ProtocolError(f"corrupt {encoding} body: {exc}") from None
+        if len(out) > limit:
+            raise too_big
+        return out
+
+
+@functools.lru_cache(maxsize=1)
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+    try:
+        return version("onnxcam")
+    except PackageNotFoundError:  # pragma: no cover  (source checkout without install)
+        return "unknown"
+
+
+def _header_length(request: Request) -> Optional[int]:
+    value = request.headers.get(HEADER_LENGTH)
+    if value is None:
+        return None
+    if not value.strip().isdigit():
+        raise ProtocolError(f"{HEADER_LENGTH} must be a non-negative integer, got {value!r}")
+    return int(value)
+
+
+def _run(model: Any, body: bytes, header_length: Optional[int]) -> tuple[bytes, Optional[int]]:
+    """Worker thread: decode, explain, encode."""
+    request = parse_request(body, header_length)
+    outputs = model.infer(request)
+    return encode_response(model.name, "1", outputs, request.id)
+
+
+async def _http_error(request: Request, exc: Exception) -> Response:
+    status = getattr(exc, "status_code", 500)
+    detail = getattr(exc, "detail", None) or "error"
+    if status == 404:
+        detail = f"no such endpoint: {request.method} {request.url.path}"
+    elif status == 405:
+        detail = f"method {request.method} not allowed on {request.url.path}"
+    return _error(str(detail), status, getattr(exc, "headers", None))
+
+
+def create_app(registry: ModelRegistry, settings: Optional[ServerSettings] = None) -> ASGIApp:
+    """The ASGI application serving ``registry`` (wrapped in the access log)."""
+    server = V2Server(registry, settings or ServerSettings())
+    model = "/v2/models/{name}"
+    version = model + "/versions/{version}"
+    routes = [
+        Route("/v2/health/live", server.live, methods=["GET"]),
+        Route("/v2/health/ready", server.ready, methods=["GET"]),
+        Route("/v2", server.server_metadata, methods=["GET"]),
+        Route(model, server.model_metadata, methods=["GET"]),
+        Route(version, server.model_metadata, methods=["GET"]),
+        Route(model + "/ready", server.model_ready, methods=["GET"]),
+        Route(version + "/ready", server.model_ready, methods=["GET"]),
+        Route(model + "/infer", server.infer, methods=["POST"]),
+        Route(version + "/infer", server.infer, methods=["POST"]),
+    ]
+    app = Starlette(routes=routes, lifespan=server.lifespan, exception_handlers={HTTPException: _http_error})
+    app.state.server = server
+    return AccessLog(app)
