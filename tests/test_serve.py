@@ -186,6 +186,46 @@ def test_request_log_line(client, x, caplog):
                for r in caplog.records)
 
 
+# -- a raw-input graph (uint8 NHWC pixels, heatmap baked in) -----------------------------------------
+@pytest.fixture(scope="module")
+def raw_graph(tmp_path_factory):
+    onnx = pytest.importorskip("onnx")
+    pytest.importorskip("onnx_ir")
+    from onnxcam.exporter.bake_heatmap import bake_heatmap
+    from onnxcam.exporter.raw_input import raw_input
+
+    path = tmp_path_factory.mktemp("raw") / "pixels.cam.onnx"
+    onnx.save(raw_input(bake_heatmap(onnx.load(str(TINY)), "gradcam")), str(path))
+    registry = ModelRegistry.load([path], providers=["CPUExecutionProvider"], intra_op_threads=1)
+    server = BackgroundServer(create_app(registry, ServerSettings(workers=1)))
+    yield path, httpclient.InferenceServerClient(server.url), server
+    server.stop()
+
+
+def test_raw_input_graph_takes_uint8_pixels(raw_graph):
+    path, raw_client, server = raw_graph
+    meta = raw_client.get_model_metadata("pixels")
+    assert meta["inputs"][0] == {"name": "input", "datatype": "UINT8", "shape": [-1, 32, 32, 3]}
+    pixels = np.random.default_rng(1).integers(0, 256, (2, 32, 32, 3), dtype=np.uint8)
+    ref = Explainer(path, providers=["CPUExecutionProvider"], intra_op_threads=1).explain(pixels, "gradcam++", 3)
+    for binary in (True, False):
+        outs = [httpclient.InferRequestedOutput(n, binary_data=binary) for n in ("heatmap", "target")]
+        res = raw_client.infer("pixels", [image_input(pixels, binary, datatype="UINT8")], outputs=outs,
+                               parameters={"method": "gradcam++", "class_index": 3})
+        np.testing.assert_allclose(res.as_numpy("heatmap"), ref.heatmaps, rtol=0, atol=TOL)
+        np.testing.assert_array_equal(res.as_numpy("target"), [3, 3])
+    for inputs, params, needle in (
+            ([image_input(pixels.astype(np.float32))], None, "must be UINT8"),
+            ([image_input(pixels, datatype="UINT8")], {"method": "scorecam"}, "unknown method 'scorecam'")):
+        err = triton_error(raw_client, "pixels", inputs, parameters=params)
+        assert err.status() == "400" and needle in err.message(), err.message()
+    body = json.dumps({"inputs": [{"name": "input", "datatype": "UINT8", "shape": [1, 32, 32, 3],
+                                   "data": [300] * (32 * 32 * 3)}]}).encode()
+    r = raw_post(server, body, path="/v2/models/pixels/infer")
+    assert r.status_code == 400 and "out of range" in r.json()["error"]
+    assert raw_client.is_server_live()
+
+
 # -- malformed requests --------------------------------------------------------------------------
 def triton_error(client, *args, **kwargs) -> InferenceServerException:
     with pytest.raises(InferenceServerException) as err:
