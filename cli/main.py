@@ -9,6 +9,7 @@ from onnxcam.cli.explain_cmd import explain_command
 from onnxcam.cli.export_cmd import export_command
 from onnxcam.cli.info_cmd import info_command
 from onnxcam.cli.serve_cmd import serve_command
+from onnxcam.cli.triton_cmd import triton_command
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -23,6 +24,7 @@ main.add_command(info_command)
 main.add_command(demo_command)
 main.add_command(evaluate_command)
 main.add_command(serve_command)
+main.add_command(triton_command)
 
 if __name__ == "__main__":  # pragma: no cover
     main()

@@ -1,0 +1,362 @@
+"""A Triton Inference Server model repository for an explanation graph (``onnxcam triton-repo``).
+
+Layout written for Triton's onnxruntime backend::
+
+    DIR/NAME/config.pbtxt     platform "onnxruntime_onnx", inputs, outputs, batching, instances
+    DIR/NAME/1/model.onnx     a byte-for-byte copy of the .cam.onnx
+    DIR/NAME/labels.txt       class names (only when the graph's metadata has them), referenced by
+                              ``logits``' ``label_filename`` for Triton's classification extension
+
+Inputs and outputs are read from an onnxruntime session (no ``onnx`` import), so this works with
+the base install. Rules, matching what Triton's onnxruntime backend checks when it loads a model:
+
+- ``max_batch_size > 0`` (default 8): Triton owns the first axis, so ``dims`` leave it out and
+  every input and output must have a *dynamic* first axis. A graph with a fixed batch axis (an
+  ONNX source exported with batch 1, say) falls back to ``max_batch_size: 0`` with a note when
+  the caller did not ask for batching explicitly, and is refused when they did
+  (:class:`TritonRepoError`); Triton rejects such a model either way.
+- ``max_batch_size: 0``: ``dims`` are the full shapes, no ``dynamic_batching`` block.
+- Other dynamic axes become ``-1``. A tensor left with no dims (``class_index`` and ``target``,
+  ``[N]``, under batching) gets ``dims: [ 1 ]`` and ``reshape: { shape: [ ] }`` — Triton's way of
+  expressing a per-item scalar; clients send ``class_index`` as ``[B, 1]``.
+- Ablation-CAM's head-only path (the overridable initializer ``head_activations`` [M, K, h, w] →
+  ``head_logits`` [M, C]) has a first axis that is not the request batch. Under batching it is left
+  out (Triton would bind ``head_logits`` for every request and fail to split it per request, and
+  it refuses optional inputs on batching models); with ``max_batch_size: 0`` it is kept, with
+  ``head_activations`` as an ``optional`` input (Triton's onnxruntime backend feeds overridable
+  initializers that a request provides).
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional, Sequence, Union
+
+from onnxcam.runtime.errors import OnnxcamError
+
+PLATFORM = "onnxruntime_onnx"
+DEFAULT_MAX_BATCH_SIZE = 8
+DEFAULT_MAX_QUEUE_DELAY_US = 100
+KINDS = ("KIND_CPU", "KIND_GPU")
+HEAD_OUTPUT = "head_logits"
+HEAD_NOTE = ("output head_logits (Ablation-CAM's head-only path) left out: its first axis is not the request "
+             "batch, so it only fits max_batch_size 0")
+MODEL_FILENAME = "model.onnx"
+LABELS_FILENAME = "labels.txt"
+
+# onnxruntime type strings → Triton data types (model_config.proto's DataType).
+TRITON_DTYPES = {
+    "tensor(bool)": "TYPE_BOOL",
+    "tensor(uint8)": "TYPE_UINT8",
+    "tensor(uint16)": "TYPE_UINT16",
+    "tensor(uint32)": "TYPE_UINT32",
+    "tensor(uint64)": "TYPE_UINT64",
+    "tensor(int8)": "TYPE_INT8",
+    "tensor(int16)": "TYPE_INT16",
+    "tensor(int32)": "TYPE_INT32",
+    "tensor(int64)": "TYPE_INT64",
+    "tensor(float16)": "TYPE_FP16",
+    "tensor(float)": "TYPE_FP32",
+    "tensor(double)": "TYPE_FP64",
+    "tensor(string)": "TYPE_STRING",
+    "tensor(bfloat16)": "TYPE_BF16",
+}
+
+_NAME_OK = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.\-]*$")
+
+Dim = Union[int, str, None]
+
+
+class TritonRepoError(OnnxcamError):
+    """The graph cannot be turned into a Triton repository as asked (one line for the user)."""
+
+
+@dataclass(frozen=True)
+class TensorConfig:
+    """One ``input``/``output`` entry of ``config.pbtxt``."""
+
+    name: str
+    data_type: str
+    dims: tuple[int, ...]
+    reshape: Optional[tuple[int, ...]] = None
+    label_filename: Optional[str] = None
+    optional: bool = False
+
+
+@dataclass(frozen=True)
+class TritonConfig:
+    """Everything ``config.pbtxt`` says, plus what was left out and why."""
+
+    name: str
+    max_batch_size: int
+    inputs: tuple[TensorConfig, ...]
+    outputs: tuple[TensorConfig, ...]
+    preferred_batch_sizes: tuple[int, ...]
+    max_queue_delay_us: int
+    instances: int
+    kind: str
+    labels: Optional[list[str]] = field(default=None, repr=False)
+    source: str = ""
+    notes: tuple[str, ...] = ()
+
+    @property
+    def dynamic_batching(self) -> bool:
+        """Whether the config has a ``dynamic_batching`` block (only when Triton batches)."""
+        return self.max_batch_size > 0
+
+
+def default_model_name(model_path: Union[str, Path]) -> str:
+    """``resnet50.cam.onnx`` → ``resnet50``; characters Triton dislikes in a directory name → ``_``."""
+    base = Path(model_path).name
+    for suffix in (".cam.onnx", ".onnx"):
+        if base.lower().endswith(suffix):
+            base = base[: -len(suffix)]
+            break
+    base = re.sub(r"[^A-Za-z0-9_.\-]", "_", base).lstrip(".")
+    return base or "model"
+
+
+def check_model_name(name: str) -> str:
+    """Return ``name`` if it is a safe Triton model (directory) name, else raise."""
+    if not _NAME_OK.match(name) or name in (".", ".."):
+        raise TritonRepoError(f"--name {name!r}: use letters, digits, '_', '.', '-' (a model directory name)")
+    return name
+
+
+def _default_preferred(max_batch_size: int) -> tuple[int, ...]:
+    if max_batch_size <= 0:
+        return ()
+    return tuple(sorted({max(1, max_batch_size // 2), max_batch_size}))
+
+
+def _is_dynamic(dim: Dim) -> bool:
+    return not (isinstance(dim, int) and dim > 0)
+
+
+def _dims(shape: Sequence[Dim]) -> tuple[tuple[int, ...], Optional[tuple[int, ...]]]:
+    """Triton ``dims`` (dynamic → -1) and ``reshape`` (only when the tensor has no dims left)."""
+    dims = tuple(-1 if _is_dynamic(d) else int(d) for d in shape)
+    return ((1,), ()) if not dims else (dims, None)
+
+
+def _read_labels(meta: dict[str, str]) -> Optional[list[str]]:
+    raw = meta.get("onnxcam.labels")
+    if not raw:
+        return None
+    try:
+        labels = json.loads(raw)
+    except ValueError:
+        return None
+    if not isinstance(labels, list) or not labels:
+        return None
+    return [str(label).replace("\n", " ").replace("\r", " ") for label in labels]
+
+
+def plan_config(model_path: Union[str, Path], name: Optional[str] = None,
+                max_batch_size: Optional[int] = None, instances: int = 1, kind: str = "KIND_CPU",
+                preferred_batch_sizes: Optional[Sequence[int]] = None,
+                max_queue_delay_us: int = DEFAULT_MAX_QUEUE_DELAY_US) -> TritonConfig:
+    """Read the graph's interface with onnxruntime and decide the Triton configuration.
+
+    ``max_batch_size=None`` means "the default (8) if the graph allows batching, else 0"; an
+    explicit value > 0 on a graph with a fixed first axis raises :class:`TritonRepoError`.
+    """
+    import onnxruntime as ort
+
+    path = Path(model_path)
+    if not path.is_file():
+        raise TritonRepoError(f"{model_path}: no such file")
+    name = check_model_name(name if name is not None else default_model_name(path))
+    kind = kind.upper()
+    if kind not in KINDS:
+        raise TritonRepoError(f"--kind {kind}: expected one of {', '.join(KINDS)}")
+    if instances < 1:
+        raise TritonRepoError(f"--instances {instances}: must be at least 1")
+    if max_queue_delay_us < 0:
+        raise TritonRepoError(f"--max-queue-delay-us {max_queue_delay_us}: must be >= 0")
+    if max_batch_size is not None and max_batch_size < 0:
+        raise TritonRepoError(f"--max-batch-size {max_batch_size}: must be >= 0")
+
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    options.log_severity_level = 3
+    try:
+        session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    except Exception as exc:  # onnxruntime raises its own exception types
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise TritonRepoError(f"{model_path}: onnxruntime cannot load it ({first})") from None
+    meta = dict(session.get_modelmeta().custom_metadata_map)
+
+    notes: list[str] = []
+    inputs = [(i.name, i.type, list(i.shape)) for i in session.get_inputs()]
+    outputs = [(o.name, o.type, list(o.shape)) for o in session.get_outputs()]
+    head_input = meta.get("onnxcam.head_input")
+    head = [(i.name, i.type, list(i.shape)) for i in session.get_overridable_initializers() if i.name == head_input]
+    head_output = [t for t in outputs if t[0] == HEAD_OUTPUT]
+    outputs = [t for t in outputs if t[0] != HEAD_OUTPUT]
+    if not outputs:
+        raise TritonRepoError(f"{model_path}: the graph has no outputs Triton could serve")
+
+    for tname, ttype, _ in inputs + outputs + head + head_output:
+        if ttype not in TRITON_DTYPES:
+            raise TritonRepoError(f"{model_path}: {tname} has type {ttype}, which Triton's onnxruntime backend "
+                                  "cannot serve")
+
+    # Which tensors stop Triton from batching (a missing or fixed first axis)?
+    fixed = [(tname, shape) for tname, _, shape in inputs + outputs if not shape or not _is_dynamic(shape[0])]
+    if max_batch_size is None:
+        if fixed:
+            tname, shape = fixed[0]
+            notes.append(f"max_batch_size 0: {tname} has a fixed first axis {_fmt(shape)}, and Triton batches "
+                         "only along a dynamic one (re-export with a dynamic batch axis to batch)")
+            max_batch_size = 0
+        else:
+            max_batch_size = DEFAULT_MAX_BATCH_SIZE
+    elif max_batch_size > 0 and fixed:
+        tname, shape = fixed[0]
+        raise TritonRepoError(f"{model_path}: --max-batch-size {max_batch_size} needs a dynamic batch axis, but "
+                              f"{tname} is {_fmt(shape)}; use --max-batch-size 0 or re-export with a dynamic "
+                              "batch axis")
+    if max_batch_size > 0 and head_output:
+        notes.append(HEAD_NOTE)
+    elif head_output:
+        outputs += head_output
+
+    if max_batch_size > 0:
+        preferred = tuple(preferred_batch_sizes) if preferred_batch_sizes else _default_preferred(max_batch_size)
+        bad = [p for p in preferred if p < 1 or p > max_batch_size]
+        if bad:
+            raise TritonRepoError(f"--preferred-batch-sizes {','.join(map(str, preferred))}: each must be within "
+                                  f"1..{max_batch_size} (max batch size)")
+        preferred = tuple(sorted(set(preferred)))
+    else:
+        preferred = ()
+
+    labels = _read_labels(meta)
+    skip = 1 if max_batch_size > 0 else 0
+
+    def entry(tname: str, ttype: str, shape: list[Dim], optional: bool = False) -> TensorConfig:
+        dims, reshape = _dims(shape[skip:])
+        label_file = LABELS_FILENAME if labels is not None and tname == "logits" else None
+        return TensorConfig(tname, TRITON_DTYPES[ttype], dims, reshape, label_file, optional)
+
+    optional_inputs = [entry(*t, optional=True) for t in head] if max_batch_size == 0 and head_output else []
+
+    return TritonConfig(
+        name=name, max_batch_size=max_batch_size,
+        inputs=tuple([entry(*t) for t in inputs] + optional_inputs), outputs=tuple(entry(*t) for t in outputs),
+        preferred_batch_sizes=preferred, max_queue_delay_us=max_queue_delay_us,
+        instances=instances, kind=kind, labels=labels, source=meta.get("onnxcam.source", ""),
+        notes=tuple(notes))
+
+
+def _fmt(shape: Sequence[Dim]) -> str:
+    return "[" + ", ".join("?" if d is None else str(d) for d in shape) + "]"
+
+
+def _quote(text: str) -> str:
+    """A protobuf text-format string literal."""
+    out = []
+    for ch in text:
+        if ch in '"\\':
+            out.append("\\" + ch)
+        elif ch == "\n":
+            out.append("\\n")
+        elif ch == "\r":
+            out.append("\\r")
+        elif ch == "\t":
+            out.append("\\t")
+        elif ord(ch) < 0x20 or ord(ch) == 0x7F:
+            out.append(f"\\{ord(ch):03o}")
+        else:
+            out.append(ch)
+    return '"' + "".join(out) + '"'
+
+
+def _ints(values: Sequence[int]) -> str:
+    return "[ " + ", ".join(str(v) for v in values) + " ]" if values else "[ ]"
+
+
+def _tensor_block(t: TensorConfig, last: bool) -> list[str]:
+    lines = ["  {", f"    name: {_quote(t.name)}", f"    data_type: {t.data_type}", f"    dims: {_ints(t.dims)}"]
+    if t.reshape is not None:
+        lines.append(f"    reshape: {{ shape: {_ints(t.reshape)} }}")
+    if t.optional:
+        lines.append("    optional: true")
+    if t.label_filename:
+        lines.append(f"    label_filename: {_quote(t.label_filename)}")
+    lines.append("  }" if last else "  },")
+    return lines
+
+
+def render_config(cfg: TritonConfig) -> str:
+    """``config.pbtxt`` text (protobuf text format of Triton's ``ModelConfig``)."""
+    lines = ["# Written by `onnxcam triton-repo`" + (f" from {cfg.source}" if cfg.source else "") + ".",
+             f"name: {_quote(cfg.name)}",
+             f'platform: "{PLATFORM}"',
+             f"max_batch_size: {cfg.max_batch_size}"]
+    for key, tensors in (("input", cfg.inputs), ("output", cfg.outputs)):
+        lines.append(f"{key} [")
+        for k, t in enumerate(tensors):
+            lines.extend(_tensor_block(t, k == len(tensors) - 1))
+        lines.append("]")
+    if cfg.dynamic_batching:
+        lines.append("dynamic_batching {")
+        if cfg.preferred_batch_sizes:
+            lines.append(f"  preferred_batch_size: {_ints(cfg.preferred_batch_sizes)}")
+        lines.append(f"  max_queue_delay_microseconds: {cfg.max_queue_delay_us}")
+        lines.append("}")
+    lines += ["instance_group [", "  {", f"    count: {cfg.instances}", f"    kind: {cfg.kind}", "  }", "]"]
+    return "\n".join(lines) + "\n"
+
+
+def write_repository(model_path: Union[str, Path], out_dir: Union[str, Path], cfg: TritonConfig,
+                     overwrite: bool = False) -> Path:
+    """Write ``out_dir/cfg.name`` (config, version 1's model file, labels) and return that directory.
+
+    The model directory is built next to its final place and renamed into it, so a failure never
+    leaves half a model behind. An existing ``out_dir/cfg.name`` is replaced only with ``overwrite``;
+    otherwise :class:`TritonRepoError` is raised before anything is written.
+    """
+    out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise TritonRepoError(f"{out_dir}: exists and is not a directory (-o takes the repository directory)")
+    target = out / cfg.name
+    if (target.exists() or target.is_symlink()) and not overwrite:
+        raise TritonRepoError(f"{target}: already exists; pass --overwrite to replace it")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=f".{cfg.name}.onnxcam-", dir=out))
+    except OSError as exc:
+        raise TritonRepoError(f"{out_dir}: cannot create the repository directory ({exc.strerror or exc})") from None
+    old: Optional[Path] = None
+    try:
+        os.chmod(staging, 0o755)
+        (staging / "1").mkdir()
+        shutil.copyfile(model_path, staging / "1" / MODEL_FILENAME)
+        (staging / "config.pbtxt").write_text(render_config(cfg), encoding="utf-8")
+        if cfg.labels is not None:
+            (staging / LABELS_FILENAME).write_text("\n".join(cfg.labels) + "\n", encoding="utf-8")
+        if target.exists() or target.is_symlink():
+            if target.is_dir() and not target.is_symlink():
+                old = Path(tempfile.mkdtemp(prefix=f".{cfg.name}.old-", dir=out))
+                os.rmdir(old)
+                os.rename(target, old)
+            else:
+                target.unlink()
+        os.rename(staging, target)
+    except OSError as exc:
+        shutil.rmtree(staging, ignore_errors=True)
+        if old is not None and not target.exists():
+            os.rename(old, target)  # put the previous model back
+            old = None
+        raise TritonRepoError(f"{target}: cannot write the model directory ({exc.strerror or exc})") from None
+    finally:
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+    return target
