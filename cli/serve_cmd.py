@@ -36,7 +36,8 @@ def _bind(host: str, port: int) -> socket.socket:
               help="Inference threads: requests decoded, explained and encoded at the same time "
                    "(all in one process; the sessions are shared).")
 @click.option("--threads", type=click.IntRange(1, 1024), default=None,
-              help="onnxruntime intra-op threads per session [default: CPU cores ÷ workers].")
+              help="onnxruntime intra-op threads of each model's session, shared by the workers "
+                   "[default: CPU cores ÷ workers, so that busy workers do not oversubscribe the CPU].")
 @click.option("--max-request-mb", default=64.0, show_default=True, type=click.FloatRange(min=0, min_open=True),
               help="Largest request body (after decompression); larger ones get 413.")
 @click.option("--max-queue", default=64, show_default=True, type=click.IntRange(1),

@@ -269,7 +269,7 @@ def raw_post(served, body: bytes, headers=None, path="/v2/models/tiny/infer") ->
 
 
 @pytest.mark.parametrize("case, status", [
-    ("invalid_json", 400), ("not_object", 400), ("no_inputs", 400), ("data_size", 400), ("ragged", 400),
+    ("invalid_json", 400), ("empty", 400), ("not_object", 400), ("no_inputs", 400), ("data_size", 400), ("ragged", 400),
     ("header_length", 400), ("binary_size", 400), ("oversize", 413), ("oversize_chunked", 413),
     ("gzip_bomb", 413), ("encoding", 415), ("get_infer", 405), ("no_route", 404),
 ])
@@ -339,6 +339,24 @@ def test_queue_bound_gives_503():
         assert raw_post(server, body, path="/v2/models/slow/infer").status_code == 200
     finally:
         release.set()
+        server.stop()
+
+
+def test_slow_body_gets_408_and_frees_its_slot(client):
+    registry = ModelRegistry.load([TINY], providers=["CPUExecutionProvider"], intra_op_threads=1)
+    server = BackgroundServer(create_app(registry, ServerSettings(workers=1, max_queue=1, body_timeout=0.5)))
+    try:
+        host, port = server.url.split(":")
+        with socket.create_connection((host, int(port)), timeout=10) as sock:
+            sock.sendall(b"POST /v2/models/tiny/infer HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\n{")
+            answer = sock.recv(65536).decode()
+        assert answer.startswith("HTTP/1.1 408") and '"error"' in answer, answer
+        assert httpx.get(f"http://{server.url}/v2/models/tiny/ready", timeout=10).status_code == 200
+        x = np.zeros((1, 3, 32, 32), np.float32)
+        body = json.dumps({"inputs": [{"name": "input", "datatype": "FP32", "shape": [1, 3, 32, 32],
+                                       "data": x.ravel().tolist()}]}).encode()
+        assert raw_post(server, body).status_code == 200  # the queue slot was released
+    finally:
         server.stop()
 
 

@@ -3,7 +3,8 @@
 Requests are decoded, explained and encoded on a bounded pool of ``workers`` threads, never on
 the event loop. At most ``max_queue`` inference requests are admitted at a time (reading,
 waiting or running); the next one gets 503 at once. A body larger than ``max_request_bytes``
-(declared or streamed, also after gzip/deflate decompression) gets 413. Every error is the
+(declared or streamed, also after gzip/deflate decompression) gets 413, one that takes longer
+than ``body_timeout`` to arrive 408 (so slow senders cannot hold the queue). Every error is the
 protocol's ``{"error": "..."}`` JSON; one log line per request: ``METHOD path status ms``.
 """
 from __future__ import annotations
@@ -37,11 +38,13 @@ EXTENSIONS = ["binary_tensor_data", "parameters"]
 
 @dataclass(frozen=True)
 class ServerSettings:
-    """Limits of one server: inference threads, admitted requests, body size in bytes."""
+    """Limits of one server: inference threads, admitted requests, body size in bytes, and
+    the time a client may take to send its body."""
 
     workers: int = 2
     max_queue: int = 64
     max_request_bytes: int = 64 << 20
+    body_timeout: float = 60.0  # seconds to receive a request body before 408
 
 
 def _json(payload: Any, status: int = 200) -> Response:
@@ -81,8 +84,8 @@ class V2Server:
     """The endpoint handlers, the worker pool and the admission counter."""
 
     def __init__(self, registry: ModelRegistry, settings: ServerSettings) -> None:
-        if settings.workers < 1 or settings.max_queue < 1 or settings.max_request_bytes < 1:
-            raise ValueError("workers, max_queue and max_request_bytes must be ≥ 1")
+        if min(settings.workers, settings.max_queue, settings.max_request_bytes) < 1 or settings.body_timeout <= 0:
+            raise ValueError("workers, max_queue and max_request_bytes must be ≥ 1 and body_timeout > 0")
         self.registry, self.settings = registry, settings
         self.executor: Optional[ThreadPoolExecutor] = None
         self.in_flight = 0  # touched only on the event loop thread
@@ -136,7 +139,9 @@ class V2Server:
         try:
             model = self.registry.get(request.path_params["name"], request.path_params.get("version"))
             header_length = _header_length(request)
-            body = await self._read_body(request)
+            body = await asyncio.wait_for(self._read_body(request), self.settings.body_timeout)
+        except asyncio.TimeoutError:
+            return _error(f"request body not received within {self.settings.body_timeout:g} s", 408)
         except ProtocolError as exc:
             return _error(str(exc), exc.status)
         loop = asyncio.get_running_loop()

@@ -110,6 +110,8 @@ def parse_request(body: bytes, header_length: Optional[int] = None) -> InferRequ
     Raises ``ProtocolError`` (400) for invalid JSON, a bad header length, malformed tensors,
     data whose size does not match ``shape`` × datatype, or unsupported extensions.
     """
+    if not body:
+        raise ProtocolError("empty request body: expected a JSON inference request")
     if header_length is None:
         header_length = len(body)
     if not 0 < header_length <= len(body):
