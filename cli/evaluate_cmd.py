@@ -393,6 +393,9 @@ def evaluate_command(model: str, data: str, methods: tuple[str, ...], metrics: O
             fail("the sanity metrics (randomisation_*) need the onnx package to rewrite weights: "
                  "pip install onnx", EXIT_USAGE)
     explainer = make_explainer(model, providers, threads, batch_size, debug)
+    if explainer.info.raw_input:
+        fail(f"{model} takes raw uint8 pixels (exported with --raw-input); the metrics perturb the normalised "
+             "float input, so evaluate a graph exported without --raw-input", EXIT_USAGE)
     if explainer.info.preprocess is None:
         fail(f"{model} has no onnxcam.preprocess metadata, so image files cannot be preprocessed for it; "
              "re-export it with `onnxcam export`", EXIT_USAGE)

@@ -250,7 +250,8 @@ def test_cli_export_raw_input_heatmap_end_to_end(tmp_path) -> None:
     assert outputs["logits"].type == "tensor(float)" and outputs["target"].type == "tensor(int64)"
     pixels = _pixels(_spec(model), 2)
     heatmap, target = session.run(["heatmap", "target"], {"input": pixels, "class_index": np.array([-1, 9])})
-    ref = Explainer(out, providers=["CPUExecutionProvider"]).explain(pixels, "gradcam", class_index=[-1, 9])
+    plain = Explainer(_save(export(str(MOBILENET)), tmp_path / "plain.cam.onnx"), providers=["CPUExecutionProvider"])
+    ref = plain.explain(normalise_pixels(pixels, _spec(model)), "gradcam", class_index=[-1, 9])
     np.testing.assert_allclose(heatmap, ref.heatmaps, rtol=0, atol=TOL)
     np.testing.assert_array_equal(target, ref.class_index)
 
@@ -267,6 +268,37 @@ def test_cli_export_raw_input_heatmap_end_to_end(tmp_path) -> None:
     explained = _cli("explain", out, photo, "--out", tmp_path / "maps", "--save-npy")
     assert explained.exit_code == 0, explained.stderr
     np.testing.assert_allclose(np.load(tmp_path / "maps" / "photo.gradcam.npy"), ref.heatmaps[0], rtol=0, atol=TOL)
+
+
+@needs_fixture
+def test_cli_refuses_what_raw_input_graphs_cannot_do(tmp_path) -> None:
+    out = tmp_path / "raw.cam.onnx"
+    export(str(MOBILENET), raw_input=True, out=out)
+    photo = tmp_path / "photos" / "a.png"
+    photo.parent.mkdir()
+    Image.fromarray(_pixels(PreprocessSpec(size=(40, 50)), 1)[0]).save(photo)
+    for args in (["explain", out, photo, "--method", "scorecam", "--out", tmp_path / "maps"],
+                 ["evaluate", out, photo.parent, "--out", tmp_path / "eval"]):
+        result = _cli(*args)
+        assert result.exit_code == 2, result.stdout
+        lines = result.stderr.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("error: ") and "--raw-input" in lines[0], lines
+
+
+def test_explainer_takes_the_baked_method_from_the_graph(onnx_graph, tmp_path, monkeypatch) -> None:
+    import onnxcam.runtime.explainer as explainer_module
+
+    explainer = Explainer(_save(bake_heatmap(onnx_graph, "xgradcam"), tmp_path / "b.cam.onnx"),
+                          providers=["CPUExecutionProvider"])
+    x = normalise_pixels(_pixels(_spec(onnx_graph), 2), _spec(onnx_graph))
+    numpy_maps = explainer_module.postprocess(explainer.explain(x, "xgradcam").raw, _spec(onnx_graph).size)
+    calls = []
+    monkeypatch.setattr(explainer_module, "postprocess", lambda raw, size: calls.append(raw) or np.zeros(0))
+    baked = explainer.explain(x, "xgradcam")
+    assert calls == [] and baked.heatmaps.shape == numpy_maps.shape
+    np.testing.assert_allclose(baked.heatmaps, numpy_maps, rtol=0, atol=TOL)
+    explainer.explain(x, "gradcam")
+    assert len(calls) == 1  # other methods still post-process in numpy
 
 
 @needs_fixture
