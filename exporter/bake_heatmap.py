@@ -32,7 +32,7 @@ import onnx_ir as ir
 from onnxcam.exporter.builder import GraphBuilder
 from onnxcam.exporter.errors import ExportError
 from onnxcam.exporter.probe import TensorFacts
-from onnxcam.runtime.resize import _half_pixel_matrix
+from onnxcam.runtime.resize import half_pixel_matrix
 
 #: Methods that can be baked (those that are closed-form functions of A, g, g2, g3).
 BAKEABLE_METHODS = ("gradcam", "gradcam++", "xgradcam", "hirescam", "layercam", "gradcam-elementwise")
@@ -106,8 +106,8 @@ def postprocess(ops: _Ops, raw: ir.Value, fmap: tuple[int, int], size: tuple[int
     b = ops.b
     cam = ops.minmax(b.op("Relu", raw))
     if tuple(fmap) != tuple(size):
-        rh = _half_pixel_matrix(fmap[0], size[0]).astype(np.float32)        # [H, h]
-        rw_t = _half_pixel_matrix(fmap[1], size[1]).T.astype(np.float32)    # [w, W]
+        rh = half_pixel_matrix(fmap[0], size[0]).astype(np.float32)        # [H, h]
+        rw_t = half_pixel_matrix(fmap[1], size[1]).T.astype(np.float32)    # [w, W]
         cam = b.op("MatMul", b.op("MatMul", b.const(rh, "resize_rows"), cam), b.const(rw_t, "resize_cols"))
     return ops.minmax(b.op("Relu", cam))
 
