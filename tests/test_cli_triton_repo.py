@@ -71,6 +71,34 @@ def check_io(cfg: model_config_pb2.ModelConfig, graph: Path) -> None:
         assert head not in [i.name for i in cfg.input]
 
 
+def backend_load_checks(cfg: model_config_pb2.ModelConfig, model_file: Path) -> None:
+    """The load-time checks of Triton's onnxruntime backend (ModelInstanceState::ValidateInputs /
+    ValidateOutputs and CompareDimsSupported in triton-inference-server/onnxruntime_backend),
+    replayed on onnxruntime's view of the model: non-optional inputs = the model's inputs,
+    optional inputs only without batching and only for overridable initializers, data types,
+    and dims (the reshape when given) against the model's shape, -1 standing for dynamic."""
+    sess = session(model_file)
+    onnx_dims = lambda v: [d if isinstance(d, int) and d > 0 else -1 for d in v.shape]  # noqa: E731
+    model_inputs = {v.name: v for v in sess.get_inputs()}
+    initializers = {v.name: v for v in sess.get_overridable_initializers()}
+    assert sum(not i.optional for i in cfg.input) == len(model_inputs)
+    for ios, known, exact in ((cfg.input, {**model_inputs, **initializers}, False),
+                              (cfg.output, {v.name: v for v in sess.get_outputs()}, True)):
+        for io in ios:
+            assert io.name in known, io.name
+            if isinstance(io, model_config_pb2.ModelInput) and io.optional:
+                assert cfg.max_batch_size == 0 and io.name in initializers, io.name
+            v = known[io.name]
+            assert TRITON_DTYPES[v.type] == model_config_pb2.DataType.Name(io.data_type), io.name
+            dims = list(io.reshape.shape) if io.HasField("reshape") else list(io.dims)
+            model = onnx_dims(v)
+            if cfg.max_batch_size > 0:
+                assert model and model[0] == -1, f"{io.name}: batching needs a dynamic first axis, model {model}"
+                dims = [-1] + dims
+            assert len(model) == len(dims), (io.name, model, dims)
+            assert all(m == d for m, d in zip(model, dims) if exact or m != -1), (io.name, model, dims)
+
+
 def test_tiny_repository(tmp_path: Path) -> None:
     result = run("triton-repo", TINY, "-o", tmp_path / "repo")
     assert result.exit_code == 0, result.stderr
@@ -101,6 +129,7 @@ def test_tiny_repository(tmp_path: Path) -> None:
 
     model_file = model_dir / "1" / "model.onnx"
     assert model_file.read_bytes() == TINY.read_bytes()
+    backend_load_checks(cfg, model_file)
     sess = session(model_file)
     x = np.random.default_rng(0).standard_normal((2, 3, 32, 32)).astype(np.float32)
     logits, target = sess.run(["logits", "target"], {"input": x, "class_index": np.array([-1, 3], np.int64)})
@@ -119,6 +148,7 @@ def test_options_and_no_batching(tmp_path: Path) -> None:
     assert cfg.input[2].name == "head_activations" and cfg.input[2].optional
     assert cfg.output[-1].name == "head_logits" and list(cfg.output[-1].dims) == [-1, 10]
     assert cfg.instance_group[0].count == 3 and cfg.instance_group[0].kind == model_config_pb2.ModelInstanceGroup.KIND_GPU
+    backend_load_checks(cfg, tmp_path / "cam-v2" / "1" / "model.onnx")
 
     result = run("triton-repo", TINY, "-o", tmp_path, "--name", "b16", "--max-batch-size", "16",
                  "--preferred-batch-sizes", "2,16", "--max-queue-delay-us", "500")
@@ -193,6 +223,7 @@ def test_fixed_batch_axis(tmp_path: Path) -> None:
     assert cfg.max_batch_size == 0 and not cfg.HasField("dynamic_batching")
     assert list(cfg.input[0].dims) == [1, 3, 8, 8] and list(cfg.output[0].dims) == [1, 3]
     check_io(cfg, graph)
+    backend_load_checks(cfg, tmp_path / "repo" / "fixed" / "1" / "model.onnx")
     # an explicit request for batching is refused
     result = run("triton-repo", graph, "-o", tmp_path / "repo2", "--max-batch-size", "4")
     assert result.exit_code == 2
@@ -221,6 +252,7 @@ def test_raw_input_heatmap_graph(tmp_path: Path, raw_heatmap_graph: Path) -> Non
     assert result.exit_code == 0, result.stderr
     cfg = parse_config(tmp_path / "tiny_raw")
     check_io(cfg, raw_heatmap_graph)
+    backend_load_checks(cfg, tmp_path / "tiny_raw" / "1" / "model.onnx")
     by_name = {t.name: t for t in [*cfg.input, *cfg.output]}
     assert by_name["input"].data_type == model_config_pb2.TYPE_UINT8 and list(by_name["input"].dims) == [32, 32, 3]
     assert by_name["heatmap"].data_type == model_config_pb2.TYPE_FP32 and list(by_name["heatmap"].dims) == [32, 32]
