@@ -23,6 +23,7 @@ from PIL import Image
 
 from onnxcam.cli.main import main
 from onnxcam.runtime import Explainer
+from onnxcam.runtime.postprocess import postprocess
 
 ROOT = Path(__file__).resolve().parents[1]
 NODE_DIR = ROOT / "examples" / "node"
@@ -121,6 +122,8 @@ def test_node_heatmap_equals_runtime(node: str, graph: Path, picture: tuple[Path
     assert heatmap.shape == (H, W) and out["size"] == [H, W]
     assert heatmap.std() > 0.01  # a real map, not a constant
     np.testing.assert_allclose(heatmap, res.heatmaps[0], rtol=0, atol=1e-4)
+    # and the runtime's own numpy Grad-CAM post-processing (not the graph's baked heatmap)
+    np.testing.assert_allclose(heatmap, postprocess(res.raw, (H, W))[0], rtol=0, atol=1e-4)
     assert out["target"] == int(res.class_index[0])
     if class_index is not None:
         assert out["target"] == class_index
