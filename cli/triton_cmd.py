@@ -39,7 +39,8 @@ def triton_command(model: str, out: str, name: str | None, max_batch_size: int |
     """Write OUT/NAME/config.pbtxt and OUT/NAME/1/model.onnx for Triton's onnxruntime backend
     (platform onnxruntime_onnx): every graph input and output with its TYPE_* and dims, dynamic
     batching and an instance group. A graph with a fixed batch axis gets max_batch_size 0 (an
-    explicit --max-batch-size > 0 is refused). head_logits (Ablation-CAM's helper) is left out."""
+    explicit --max-batch-size > 0 is refused). Ablation-CAM's head_logits path is kept only without
+    batching."""
     setup_logging(debug)
     from pathlib import Path
 
