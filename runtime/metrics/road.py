@@ -8,9 +8,9 @@ per channel,
     (Σ_{j ∈ N(i)} w_ij) u_i − Σ_{j ∈ N(i) removed} w_ij u_j = Σ_{j ∈ N(i) kept} w_ij x_j ,
 
 then N(0, noise²) noise is added to the filled values (``noise=0.01`` as the reference code).
-The matrix is symmetric positive definite whenever every group of removed pixels touches a kept
-pixel, so it is solved by Jacobi-preconditioned conjugate gradients on the pixel grid (every
-channel and image of a batch at once) — no scipy. A group without any kept pixel stays 0.
+The matrix is symmetric positive definite whenever the image keeps a pixel; it is solved in numpy
+(no scipy) by multigrid-preconditioned conjugate gradients on the bounding box of the removed
+pixels, see :mod:`onnxcam.runtime.metrics.imputation` (an image keeping no pixel is set to 0).
 
 Thresholds follow pytorch-grad-cam (``RemoveMostRelevantFirst`` / ``RemoveLeastRelevantFirst``):
 for percentile p, MoRF keeps the pixels with M < percentile_p(M) (so p = 80 removes the top
@@ -24,75 +24,26 @@ from typing import Optional, Sequence
 import numpy as np
 
 from onnxcam.runtime.metrics._model import Model, Scorer, check_inputs, chunks, class_score, resolve_classes
+from onnxcam.runtime.metrics.imputation import DEFAULT_TOL, NEIGHBOURS, linear_impute  # noqa: F401 (re-exported)
 
-NEIGHBOURS = (((1, 1), 1 / 12), ((0, 1), 1 / 6), ((-1, 1), 1 / 12), ((1, -1), 1 / 12),
-              ((0, -1), 1 / 6), ((-1, -1), 1 / 12), ((1, 0), 1 / 6), ((-1, 0), 1 / 6))
 PERCENTILES = (10, 20, 30, 40, 50, 60, 70, 80, 90)
 
 
-def _shift(a: np.ndarray, dy: int, dx: int) -> np.ndarray:
-    """out[..., y, x] = a[..., y + dy, x + dx], 0 outside."""
-    h, w = a.shape[-2:]
-    out = np.zeros_like(a)
-    ys, yd = (slice(dy, h), slice(0, h - dy)) if dy >= 0 else (slice(0, h + dy), slice(-dy, h))
-    xs, xd = (slice(dx, w), slice(0, w - dx)) if dx >= 0 else (slice(0, w + dx), slice(-dx, w))
-    out[..., yd, xd] = a[..., ys, xs]
-    return out
-
-
-def linear_impute(images: np.ndarray, keep: np.ndarray, tol: float = 1e-9, max_iter: int = 5000) -> np.ndarray:
-    """Noise-free linear imputation of images [B, C, H, W] where ``keep`` [B, H, W] is False.
-
-    Solves the system of the module docstring by preconditioned conjugate gradients until the
-    residual of every (image, channel) is below ``tol`` · |right-hand side| (float64)."""
-    x = np.asarray(images, np.float64)
-    keep = np.asarray(keep, bool)
-    b_, c_, h, w = x.shape
-    rem = (~keep)[:, None].astype(np.float64)  # [B, 1, H, W]
-    inside = np.ones((1, 1, h, w))
-    diag = sum(wt * _shift(inside, dy, dx) for (dy, dx), wt in NEIGHBOURS)  # weight of in-image neighbours
-    known = x * (1.0 - rem)
-    rhs = rem * sum(wt * _shift(known, dy, dx) for (dy, dx), wt in NEIGHBOURS)
-
-    def matvec(u: np.ndarray) -> np.ndarray:
-        return rem * (diag * u - sum(wt * _shift(u, dy, dx) for (dy, dx), wt in NEIGHBOURS))
-
-    inv_diag = rem / diag
-    u = np.zeros_like(x)
-    r = rhs.copy()
-    z = inv_diag * r
-    p = z.copy()
-    rz = (r * z).sum(axis=(2, 3), keepdims=True)
-    bnorm = np.sqrt((rhs ** 2).sum(axis=(2, 3), keepdims=True))
-    for _ in range(max_iter):
-        if np.all(np.sqrt((r ** 2).sum(axis=(2, 3), keepdims=True)) <= tol * np.maximum(bnorm, 1e-30)):
-            break
-        ap = matvec(p)
-        pap = (p * ap).sum(axis=(2, 3), keepdims=True)
-        alpha = np.divide(rz, pap, out=np.zeros_like(rz), where=pap > 0)
-        u += alpha * p
-        r -= alpha * ap
-        z = inv_diag * r
-        rz_new = (r * z).sum(axis=(2, 3), keepdims=True)
-        beta = np.divide(rz_new, rz, out=np.zeros_like(rz), where=rz > 0)
-        p = z + beta * p
-        rz = rz_new
-    return np.where(rem > 0, u, x)
-
-
 def noisy_linear_impute(images: np.ndarray, keep: np.ndarray, noise: float = 0.01,
-                        rng: Optional[np.random.Generator] = None, layout: str = "NCHW") -> np.ndarray:
+                        rng: Optional[np.random.Generator] = None, layout: str = "NCHW",
+                        tol: float = DEFAULT_TOL) -> np.ndarray:
     """ROAD's noisy linear imputation of a batch (NCHW or NHWC) at the pixels where ``keep``
-    [B, H, W] is False: :func:`linear_impute` plus N(0, ``noise``²) on the filled values."""
+    [B, H, W] is False: :func:`~onnxcam.runtime.metrics.imputation.linear_impute` (stopping
+    rule ``tol``) plus N(0, ``noise``²) on the filled values (float32 draws from ``rng``)."""
     x = np.asarray(images, np.float32)
     if layout == "NHWC":
         x = np.moveaxis(x, -1, 1)
-    out = linear_impute(x, keep)
+    out = linear_impute(x, keep, tol=tol)
     if noise:
         rng = rng if rng is not None else np.random.default_rng()
-        out = np.where((~np.asarray(keep, bool))[:, None], out + noise * rng.standard_normal(out.shape), out)
-    out = out.astype(np.float32)
-    return np.moveaxis(out, 1, -1) if layout == "NHWC" else out
+        removed = (~np.asarray(keep, bool))[:, None].astype(np.float32)
+        out += (np.float32(noise) * removed) * rng.standard_normal(out.shape, dtype=np.float32)
+    return np.ascontiguousarray(np.moveaxis(out, 1, -1)) if layout == "NHWC" else out
 
 
 def road_keep_mask(maps: np.ndarray, percentile: float, order: str = "morf") -> np.ndarray:
@@ -110,10 +61,11 @@ def road_keep_mask(maps: np.ndarray, percentile: float, order: str = "morf") -> 
 def road_scores(model: Model, x: np.ndarray, maps: np.ndarray, order: str = "morf",
                 percentiles: Sequence[float] = PERCENTILES, class_index=None, noise: float = 0.01,
                 seed: Optional[int] = 0, score: str = "probability", batch_size: Optional[int] = None,
-                layout: Optional[str] = None) -> np.ndarray:
+                layout: Optional[str] = None, tol: float = DEFAULT_TOL) -> np.ndarray:
     """ROAD score changes ``s(x̃_p) − s(x)`` per image and percentile, float32 [N, P], where x̃_p
     is x with the pixels removed at percentile p (``order`` 'morf' or 'lerf', see the module
-    docstring) filled by :func:`noisy_linear_impute` (``noise``; ``seed`` for its generator)."""
+    docstring) filled by :func:`noisy_linear_impute` (``noise``; ``seed`` for its generator; ``tol`` the
+    imputation's stopping rule, see :mod:`onnxcam.runtime.metrics.imputation`)."""
     scorer = Scorer(model, batch_size, layout)
     x, maps = check_inputs(scorer, x, maps)
     logits, classes = resolve_classes(scorer, x, class_index)
@@ -123,7 +75,7 @@ def road_scores(model: Model, x: np.ndarray, maps: np.ndarray, order: str = "mor
     for k, p in enumerate(percentiles):
         keep = road_keep_mask(maps, p, order)
         for s, e in chunks(len(x), scorer.batch_size):
-            imputed = noisy_linear_impute(x[s:e], keep[s:e], noise, rng, scorer.layout)
+            imputed = noisy_linear_impute(x[s:e], keep[s:e], noise, rng, scorer.layout, tol)
             out[s:e, k] = scorer.scores(imputed, classes[s:e], score) - y[s:e]
     return out
 
