@@ -1,0 +1,207 @@
+"""Load test of ``onnxcam serve`` (Open Inference Protocol over HTTP, loopback only).
+
+Starts ``onnxcam serve`` in a subprocess on a free 127.0.0.1 port, then ``--clients`` threads
+send ``--requests`` inference requests in total (binary tensors, encoded and decoded with the
+official ``tritonclient.http`` codec, sent with one ``httpx.Client`` per thread). Prints a Markdown
+table: throughput (requests/s, images/s), p50/p99 latency, failed requests, and the ratio to
+plain onnxruntime inference of the same classifier (the graph cut down to ``logits``) and to the
+in-process ``Explainer``, both measured in the same run (before and after the load, averaged)
+with the server's structure: ``--workers`` threads calling one session of ``--threads`` threads.
+
+    python benchmarks/serve_load.py [--model X.cam.onnx] [--clients 4] [--requests 200] [--batch 1]
+                                    [--method gradcam] [--workers 2] [--threads 1]
+
+Without ``--model`` it exports torchvision ResNet-18 (seeded random weights; latency does not
+depend on them) at ``--input-shape`` into a temporary directory. Exit status 1 if any request failed.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import numpy as np
+import onnx
+import onnxruntime as ort
+import tritonclient.http as triton
+
+from _common import plain_classifier, session
+
+from onnxcam.runtime import Explainer
+from onnxcam.runtime.serving.models import model_name
+
+
+def start_server(model: Path, workers: int, threads: int) -> tuple[subprocess.Popen, str]:
+    """``onnxcam serve MODEL --port 0``; returns the process and its ``host:port``."""
+    cmd = [sys.executable, "-m", "onnxcam.cli.main", "serve", str(model), "--host", "127.0.0.1", "--port", "0",
+           "--workers", str(workers), "--threads", str(threads), "--providers", "cpu"]
+    proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        line = proc.stderr.readline()
+        if not line and proc.poll() is not None:
+            raise SystemExit(f"the server exited with status {proc.returncode}")
+        if line.startswith("serving "):
+            threading.Thread(target=proc.stderr.read, daemon=True).start()  # keep draining the log
+            return proc, line.split("http://")[1].split("/v2")[0]
+    proc.kill()
+    raise SystemExit("the server did not start within 120 s")
+
+
+def request_body(x: np.ndarray, image_input: str, method: str) -> tuple[bytes, dict[str, str]]:
+    inp = triton.InferInput(image_input, list(x.shape), "FP32")
+    inp.set_data_from_numpy(x, binary_data=True)
+    outputs = [triton.InferRequestedOutput(n, binary_data=True) for n in ("heatmap", "logits", "target")]
+    body, json_size = triton.InferenceServerClient.generate_request_body(
+        [inp], outputs=outputs, parameters={"method": method})
+    headers = {"Content-Type": "application/octet-stream"}
+    if json_size is not None:
+        headers["Inference-Header-Content-Length"] = str(json_size)
+    return body, headers
+
+
+def load(url: str, name: str, body: bytes, headers: dict, clients: int, requests: int,
+         batch: int) -> tuple[float, list[float], int]:
+    """Wall time, per-request latencies (s) and the number of failed requests."""
+    latencies: list[float] = []
+    failures = [0]
+    counter = iter(range(requests))
+    lock = threading.Lock()
+
+    def client() -> None:
+        with httpx.Client(base_url=f"http://{url}", timeout=300) as http:
+            while True:
+                with lock:
+                    if next(counter, None) is None:
+                        return
+                start = time.perf_counter()
+                ok = False
+                try:
+                    r = http.post(f"/v2/models/{name}/infer", content=body, headers=headers)
+                    if r.status_code == 200:
+                        length = r.headers.get("Inference-Header-Content-Length")
+                        res = triton.InferenceServerClient.parse_response_body(
+                            r.content, header_length=None if length is None else int(length))
+                        ok = res.as_numpy("heatmap").shape[0] == batch
+                except httpx.HTTPError:
+                    ok = False
+                elapsed = time.perf_counter() - start
+                with lock:
+                    latencies.append(elapsed)
+                    failures[0] += not ok
+
+    threads = [threading.Thread(target=client) for _ in range(clients)]
+    start = time.perf_counter()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return time.perf_counter() - start, latencies, failures[0]
+
+
+def images_per_second(run, images_per_call: int, calls: int, workers: int) -> float:
+    """Throughput of ``run`` called ``calls`` times by ``workers`` threads at once (the server's
+    parallel structure, without HTTP), after one warm-up call per thread."""
+    counter = iter(range(calls))
+    lock = threading.Lock()
+
+    def worker() -> None:
+        run()
+        barrier.wait()
+        while True:
+            with lock:
+                if next(counter, None) is None:
+                    return
+            run()
+
+    barrier = threading.Barrier(workers + 1)
+    threads = [threading.Thread(target=worker) for _ in range(workers)]
+    for t in threads:
+        t.start()
+    barrier.wait()
+    start = time.perf_counter()
+    for t in threads:
+        t.join()
+    return images_per_call * calls / (time.perf_counter() - start)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", type=Path, help="a .cam.onnx graph (default: export torchvision ResNet-18)")
+    parser.add_argument("--input-shape", default="3,224,224", help="C,H,W for the default export")
+    parser.add_argument("--clients", type=int, default=4)
+    parser.add_argument("--requests", type=int, default=200)
+    parser.add_argument("--batch", type=int, default=1)
+    parser.add_argument("--method", default="gradcam")
+    parser.add_argument("--workers", type=int, default=2, help="server inference threads")
+    parser.add_argument("--threads", type=int, default=1, help="onnxruntime intra-op threads per session")
+    parser.add_argument("--baseline-calls", type=int, default=40, help="calls timed for each in-process baseline")
+    args = parser.parse_args()
+
+    with tempfile.TemporaryDirectory() as tmp:
+        model = args.model
+        if model is None:
+            import torch
+
+            from onnxcam.exporter import export
+            torch.manual_seed(0)
+            model = Path(tmp) / "resnet18.cam.onnx"
+            export("torchvision:resnet18", input_shape=[int(v) for v in args.input_shape.split(",")], out=model)
+        explainer = Explainer(model, providers=["CPUExecutionProvider"], intra_op_threads=args.threads)
+        info = explainer.info
+        shape = [args.batch] + [d if isinstance(d, int) and d > 0 else 224 for d in info.image_shape[1:]]
+        x = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
+        plain = session(plain_classifier(onnx.load(str(model))), args.threads)
+        feeds = {info.image_input: x}
+        if "class_index" in [i.name for i in plain.get_inputs()]:  # still declared; logits do not use it
+            feeds["class_index"] = np.full(args.batch, -1, np.int64)
+
+        def baselines() -> tuple[float, float]:
+            return (images_per_second(lambda: plain.run(["logits"], feeds), args.batch, args.baseline_calls,
+                                      args.workers),
+                    images_per_second(lambda: explainer.explain(x, method=args.method), args.batch,
+                                      args.baseline_calls, args.workers))
+
+        before = baselines()
+        proc, url = start_server(model, args.workers, args.threads)
+        try:
+            body, headers = request_body(x, info.image_input, args.method)
+            load(url, model_name(model), body, headers, args.clients, 2 * args.clients, args.batch)  # warm-up
+            wall, latencies, failed = load(url, model_name(model), body, headers, args.clients, args.requests,
+                                           args.batch)
+        finally:
+            proc.terminate()
+            proc.wait(60)
+        after = baselines()  # before and after the load test: machine noise hits all rows alike
+        plain_ips, explain_ips = ((a + b) / 2 for a, b in zip(before, after))
+
+    served_rps = args.requests / wall
+    served_ips = served_rps * args.batch
+    p50, p99 = (float(np.percentile(latencies, q)) * 1e3 for q in (50, 99))
+    print(f"{info.source or model.name} {shape}, method {args.method}, onnxruntime {ort.__version__} CPU; "
+          f"server: {args.workers} workers × {args.threads} threads; {args.clients} clients, "
+          f"{args.requests} requests of batch {args.batch}, loopback HTTP, binary tensors; "
+          f"{os.cpu_count()} CPUs shared with other jobs (noisy)\n")
+    print("| path | requests/s | images/s | p50 (ms) | p99 (ms) | failed | ÷ plain ORT |")
+    print("|---|---:|---:|---:|---:|---:|---:|")
+    same = f"in-process, {args.workers} threads × {args.threads} intra-op"
+    print(f"| plain onnxruntime, logits only ({same}) | - | {plain_ips:.1f} | - | - | - | 1.00 |")
+    print(f"| Explainer.explain ({same}) | - | {explain_ips:.1f} | - | - | - | "
+          f"{explain_ips / plain_ips:.2f} |")
+    print(f"| onnxcam serve over HTTP | {served_rps:.1f} | {served_ips:.1f} | {p50:.1f} | {p99:.1f} | {failed} | "
+          f"{served_ips / plain_ips:.2f} |")
+    print(f"\nmedian latency {statistics.median(latencies) * 1e3:.1f} ms; HTTP ÷ in-process Explainer: "
+          f"{served_ips / explain_ips:.2f}")
+    if failed:
+        raise SystemExit(1)
+
+
+if __name__ == "__main__":
+    main()
