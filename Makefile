@@ -8,7 +8,7 @@ WORKERS ?= 2
 # tests that must pass with the base install alone (numpy, onnxruntime, Pillow, click; no torch, no onnx)
 BASE_TESTS := $(wildcard tests/test_runtime_*.py tests/test_metrics_*.py tests/test_cli_explain.py tests/test_cli_info.py tests/test_cli_evaluate.py)
 
-.PHONY: demo test test-full test-base bench clean
+.PHONY: demo test test-full test-base test-node bench clean
 
 $(VENV)/bin/python:
 	python3 -m venv $(VENV)
@@ -27,7 +27,7 @@ $(BASE_VENV)/.installed: pyproject.toml
 demo: $(VENV)/.installed-dev
 	$(VENV)/bin/onnxcam demo --out demo-out
 
-test: test-full test-base
+test: test-full test-base test-node
 
 test-full: $(VENV)/.installed-dev
 	$(PY) -m pytest -n $(WORKERS) -q --durations=15
@@ -40,8 +40,14 @@ test-base: $(BASE_VENV)/.installed
 	rm -rf .base-explain-out
 	$(BASE_VENV)/bin/onnxcam explain tests/data/tiny.cam.onnx tests/data --out .base-explain-out
 
+# examples/node with onnxruntime-node from npm (the CPU build inside the package; no CUDA download):
+# its heatmap must equal the Python runtime's.
+test-node: $(VENV)/.installed-dev
+	cd examples/node && ONNXRUNTIME_NODE_INSTALL_CUDA=skip npm ci --no-audit --no-fund
+	ONNXCAM_REQUIRE_NODE=1 $(PY) -m pytest -q -p no:cacheprovider tests/test_examples_node.py
+
 bench: $(VENV)/.installed-dev
 	$(PY) benchmarks/overhead.py
 
 clean:
-	rm -rf $(VENV) $(BASE_VENV) demo-out .base-explain-out .pytest_cache
+	rm -rf $(VENV) $(BASE_VENV) demo-out .base-explain-out .pytest_cache examples/node/node_modules
