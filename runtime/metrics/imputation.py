@@ -161,11 +161,12 @@ def _restrict_axis(a: np.ndarray, axis: int, n: int) -> np.ndarray:
 
 
 def _prolong(c: np.ndarray, hw: tuple) -> np.ndarray:
-    return _prolong_axis(_prolong_axis(c, -2, hw[0]), -1, hw[1])
+    # columns first: the strided pass (pairs along the last axis) runs on half the fine size
+    return _prolong_axis(_prolong_axis(c, -1, hw[1]), -2, hw[0])
 
 
 def _restrict(f: np.ndarray, hw: tuple) -> np.ndarray:
-    return _restrict_axis(_restrict_axis(f, -1, hw[1]), -2, hw[0])
+    return _restrict_axis(_restrict_axis(f, -2, hw[0]), -1, hw[1])
 
 
 def _coarsen(unknown: np.ndarray) -> np.ndarray:
@@ -252,15 +253,14 @@ def _bbox(unknown: np.ndarray) -> tuple:
 
 
 def linear_impute(images: np.ndarray, keep: np.ndarray, tol: float = DEFAULT_TOL, max_iter: int = 200,
-                  threads: int = 1, return_iterations: bool = False):
+                  return_iterations: bool = False):
     """Noise-free linear imputation of images [B, C, H, W] where ``keep`` [B, H, W] is False.
 
     Each image is solved on the bounding box of its removed pixels (plus one pixel), by
     multigrid-preconditioned conjugate gradients in float32, until every imputed value's last
     update is at most ``tol`` × its channel's value range over the image's kept pixels. Kept
-    pixels are returned unchanged; an image that keeps no pixel is imputed with 0. ``threads`` > 1
-    solves images concurrently (numpy releases the GIL). With ``return_iterations``, also returns
-    the largest iteration count."""
+    pixels are returned unchanged; an image that keeps no pixel is imputed with 0. With
+    ``return_iterations``, also returns the largest iteration count over the images."""
     x = np.asarray(images, F32)
     keep = np.asarray(keep, bool)
     b_, c_, h, w = x.shape
@@ -283,11 +283,5 @@ def linear_impute(images: np.ndarray, keep: np.ndarray, tol: float = DEFAULT_TOL
         out[i][:, ys, xs] = np.where(unk[:, None], u, sub)[0]
         return it
 
-    if threads > 1 and b_ > 1:
-        from concurrent.futures import ThreadPoolExecutor
-
-        with ThreadPoolExecutor(min(threads, b_)) as pool:
-            iterations = max(pool.map(one, range(b_)))
-    else:
-        iterations = max((one(i) for i in range(b_)), default=0)
+    iterations = max((one(i) for i in range(b_)), default=0)
     return (out, iterations) if return_iterations else out
