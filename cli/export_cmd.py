@@ -20,8 +20,10 @@ from onnxcam.cli.common import fail, float_triplet, int_triplet, setup_logging
 @click.option("--layout", type=click.Choice(["NCHW", "NHWC"]), help="Layout of the image input.")
 @click.option("--bgr", is_flag=True, help="The model expects BGR channel order.")
 @click.option("--verify", is_flag=True, help="Check the graph against torch.autograd (PyTorch sources).")
-@click.option("--input-gradients", is_flag=True,
-              help="Also output input_gradients (∂S/∂input) and guided_gradients (Guided Backpropagation).")
+@click.option("--input-gradients", type=click.Choice(["plain", "guided", "both"]), is_flag=False,
+              flag_value="both", default=None,
+              help="Also output input_gradients (∂S/∂input; 'plain'), guided_gradients (Guided Backpropagation; "
+                   "'guided') or both (the default when given without a value). Each costs one more reverse pass.")
 @click.option("--heatmap", "heatmap", metavar="METHOD",
               help="Bake this CAM and its post-processing into the graph: output heatmap [N, H, W] "
                    "(gradcam, gradcam++, xgradcam, hirescam, layercam, gradcam-elementwise).")
@@ -32,7 +34,7 @@ from onnxcam.cli.common import fail, float_triplet, int_triplet, setup_logging
 @click.option("--debug", is_flag=True, help="Show tracebacks.")
 def export_command(source: str, out: str, target_layer: str | None, weights: str | None, input_shape,
                    opset: int | None, labels: str | None, mean, std, resize: int | None, layout: str | None,
-                   bgr: bool, verify: bool, input_gradients: bool, heatmap: str | None, raw_input: bool,
+                   bgr: bool, verify: bool, input_gradients: str | None, heatmap: str | None, raw_input: bool,
                    overwrite: bool, debug: bool) -> None:
     """Export SOURCE (torchvision:NAME, timm:NAME, package.module:callable, a registry name or an
     .onnx classifier) into an explanation graph with logits and target-layer gradients."""
@@ -50,7 +52,7 @@ def export_command(source: str, out: str, target_layer: str | None, weights: str
     try:
         model = export(source, target_layer, weights=weights, input_shape=input_shape, opset=opset, labels=labels,
                        mean=mean, std=std, resize=resize, layout=layout, bgr=bgr, out=out, overwrite=overwrite,
-                       verify=verify, input_gradients=input_gradients, heatmap=heatmap, raw_input=raw_input)
+                       verify=verify, input_gradients=input_gradients or False, heatmap=heatmap, raw_input=raw_input)
     except ExportError as exc:
         fail(str(exc), 2, debug)
     except Exception as exc:  # an unexpected failure still gets one line

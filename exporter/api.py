@@ -11,7 +11,7 @@ import onnx
 from onnxcam.exporter.autodiff import UnsupportedOperator
 from onnxcam.exporter.bake_heatmap import bake_heatmap, check_method
 from onnxcam.exporter.errors import ExportError
-from onnxcam.exporter.explain_graph import GraphSpec, build_explanation_graph
+from onnxcam.exporter.explain_graph import GraphSpec, build_explanation_graph, input_gradient_mode
 from onnxcam.exporter.onnx_source import (
     Classifier, choose_target, load_classifier, load_onnx, working_candidates,
 )
@@ -98,7 +98,7 @@ def export(
     out: str | Path | None = None,
     overwrite: bool = False,
     verify: bool = False,
-    input_gradients: bool = False,
+    input_gradients: bool | str = False,
     heatmap: str | None = None,
     raw_input: bool = False,
 ) -> onnx.ModelProto:
@@ -106,14 +106,16 @@ def export(
     registry name or an ``.onnx`` file) into an explanation graph; write it to ``out`` if given.
 
     ``verify`` (torch sources) compares the graph with ``torch.autograd`` and raises on mismatch.
-    ``input_gradients`` adds the outputs ``input_gradients`` (∂S/∂input) and ``guided_gradients``
-    (Guided Backpropagation). ``heatmap`` (one of ``bake_heatmap.BAKEABLE_METHODS``) adds the
+    ``input_gradients`` adds the outputs ``input_gradients`` (∂S/∂input; ``"plain"``),
+    ``guided_gradients`` (Guided Backpropagation; ``"guided"``) or both (``"both"`` or ``True``);
+    each is one more reverse pass over the whole network. ``heatmap`` (one of ``bake_heatmap.BAKEABLE_METHODS``) adds the
     output ``heatmap`` [N, H, W]: that CAM with the contract's post-processing, computed in the
     graph. ``raw_input`` makes the image input uint8 NHWC RGB pixels [N, H, W, 3] of the model's
     input size, normalised inside the graph (not with ``input_gradients``).
     """
     if heatmap is not None:
         check_method(heatmap)
+    input_gradients = input_gradient_mode(input_gradients) or False
     if raw_input and input_gradients:
         raise ExportError("--raw-input cannot be combined with --input-gradients "
                           "(input gradients are taken w.r.t. the normalised float input)")

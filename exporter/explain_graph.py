@@ -38,7 +38,7 @@ class GraphSpec:
     target_layer: str               # the user-facing name (module name or tensor name)
     preprocess: dict
     labels: list[str] | None = None
-    input_gradients: bool = False   # add ∂S/∂input and Guided Backpropagation outputs
+    input_gradients: bool | str = False   # ∂S/∂input outputs: False, "plain", "guided", "both" (= True)
     extra_metadata: dict[str, str] = field(default_factory=dict)
 
 
@@ -93,18 +93,39 @@ def _as_float32(builder: GraphBuilder, value: ir.Value) -> ir.Value:
     return builder.op("Cast", value, to=ir.DataType.FLOAT)
 
 
+#: ``input_gradients`` modes: which reverse passes to the input the graph carries.
+INPUT_GRADIENT_MODES = ("plain", "guided", "both")
+
+
+def input_gradient_mode(value: bool | str | None) -> str | None:
+    """The mode for ``value``: None (no input gradients), or one of ``INPUT_GRADIENT_MODES``
+    (``True`` means ``"both"``)."""
+    if value is None or value is False:
+        return None
+    if value is True:
+        return "both"
+    if value not in INPUT_GRADIENT_MODES:
+        raise ExportError(f"input gradients '{value}': choose from {', '.join(INPUT_GRADIENT_MODES)}")
+    return value
+
+
 def _input_gradients(builder: GraphBuilder, graph: ir.Graph, facts: TensorFacts, image: ir.Value,
-                     logits: ir.Value, seed: ir.Value) -> dict[str, ir.Value]:
-    """``input_gradients`` = ∂S/∂input and ``guided_gradients`` (Guided Backpropagation), each a
-    reverse pass over the whole network, in the image input's layout."""
+                     logits: ir.Value, seed: ir.Value, mode: str) -> dict[str, ir.Value]:
+    """``input_gradients`` = ∂S/∂input (``mode`` "plain" or "both") and ``guided_gradients``
+    (Guided Backpropagation; "guided" or "both"), each a reverse pass over the whole network, in
+    the image input's layout. Each pass costs about one forward pass: onnxruntime runs every node
+    of a graph whatever outputs are fetched, so a graph for one kind of map carries only its pass."""
     if not facts.is_float(image.name):
         raise ExportError(f"input gradients need a float image input; '{image.name}' is {facts.dtypes[image.name]}")
     path = find_path(graph, facts, image, logits)
-    plain = differentiate(builder, path, image, logits, seed)
-    guided = differentiate(builder, path, image, logits, seed, overrides=GUIDED_RULES)
+    grads = {}
+    if mode in ("plain", "both"):
+        grads["input_gradients"] = differentiate(builder, path, image, logits, seed)
+    if mode in ("guided", "both"):
+        grads["guided_gradients"] = differentiate(builder, path, image, logits, seed, overrides=GUIDED_RULES)
     if facts.dtypes[image.name] != np.float32:  # a gradient has its tensor's dtype
-        plain, guided = (builder.op("Cast", g, to=ir.DataType.FLOAT) for g in (plain, guided))
-    return {"input_gradients": plain, "guided_gradients": guided}
+        grads = {name: builder.op("Cast", g, to=ir.DataType.FLOAT) for name, g in grads.items()}
+    return grads
 
 
 def build_explanation_graph(spec: GraphSpec, facts: TensorFacts) -> onnx.ModelProto:
@@ -152,7 +173,8 @@ def build_explanation_graph(spec: GraphSpec, facts: TensorFacts) -> onnx.ModelPr
     gradient_pow3 = builder.op("Mul", gradient_pow2, gradient)
 
     has_head = add_head_path(builder, graph, facts, image, target, logits, layout)
-    input_outputs = _input_gradients(builder, graph, facts, image, logits, seed) if spec.input_gradients else {}
+    mode = input_gradient_mode(spec.input_gradients)
+    input_outputs = _input_gradients(builder, graph, facts, image, logits, seed, mode) if mode else {}
 
     # after all look-ups of probed facts by name; the source's logits may keep the name "logits"
     _free_reserved_names(values, keep={image} | ({logits} if logits.name == "logits" else set()))
@@ -182,7 +204,7 @@ def build_explanation_graph(spec: GraphSpec, facts: TensorFacts) -> onnx.ModelPr
         "onnxcam.head_piecewise_linear": "true" if is_piecewise_linear(path) else "false",
         **({"onnxcam.labels": json.dumps(spec.labels)} if spec.labels else {}),
         **({"onnxcam.head_input": "head_activations"} if has_head else {}),
-        **({"onnxcam.input_gradients": "true"} if input_outputs else {}),
+        **({"onnxcam.input_gradients": mode} if input_outputs else {}),
         **spec.extra_metadata,
     }
     proto = ir.to_proto(model)

@@ -252,8 +252,9 @@ def integrated_gradients(grad_fn: GradientFn, x: Array, classes: Array, layout: 
 
 
 def missing_outputs_message(path: str, method: str, output: str) -> str:
+    mode = "guided" if output == "guided_gradients" else "plain"
     return (f"{path} has no '{output}' output, needed by {method}; re-export it with "
-            f"`onnxcam export ... --input-gradients`")
+            f"`onnxcam export ... --input-gradients {mode}` (or `both`)")
 
 
 def run_input_method(method: str, out: dict, x: Array, target: Array, layout: str,

@@ -167,7 +167,7 @@ def test_input_gradients_match_torch_autograd(name: str) -> None:
     case = exported(name)
     out, x = case["out"], case["x"]
     meta = {p.key: p.value for p in case["graph"].metadata_props}
-    assert meta.get("onnxcam.input_gradients") == "true"
+    assert meta.get("onnxcam.input_gradients") == "both"
     assert out["input_gradients"].shape == x.shape and out["input_gradients"].dtype == np.float32
     assert len(set(out["target"].tolist())) == 3, "the batch should explain three different classes"
     refs = _references(name, lambda m, dt: _input_grad(m, x, out["target"], dt))
@@ -227,7 +227,7 @@ def test_fixture_input_gradients_match_finite_differences(filename: str) -> None
     path = FIXTURES / filename
     graph = export(str(path), input_gradients=True)
     onnx.checker.check_model(graph, full_check=True)
-    assert {p.key: p.value for p in graph.metadata_props}.get("onnxcam.input_gradients") == "true"
+    assert {p.key: p.value for p in graph.metadata_props}.get("onnxcam.input_gradients") == "both"
     classifier = load_classifier(load_onnx(path))
     batch = 3 if classifier.facts.batch_dynamic else 1
     shape = classifier.facts.shape(classifier.image_input)[1:]
