@@ -1,9 +1,33 @@
-"""Pieces the benchmark scripts share: an onnxruntime CPU session with a fixed thread count, and
-the plain classifier (logits only) cut out of an exported graph."""
+"""Pieces the benchmark scripts share: an onnxruntime CPU session with a fixed thread count, the
+plain classifier (logits only) cut out of an exported graph, timing of calls, the load average."""
 from __future__ import annotations
+
+import os
+import time
+from typing import Callable
 
 import onnx
 import onnxruntime as ort
+
+
+def time_calls(fn: Callable[[], object], runs: int, warmup: int) -> list[float]:
+    """Seconds of ``runs`` calls of ``fn`` after ``warmup`` untimed calls."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(runs):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return times
+
+
+def load_average() -> str:
+    """The 1/5/15-minute load averages, for reading how busy the machine was."""
+    try:
+        return " / ".join(f"{v:.2f}" for v in os.getloadavg())
+    except OSError:
+        return "n/a"
 
 
 def session(model: onnx.ModelProto, threads: int) -> ort.InferenceSession:

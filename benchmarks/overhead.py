@@ -11,14 +11,13 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import time
 
 import numpy as np
 import onnxruntime as ort
 import torch
 import torchvision
 
-from _common import plain_classifier, session
+from _common import plain_classifier, session, time_calls
 
 from onnxcam.exporter.explain_graph import GraphSpec, build_explanation_graph
 from onnxcam.exporter.onnx_source import load_classifier
@@ -28,14 +27,7 @@ EXPLANATION_OUTPUTS = ["logits", "target", "activations", "gradients", "gradient
 
 
 def median_latency(run, runs: int, warmup: int = 3) -> float:
-    for _ in range(warmup):
-        run()
-    times = []
-    for _ in range(runs):
-        start = time.perf_counter()
-        run()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+    return statistics.median(time_calls(run, runs, warmup))
 
 
 def main() -> None:
