@@ -86,6 +86,9 @@ def test_fast_solver_equals_direct_float64_solve(hw):
     assert np.max(np.abs(got - ref) / scale) <= 5e-5
     tight = linear_impute(x, keep, tol=1e-6)
     assert np.max(np.abs(tight - ref) / scale) <= 1e-5
+    # a starting guess (as ROAD passes the previous percentile's imputation) changes nothing beyond the bound
+    warm = linear_impute(x, keep, initial=ref.astype(np.float32) + rng.standard_normal(x.shape).astype(np.float32))
+    assert np.max(np.abs(warm - ref) / scale) <= 5e-5
 
 
 def test_fast_solver_equals_pytorch_grad_cam_on_a_photo_sized_image():

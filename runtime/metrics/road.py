@@ -31,14 +31,21 @@ PERCENTILES = (10, 20, 30, 40, 50, 60, 70, 80, 90)
 
 def noisy_linear_impute(images: np.ndarray, keep: np.ndarray, noise: float = 0.01,
                         rng: Optional[np.random.Generator] = None, layout: str = "NCHW",
-                        tol: float = DEFAULT_TOL) -> np.ndarray:
+                        tol: float = DEFAULT_TOL, initial: Optional[np.ndarray] = None) -> np.ndarray:
     """ROAD's noisy linear imputation of a batch (NCHW or NHWC) at the pixels where ``keep``
     [B, H, W] is False: :func:`~onnxcam.runtime.metrics.imputation.linear_impute` (stopping
-    rule ``tol``) plus N(0, ``noise``²) on the filled values (float32 draws from ``rng``)."""
+    rule ``tol``; ``initial``: optional starting guess, NCHW) plus N(0, ``noise``²) on the filled
+    values (float32 draws from ``rng``)."""
     x = np.asarray(images, np.float32)
     if layout == "NHWC":
         x = np.moveaxis(x, -1, 1)
-    out = linear_impute(x, keep, tol=tol)
+    return _add_noise(linear_impute(x, keep, tol=tol, initial=initial), keep, noise, rng, layout)
+
+
+def _add_noise(clean: np.ndarray, keep: np.ndarray, noise: float, rng: Optional[np.random.Generator],
+               layout: str) -> np.ndarray:
+    """NCHW ``clean`` + N(0, noise²) at the removed pixels, returned in ``layout``."""
+    out = clean.copy()
     if noise:
         rng = rng if rng is not None else np.random.default_rng()
         removed = (~np.asarray(keep, bool))[:, None].astype(np.float32)
@@ -65,17 +72,21 @@ def road_scores(model: Model, x: np.ndarray, maps: np.ndarray, order: str = "mor
     """ROAD score changes ``s(x̃_p) − s(x)`` per image and percentile, float32 [N, P], where x̃_p
     is x with the pixels removed at percentile p (``order`` 'morf' or 'lerf', see the module
     docstring) filled by :func:`noisy_linear_impute` (``noise``; ``seed`` for its generator; ``tol`` the
-    imputation's stopping rule, see :mod:`onnxcam.runtime.metrics.imputation`)."""
+    imputation's stopping rule, see :mod:`onnxcam.runtime.metrics.imputation`; each percentile's
+    solve starts from the previous percentile's noise-free imputation)."""
     scorer = Scorer(model, batch_size, layout)
     x, maps = check_inputs(scorer, x, maps)
     logits, classes = resolve_classes(scorer, x, class_index)
     y = class_score(logits, classes, score)
     rng = np.random.default_rng(seed)
     out = np.zeros((len(x), len(percentiles)), np.float32)
+    nchw = np.moveaxis(x, -1, 1) if scorer.layout == "NHWC" else x
+    previous = {}  # chunk → its noise-free imputation at the previous percentile: the next solve's start
     for k, p in enumerate(percentiles):
         keep = road_keep_mask(maps, p, order)
         for s, e in chunks(len(x), scorer.batch_size):
-            imputed = noisy_linear_impute(x[s:e], keep[s:e], noise, rng, scorer.layout, tol)
+            previous[s] = linear_impute(nchw[s:e], keep[s:e], tol=tol, initial=previous.get(s))
+            imputed = _add_noise(previous[s], keep[s:e], noise, rng, scorer.layout)
             out[s:e, k] = scorer.scores(imputed, classes[s:e], score) - y[s:e]
     return out
 
