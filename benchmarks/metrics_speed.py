@@ -27,14 +27,23 @@ Threads: onnxruntime ``intra_op_num_threads = --threads`` (default 2), ``inter_o
 printed with the table (the numbers are only as quiet as the machine). Not a test; run on demand:
 
     python benchmarks/metrics_speed.py [--threads 2] [--runs 3] [--batch-size 16] [--step 1792]
-                                       [--metrics confidence,drop,topk,deletion,insertion,road_morf,road_lerf]
+                                       [--fine-step 224] [--metrics confidence,drop,topk,deletion,insertion,
+                                       deletion_fine,insertion_fine,road_morf,road_lerf,road_morf_avg,road_lerf_avg]
                                        [--road-morf-percentiles 80] [--road-lerf-percentiles 20]
+                                       [--road-average-percentiles 10,20,30,40,50,60,70,80,90] [--skip-pgc]
 
-``--step`` is the deletion / insertion step in pixels (RISE uses 224, i.e. 225 points per image
-at 224×224; the default 1792 = 8 rows gives 29 points so that a run takes seconds, not minutes).
-ROAD defaults to pytorch-grad-cam's single thresholds (``ROADMostRelevantFirst(80)``: top 20 %
-removed, ``ROADLeastRelevantFirst(20)``: bottom 80 % removed); ``10,20,...,90`` gives the averaged
-metrics ``onnxcam evaluate`` reports — minutes per run on both sides: the imputation dominates.
+Deletion / insertion run twice: at the coarse ``--step`` (1792 px = 8 rows, 29 points per image
+at 224×224, seconds per run) and at the fine ``--fine-step`` (RISE's 224 px: 225 points per image,
+900 forward passes per run for 4 photos — minutes per run), so that their ratio to the floor is
+shown where the per-step numpy work is the largest share too.
+ROAD runs at pytorch-grad-cam's single thresholds (``road_morf``: ``ROADMostRelevantFirst(80)``,
+top 20 % removed; ``road_lerf``: ``ROADLeastRelevantFirst(20)``, bottom 80 % removed) and averaged
+over ``--road-average-percentiles`` (``road_*_avg``: the metrics ``onnxcam evaluate`` reports;
+pytorch-grad-cam takes minutes per run there, ``--skip-pgc`` leaves its columns out). ROAD's noise
+(0.01) comes from different generators on the two sides, so its "max Δ" is noise; the "Δ at
+noise 0" column re-runs both once with the noise off (pytorch-grad-cam's ``NoisyLinearImputer(noise=0)``,
+scipy's direct sparse solve in float64) — the parity of the imputation plus the network's float32
+differences between onnxruntime and torch.
 """
 from __future__ import annotations
 
@@ -47,10 +56,14 @@ from pathlib import Path
 
 import numpy as np
 
-METRICS = ("confidence", "drop", "topk", "deletion", "insertion", "road_morf", "road_lerf")
+METRICS = ("confidence", "drop", "topk", "deletion", "insertion", "deletion_fine", "insertion_fine", "road_morf",
+           "road_lerf", "road_morf_avg", "road_lerf_avg")
 LABELS = {"confidence": "confidence change with map", "drop": "drop in confidence (x ⊙ map)",
           "topk": "drop after removing top-25 %", "deletion": "deletion AUC", "insertion": "insertion AUC",
-          "road_morf": "ROAD MoRF", "road_lerf": "ROAD LeRF"}
+          "deletion_fine": "deletion AUC", "insertion_fine": "insertion AUC",
+          "road_morf": "ROAD MoRF", "road_lerf": "ROAD LeRF", "road_morf_avg": "ROAD MoRF",
+          "road_lerf_avg": "ROAD LeRF"}
+ROAD = {"road_morf": "morf", "road_lerf": "lerf", "road_morf_avg": "morf", "road_lerf_avg": "lerf"}
 
 
 class Counting:
@@ -104,6 +117,9 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--step", type=int, default=1792)
+    parser.add_argument("--fine-step", type=int, default=224)
+    parser.add_argument("--road-average-percentiles", default="10,20,30,40,50,60,70,80,90")
+    parser.add_argument("--skip-pgc", action="store_true", help="leave pytorch-grad-cam's columns out")
     parser.add_argument("--metrics", default=",".join(METRICS))
     parser.add_argument("--road-morf-percentiles", default="80")
     parser.add_argument("--road-lerf-percentiles", default="20")
@@ -113,14 +129,25 @@ def main() -> None:
     assert all(m in METRICS for m in metrics), f"metrics among {METRICS}"
     morf_p = [float(p) for p in args.road_morf_percentiles.split(",")]
     lerf_p = [float(p) for p in args.road_lerf_percentiles.split(",")]
+    avg_p = [float(p) for p in args.road_average_percentiles.split(",")]
+    for kind in ("deletion", "insertion"):
+        LABELS[kind] = f"{kind} AUC (step {args.step} px)"
+        LABELS[f"{kind}_fine"] = f"{kind} AUC (step {args.fine_step} px)"
     LABELS["road_morf"] = f"ROAD MoRF (noise 0.01, percentiles {args.road_morf_percentiles})"
     LABELS["road_lerf"] = f"ROAD LeRF (noise 0.01, percentiles {args.road_lerf_percentiles})"
+    LABELS["road_morf_avg"] = f"ROAD MoRF (noise 0.01, percentiles {args.road_average_percentiles})"
+    LABELS["road_lerf_avg"] = f"ROAD LeRF (noise 0.01, percentiles {args.road_average_percentiles})"
+    road_p = {"road_morf": morf_p, "road_lerf": lerf_p, "road_morf_avg": avg_p, "road_lerf_avg": avg_p}
 
     import onnxruntime as ort
     import torch
     import torchvision
     from pytorch_grad_cam.metrics.cam_mult_image import CamMultImageConfidenceChange, DropInConfidence
-    from pytorch_grad_cam.metrics.road import ROADLeastRelevantFirstAverage, ROADMostRelevantFirstAverage
+    from pytorch_grad_cam.metrics.perturbation_confidence import (AveragerAcrossThresholds,
+                                                                  PerturbationConfidenceMetric,
+                                                                  RemoveLeastRelevantFirst, RemoveMostRelevantFirst)
+    from pytorch_grad_cam.metrics.road import (NoisyLinearImputer, ROADLeastRelevantFirstAverage,
+                                               ROADMostRelevantFirstAverage)
     from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
     from onnxcam.exporter import export
@@ -155,13 +182,27 @@ def main() -> None:
         "topk": lambda: M.remove_top_percent(explainer, x, maps, 25.0, classes, **kw),
         "deletion": lambda: M.auc(M.deletion_curve(explainer, x, maps, classes, step=args.step, **kw)),
         "insertion": lambda: M.auc(M.insertion_curve(explainer, x, maps, classes, step=args.step, **kw)),
-        "road_morf": lambda: M.road_morf(explainer, x, maps, percentiles=morf_p, class_index=classes, noise=0.01,
-                                         seed=0, **kw),
-        "road_lerf": lambda: M.road_lerf(explainer, x, maps, percentiles=lerf_p, class_index=classes, noise=0.01,
-                                         seed=0, **kw),
+        "deletion_fine": lambda: M.auc(M.deletion_curve(explainer, x, maps, classes, step=args.fine_step, **kw)),
+        "insertion_fine": lambda: M.auc(M.insertion_curve(explainer, x, maps, classes, step=args.fine_step, **kw)),
     }
-    pgc_metric = {"confidence": CamMultImageConfidenceChange(), "drop": DropInConfidence(),
-                  "road_morf": ROADMostRelevantFirstAverage(morf_p), "road_lerf": ROADLeastRelevantFirstAverage(lerf_p)}
+
+    def onnxcam_road(name, noise):
+        fn = M.road_morf if ROAD[name] == "morf" else M.road_lerf
+        return lambda: fn(explainer, x, maps, percentiles=road_p[name], class_index=classes, noise=noise, seed=0, **kw)
+
+    def pgc_road_noise0(name):
+        remover = RemoveMostRelevantFirst if ROAD[name] == "morf" else RemoveLeastRelevantFirst
+        return AveragerAcrossThresholds(
+            lambda p: PerturbationConfidenceMetric(remover(p, NoisyLinearImputer(noise=0))), road_p[name])
+
+    for name in ROAD:
+        onnxcam_fns[name] = onnxcam_road(name, 0.01)
+    pgc_metric = {"confidence": CamMultImageConfidenceChange(), "drop": DropInConfidence()}
+    for name in ROAD:
+        pgc_metric[name] = (ROADMostRelevantFirstAverage if ROAD[name] == "morf" else ROADLeastRelevantFirstAverage)(
+            road_p[name])
+    if args.skip_pgc:
+        pgc_metric = {}
 
     def pgc(name):
         with torch.no_grad():
@@ -200,7 +241,12 @@ def main() -> None:
         on, fl, ins = (statistics.median(t) for t in (t_onnx, t_floor, t_inside))
         pg = statistics.median(t_pgc) if t_pgc else None
         delta = float(np.abs(values - ref).max()) if name in pgc_metric else None
-        rows.append((name, passes, calls, on, fl, ins, pg, delta))
+        delta0 = None
+        if name in ROAD and not args.skip_pgc:  # parity with the noise off (untimed)
+            with torch.no_grad():
+                ref0 = np.asarray(pgc_road_noise0(name)(xt, maps, targets, net), np.float32).reshape(-1)
+            delta0 = float(np.abs(np.asarray(onnxcam_road(name, 0.0)(), np.float32).reshape(-1) - ref0).max())
+        rows.append((name, passes, calls, on, fl, ins, pg, delta, delta0))
         total["passes"] += passes
         total["onnx"] += on
         total["floor"] += fl
@@ -212,19 +258,21 @@ def main() -> None:
     load = os.getloadavg()
     print(f"ResNet-50 (torchvision, seeded random weights), 4 photos (skimage chelsea, coffee, astronaut, rocket), "
           f"Grad-CAM maps; onnxruntime {ort.__version__} CPU / torch {torch.__version__}, {args.threads} threads; "
-          f"metric batch size {args.batch_size}, deletion/insertion step {args.step} px; median of {args.runs} runs. "
+          f"metric batch size {args.batch_size}, deletion/insertion steps {args.step} and {args.fine_step} px; "
+          f"median of {args.runs} runs. "
           f"Load average before / after: {before_load[0]:.2f} / {load[0]:.2f} (1 min), {load[1]:.2f} (5 min), "
           f"{os.cpu_count()} CPUs.\n")
     print("| metric | forward passes (session runs) | onnxcam s | plain-inference floor s | ratio to floor "
-          "(goal ≤ 1.2) | onnxcam in session s | onnxcam numpy s | pytorch-grad-cam s | speed-up | max Δ |")
-    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
-    for name, passes, calls, on, fl, ins, pg, delta in rows:
+          "(goal ≤ 1.2) | onnxcam in session s | onnxcam numpy s | pytorch-grad-cam s | speed-up | max Δ | "
+          "max Δ at noise 0 |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    for name, passes, calls, on, fl, ins, pg, delta, delta0 in rows:
         print(f"| {LABELS[name]} | {passes} ({calls}) | {on:.3f} | {fl:.3f} | {on / fl:.2f} | {ins:.3f} | "
               f"{on - ins:.3f} | {'—' if pg is None else f'{pg:.3f}'} | {'—' if pg is None else f'{pg / on:.2f}×'} | "
-              f"{'—' if delta is None else f'{delta:.1e}'} |")
+              f"{'—' if delta is None else f'{delta:.1e}'} | {'—' if delta0 is None else f'{delta0:.1e}'} |")
     print(f"| **all above** | {total['passes']} | {total['onnx']:.3f} | {total['floor']:.3f} | "
           f"{total['onnx'] / total['floor']:.2f} | {total['inside']:.3f} | {total['onnx'] - total['inside']:.3f} | "
-          f"— | — | — |")
+          f"— | — | — | — |")
 
 
 before_load = os.getloadavg()
