@@ -1,6 +1,7 @@
 """``Explainer``: heatmaps from an explanation graph with numpy + onnxruntime only (CONTRACT §3)."""
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional, Sequence, Union
@@ -12,7 +13,7 @@ from onnxcam.runtime.ablation import ablationcam
 from onnxcam.runtime.errors import ClassIndexError, ModelError
 from onnxcam.runtime.images import (Geometry, ImageLike, heatmap_to_original, image_pixels, load_image, load_pixels,
                                      preprocess, preprocess_image)
-from onnxcam.runtime.input_methods import (INPUT_METHODS, NEEDS_INPUT_GRADIENTS, InputMethodOptions,
+from onnxcam.runtime.input_methods import (INPUT_METHODS, INPUT_OUTPUTS, NEEDS_INPUT_GRADIENTS, InputMethodOptions,
                                            gradcam_counterfactual, missing_outputs_message, pixel_heatmaps,
                                            run_input_method)
 from onnxcam.runtime.metadata import CLASS_INPUT, HEAD_OUTPUT, ModelInfo, read_model_info
@@ -30,6 +31,7 @@ EVERY_METHOD = ALL_METHODS + EXTRA_METHODS
 _REQUIRED = {**REQUIRED_OUTPUTS, "gradcam-counterfactual": ("activations", "gradients"), **INPUT_METHODS}
 Inputs = Union[np.ndarray, str, Path, Image.Image, Sequence[Union[str, Path, Image.Image]]]
 ClassIndex = Union[None, int, Sequence[int], np.ndarray]
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -190,6 +192,11 @@ class Explainer:
     def _raw(self, method: str, x: np.ndarray, out: dict, logits: np.ndarray, target: np.ndarray) -> np.ndarray:
         A = out["activations"]
         if method == "scorecam":
+            carried = [name for name in INPUT_OUTPUTS if name in self.info.outputs]
+            if carried:  # onnxruntime runs every node, fetched or not
+                log.warning("%s carries reverse passes to the input (%s): Score-CAM pays them on every masked "
+                            "batch; export a graph without --input-gradients for Score-CAM",
+                            self.info.path, ", ".join(carried))
             return scorecam(self._scores, x, A, target, self.info.layout, self.batch_size)
         if method == "ablationcam":
             y = logits[np.arange(len(target)), target]

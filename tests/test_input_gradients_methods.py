@@ -325,3 +325,15 @@ def test_one_reverse_pass_modes(resnet, tmp_path) -> None:
     result = CliRunner().invoke(main, ["export", "torchvision:resnet18", "-o", str(tmp_path / "x.cam.onnx"),
                                        "--input-gradients", "sideways"])
     assert result.exit_code == 2 and "sideways" in result.output
+
+
+@pytest.mark.torch
+def test_scorecam_on_an_input_gradient_graph_warns(resnet, caplog) -> None:
+    """onnxruntime runs every node whatever is fetched: Score-CAM's masked batches pay the reverse
+    passes to the input, and the user is told to use a graph without them."""
+    explainer, _, x = resnet
+    with caplog.at_level("WARNING", logger="onnxcam.runtime.explainer"):
+        res = explainer.explain(x[:1], method="scorecam", class_index=7)
+    assert res.heatmaps.shape == (1, 64, 64)
+    assert any("Score-CAM pays them" in r.getMessage() and "input_gradients" in r.getMessage()
+               for r in caplog.records)
