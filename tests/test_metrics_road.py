@@ -81,6 +81,7 @@ def test_fast_solver_equals_direct_float64_solve(hw):
     scale = np.ptp(x, axis=(2, 3), keepdims=True)
     got = linear_impute(x, keep)
     assert got.dtype == np.float32
+    np.testing.assert_array_equal(linear_impute(x, keep, threads=1), got)  # threads: image by image, same result
     kept = np.broadcast_to(keep[:, None], x.shape)
     np.testing.assert_array_equal(got[kept], x[kept])
     assert np.max(np.abs(got - ref) / scale) <= 5e-5
