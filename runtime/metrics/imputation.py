@@ -28,7 +28,9 @@ How it is solved fast (image by image, all channels at once):
 not to pay here: a full-multigrid initial guess (2–3 fewer iterations, the coarse solves cost as
 much), V(1,0)/V(0,1) cycles with flexible CG, piecewise-constant transfers, over-relaxed Jacobi,
 "any"/"majority" coarsening, float64 iterative refinement (2× the time for 4× the accuracy).
-Images are solved on parallel threads (1.4× on 2 idle cores, no gain on a saturated machine).
+Images are solved on parallel threads: 1.4× on 2 idle cores in isolation, but no measurable gain
+inside ROAD's loop in benchmarks/metrics_speed.py (onnxruntime's worker threads keep the cores
+busy right after each run) nor on a saturated machine.
 """
 from __future__ import annotations
 
@@ -283,7 +285,7 @@ def linear_impute(images: np.ndarray, keep: np.ndarray, tol: float = DEFAULT_TOL
     the same images at the previous ROAD percentile (5–10 % fewer iterations); it changes the
     result only within the stopping rule. Images are solved concurrently on ``threads`` threads
     (default: the CPU count, at most one per image; numpy releases the GIL in its array
-    operations: 1.4× on 2 idle cores, nothing on a saturated machine). With
+    operations; see the module docstring for what it gains). With
     ``return_iterations``, also returns the largest iteration count over the images."""
     x = np.asarray(images, F32)
     keep = np.asarray(keep, bool)
