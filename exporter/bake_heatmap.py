@@ -16,9 +16,10 @@ Raw maps (sums over i, j run over space, Σ_k over channels):
 - ``gradcam-elementwise``:  map = Σ_k ReLU(g_k ⊙ A_k)
 
 Post-processing (per image): cam = ReLU(map); cam ← (cam − min cam) / (1e-7 + max(cam − min cam));
-cam ← R_h · cam · R_wᵀ (bilinear, half-pixel centres, cv2 INTER_LINEAR; R_h [H, h] and R_w [W, w]
-are the runtime's own interpolation matrices, baked as float32 constants, so the numbers match
-its ``resize_bilinear``); cam ← ReLU(cam); min-max again. (H, W) is the model input size from the
+cam ← bilinear resize to (H, W) with half-pixel centres (ONNX ``Resize``, mode linear,
+coordinate_transformation_mode half_pixel, output sizes given: the source coordinate of output
+pixel d is (d + 0.5)·h/H − 0.5, clamped to the border, as cv2 INTER_LINEAR and the runtime's
+``resize_bilinear``); cam ← ReLU(cam); min-max again. (H, W) is the model input size from the
 ``onnxcam.preprocess`` metadata.
 """
 from __future__ import annotations
@@ -32,7 +33,6 @@ import onnx_ir as ir
 from onnxcam.exporter.builder import GraphBuilder
 from onnxcam.exporter.errors import ExportError
 from onnxcam.exporter.probe import TensorFacts
-from onnxcam.runtime.resize import half_pixel_matrix
 
 #: Methods that can be baked (those that are closed-form functions of A, g, g2, g3).
 BAKEABLE_METHODS = ("gradcam", "gradcam++", "xgradcam", "hirescam", "layercam", "gradcam-elementwise")
@@ -102,13 +102,14 @@ def raw_map(ops: _Ops, method: str, A: ir.Value, g: ir.Value, g2: ir.Value, g3: 
 
 
 def postprocess(ops: _Ops, raw: ir.Value, fmap: tuple[int, int], size: tuple[int, int]) -> ir.Value:
-    """ReLU → min-max → R_h·cam·R_wᵀ (skipped when the sizes agree) → ReLU → min-max."""
+    """ReLU → min-max → bilinear half-pixel resize to ``size`` (skipped when the sizes agree) →
+    ReLU → min-max."""
     b = ops.b
     cam = ops.minmax(b.op("Relu", raw))
     if tuple(fmap) != tuple(size):
-        rh = half_pixel_matrix(fmap[0], size[0]).astype(np.float32)        # [H, h]
-        rw_t = half_pixel_matrix(fmap[1], size[1]).T.astype(np.float32)    # [w, W]
-        cam = b.op("MatMul", b.op("MatMul", b.const(rh, "resize_rows"), cam), b.const(rw_t, "resize_cols"))
+        batch = b.op("Slice", b.op("Shape", cam), b.ints([0]), b.ints([1]))
+        sizes = b.op("Concat", batch, b.ints(list(size)), axis=0)
+        cam = b.op("Resize", cam, None, None, sizes, mode="linear", coordinate_transformation_mode="half_pixel")
     return ops.minmax(b.op("Relu", cam))
 
 
