@@ -14,20 +14,11 @@ import time
 from pathlib import Path
 
 import pytest
-from click.testing import CliRunner
 
-from onnxcam.cli.main import main
+from cli_helpers import run_cli as run  # noqa: E402
 
 FAST_METHODS = "gradcam,gradcam++,eigencam,ablationcam"  # Score-CAM is the slow one; `make demo` runs it
 INPUT_METHODS = "guided-gradcam,integrated-gradients"  # input-space pictures, from the "-ig" graph
-
-
-def run(*args):
-    try:
-        runner = CliRunner(mix_stderr=False)  # click < 8.2
-    except TypeError:
-        runner = CliRunner()
-    return runner.invoke(main, [str(a) for a in args], catch_exceptions=False)
 
 
 def summary(stdout: str) -> dict[str, list[str]]:

@@ -7,22 +7,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from click.testing import CliRunner
 from PIL import Image
 
-from onnxcam.cli.main import main
+from cli_helpers import run_cli as run  # noqa: E402
 
 DATA = Path(__file__).parent / "data"
 TINY = DATA / "tiny.cam.onnx"
 FAST = ["--step", "256"]  # 32×32 inputs: 5 points per deletion / insertion curve
-
-
-def run(*args):
-    try:
-        runner = CliRunner(mix_stderr=False)  # click < 8.2
-    except TypeError:
-        runner = CliRunner()
-    return runner.invoke(main, [str(a) for a in args], catch_exceptions=False)
 
 
 def error_lines(result) -> list[str]:

@@ -4,20 +4,11 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from click.testing import CliRunner
 
-from onnxcam.cli.main import main
+from cli_helpers import run_cli as run  # noqa: E402
 
 DATA = Path(__file__).parent / "data"
 TINY = DATA / "tiny.cam.onnx"
-
-
-def run(*args):
-    try:
-        runner = CliRunner(mix_stderr=False)  # click < 8.2
-    except TypeError:
-        runner = CliRunner()
-    return runner.invoke(main, [str(a) for a in args], catch_exceptions=False)
 
 
 def test_info_describes_the_graph() -> None:

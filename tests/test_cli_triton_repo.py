@@ -9,23 +9,14 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 import pytest
-from click.testing import CliRunner
 from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2
 
-from onnxcam.cli.main import main
 from onnxcam.runtime.triton_repo import TRITON_DTYPES, default_model_name
+from cli_helpers import run_cli as run  # noqa: E402
 
 DATA = Path(__file__).parent / "data"
 TINY = DATA / "tiny.cam.onnx"
-
-
-def run(*args):
-    try:
-        runner = CliRunner(mix_stderr=False)  # click < 8.2
-    except TypeError:
-        runner = CliRunner()
-    return runner.invoke(main, [str(a) for a in args], catch_exceptions=False)
 
 
 def session(path: Path) -> ort.InferenceSession:

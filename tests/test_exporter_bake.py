@@ -18,19 +18,18 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from click.testing import CliRunner
 from PIL import Image
 
 onnx = pytest.importorskip("onnx")
 import onnxruntime as ort  # noqa: E402
 from onnx import TensorProto, helper, numpy_helper  # noqa: E402
 
-from onnxcam.cli.main import main  # noqa: E402
 from onnxcam.exporter import ExportError, export  # noqa: E402
 from onnxcam.exporter.bake_heatmap import BAKEABLE_METHODS, bake_heatmap  # noqa: E402
 from onnxcam.exporter.raw_input import raw_input  # noqa: E402
 from onnxcam.runtime import Explainer, ModelError  # noqa: E402
 from onnxcam.runtime.images import PreprocessSpec, normalise_pixels  # noqa: E402
+from cli_helpers import run_cli as _cli  # noqa: E402
 
 FIXTURES = Path(__file__).resolve().parents[2] / "shared" / "fixtures" / "models"
 MOBILENET = FIXTURES / "mobilenet_v1_0.25_128_quant_dequant.onnx"  # NCHW 3×128×128, dynamic batch
@@ -224,12 +223,6 @@ def test_runtime_feeds_raw_graphs_pixels_from_files_and_pil_images(onnx_graph, t
 
 
 # -- command line ------------------------------------------------------------------------------------
-def _cli(*args):
-    try:
-        runner = CliRunner(mix_stderr=False)  # click < 8.2
-    except TypeError:
-        runner = CliRunner()
-    return runner.invoke(main, [str(a) for a in args], catch_exceptions=False)
 
 
 @needs_fixture
