@@ -315,12 +315,9 @@ def explain_command(model: str, inputs: tuple[str, ...], methods: tuple[str, ...
     if info.preprocess is None:
         fail(f"{model} has no onnxcam.preprocess metadata, so image files cannot be preprocessed for it; "
              "re-export it with `onnxcam export`", EXIT_USAGE)
-    unavailable = [m for m in method_list if m not in explainer.available_methods and m != "ablationcam"]
-    if unavailable and info.raw_input and unavailable[0] == "scorecam":
-        fail(explainer.unavailable_reason("scorecam"), EXIT_USAGE)
-    if unavailable:
-        fail(f"{model} has no input gradients, needed by {unavailable[0]}; re-export it with "
-             "`onnxcam export ... --input-gradients`", EXIT_USAGE)
+    unavailable = [m for m in method_list if m != "ablationcam" and explainer.unavailable_reason(m)]
+    if unavailable:  # e.g. an input-space method without its output, scorecam on a raw-input graph
+        fail(explainer.unavailable_reason(unavailable[0]), EXIT_USAGE)
     if "ablationcam" in method_list and info.head_input is None:
         fail(f"{model} has no head-only path, needed by ablationcam; re-export it with `onnxcam export`",
              EXIT_USAGE)

@@ -15,24 +15,15 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from click.testing import CliRunner
 from PIL import Image
 
-from onnxcam.cli.main import main
+from cli_helpers import run_cli as run
 
 DATA = Path(__file__).parent / "data"
 TINY = DATA / "tiny.cam.onnx"
 PLAIN = DATA / "plain.onnx"
 LABELS = ["apple", "bicycle", "cloud", "dolphin", "espresso", "fern", "guitar", "harbour", "igloo", "jellyfish"]
 TABLE_HEADER = ["file", "top1", "label", "score", "explained", "files", "written"]
-
-
-def run(*args: str):
-    try:
-        runner = CliRunner(mix_stderr=False)  # click < 8.2
-    except TypeError:
-        runner = CliRunner()  # click ≥ 8.2 keeps stderr apart
-    return runner.invoke(main, [str(a) for a in args], catch_exceptions=False)
 
 
 def error_lines(result) -> list[str]:
@@ -350,3 +341,13 @@ print(json.dumps({{"codes": [r1.exit_code, r2.exit_code, r3.exit_code], "heavy":
     assert report["info"] == "make_tiny:build"
     assert "pip install 'onnxcam[export]' scikit-image" in report["demo"]
     assert (out / "wide.gradcam++.png").is_file() and (out / "wide.ablationcam.png").is_file()
+
+
+@pytest.mark.parametrize("method,mode", [("saliency", "plain"), ("guided-gradcam", "guided")])
+def test_input_space_method_on_a_graph_without_its_output(tmp_path, method: str, mode: str) -> None:
+    out = tmp_path / "out"
+    result = run("explain", TINY, DATA, "--method", method, "--out", out)
+    assert result.exit_code == 2
+    lines = error_lines(result)
+    assert len(lines) == 1 and method in lines[0] and f"--input-gradients {mode}" in lines[0]
+    assert not out.exists()
