@@ -234,6 +234,14 @@ case("Conv-auto_pad-SAME_LOWER-s2", True)(_conv(strides=(2, 2), auto_pad="SAME_L
 case("Conv-auto_pad-SAME_UPPER-k2", True)(_conv(k=(2, 2), auto_pad="SAME_UPPER"))
 case("Conv-auto_pad-SAME_LOWER-k4-s3", True, image=(3, 8, 7))(_conv(k=(4, 4), strides=(3, 3), auto_pad="SAME_LOWER"))
 case("Conv-auto_pad-VALID-s2", True)(_conv(strides=(2, 2), auto_pad="VALID"))
+# stride 1: the reverse pass is a Conv with the adjoint kernel unless the pads exceed (k − 1)·d
+case("Conv-s1-k1", True)(_conv(k=(1, 1)))
+case("Conv-s1-k1-p1-wider-than-kernel", True)(_conv(k=(1, 1), pads=(1, 1, 1, 1)))
+case("Conv-s1-k3x1-uneven-pads", True)(_conv(k=(3, 1), pads=(2, 0, 0, 0)))
+case("Conv-s1-k2x4", True)(_conv(k=(2, 4), pads=(1, 2, 0, 1)))
+case("Conv-s1-depthwise", True)(_conv(cout=4, group=4, pads=(1, 1, 1, 1)))
+case("Conv-s1-depthwise-multiplier2", True)(_conv(cout=8, group=4, pads=(1, 1, 1, 1)))
+case("Conv-s1-groups2-k1", True)(_conv(cout=6, group=2, k=(1, 1)))
 
 
 def _conv_transpose(cout=3, k=(3, 3), strides=(2, 2), pads=(1, 1, 1, 1), out_pad=(0, 0), dil=(1, 1), group=1):
@@ -375,6 +383,7 @@ def _one_d(op, **attrs):
 
 
 case("Conv-1d", True)(_one_d("Conv", strides=[2], dilations=[2], pads=[1, 2]))
+case("Conv-1d-s1", True)(_one_d("Conv", strides=[1], dilations=[1], pads=[1, 2]))
 case("MaxPool-1d", True)(_one_d("MaxPool", kernel_shape=[3], strides=[2]))
 case("AveragePool-1d", True)(_one_d("AveragePool", kernel_shape=[4], strides=[3], pads=[1, 1], count_include_pad=0))
 
@@ -1038,6 +1047,16 @@ def test_rule_matches_torch_autograd(spec: Case):
     meta = metadata(graph)
     assert meta["onnxcam.head_piecewise_linear"] == ("true" if spec.linear else "false")
     np.testing.assert_allclose(out["gradients_pow2"], out["gradients"] ** 2, rtol=1e-6, atol=1e-30)
+
+
+@pytest.mark.parametrize("kernel,pads,reverse_op", [((3, 3), (1, 1, 1, 1), "Conv"), ((1, 1), (0, 0, 0, 0), "Conv"),
+                                                     ((1, 1), (1, 1, 1, 1), "ConvTranspose")])
+def test_stride_one_conv_is_reversed_by_a_conv(kernel, pads, reverse_op):
+    """The faster form is really emitted (the cases above check its numbers)."""
+    c = classifier(_conv(k=kernel, pads=pads), image=(3, 8, 8))
+    graph = explanation_graph(c.model)
+    reverse = [n.op_type for n in graph.graph.node if n.name.startswith("onnxcam/") and "Conv" in n.op_type]
+    assert reverse == [reverse_op]
 
 
 # ---------------------------------------------------------------------------------------------

@@ -83,10 +83,35 @@ def conv_geometry(b: GraphBuilder, node: ir.Node, x_shape, y_shape, kernel) -> t
     return strides, dilations, pads
 
 
+def adjoint_kernel(b: GraphBuilder, w: ir.Value, group: int) -> ir.Value:
+    """W' with W'[i, o, k] = W[o, i, −k] within each group ([C_in, C_out/g, *kernel]): the
+    kernel of the convolution that equals ConvTranspose(·, W) at stride 1. Written as
+    Reshape/Transpose/Slice nodes on W, which onnxruntime folds once at session creation when W
+    is a constant (the file keeps one copy of the weights)."""
+    w_shape = b.static_shape(w)
+    c_out, c_in_per_group, kernel = w_shape[0], w_shape[1], list(w_shape[2:])
+    spatial = len(kernel)
+    if c_out // group > 1 or c_in_per_group > 1:
+        grouped = b.op("Reshape", w, b.ints([group, c_out // group, c_in_per_group, *kernel]))
+        swapped = b.op("Transpose", grouped, perm=[0, 2, 1, *range(3, 3 + spatial)])
+        w = b.op("Reshape", swapped, b.ints([group * c_in_per_group, c_out // group, *kernel]))
+    flip_axes = [2 + i for i, k in enumerate(kernel) if k > 1]
+    if flip_axes:
+        w = b.op("Slice", w, b.ints([-1] * len(flip_axes)), b.ints([_SLICE_TO_START] * len(flip_axes)),
+                 b.ints(flip_axes), b.ints([-1] * len(flip_axes)))
+    return w
+
+
+_SLICE_TO_START = -(2**63)  # a Slice end that, with step −1, runs through index 0
+
+
 @rule("Conv", piecewise_linear=True)
 def conv(b: GraphBuilder, node: ir.Node, dys: Grads, needs: Sequence[bool]) -> Grads:
     """y = W ⋆ x + bias:  dx = ConvTranspose(dy, W) with the same strides, pads, dilations and
-    group, and output_padding restoring x's size (the rows of the stride that the forward pass dropped)."""
+    group, and output_padding restoring x's size (the rows of the stride that the forward pass dropped).
+    At stride 1 the same dx is the correlation dx = W' ⋆ dy with W' = ``adjoint_kernel`` (channels
+    swapped per group, kernel flipped) and pads (k − 1)·d − p, which runs on onnxruntime's faster
+    Conv kernels; that form is emitted whenever the pads allow it (p ≤ (k − 1)·d)."""
     if any(needs[1:]):
         raise ExportError(f"Conv node '{node.name}': weights that depend on the target are not supported")
     x, w = node.inputs[0], node.inputs[1]
@@ -94,13 +119,22 @@ def conv(b: GraphBuilder, node: ir.Node, dys: Grads, needs: Sequence[bool]) -> G
     kernel = b.static_shape(w)[2:]
     strides, dilations, pads = conv_geometry(b, node, x_shape, y_shape, kernel)
     spatial = len(kernel)
+    group = node.attributes.get_int("group", 1)
+    reach = [(k - 1) * d for k, d in zip(kernel, dilations)]
+    if all(s == 1 for s in strides) and all(p <= r for p, r in zip(pads, reach + reach)):
+        dx = b.op(
+            "Conv", dys[0], adjoint_kernel(b, w, group),
+            dilations=dilations, pads=[r - p for p, r in zip(pads, reach + reach)], group=group,
+            kernel_shape=list(kernel),
+        )
+        return [dx] + [None] * (len(node.inputs) - 1)
     output_padding = []
     for i in range(spatial):
         covered = (y_shape[2 + i] - 1) * strides[i] + (kernel[i] - 1) * dilations[i] + 1
         output_padding.append(x_shape[2 + i] + pads[i] + pads[spatial + i] - covered)
     dx = b.op(
         "ConvTranspose", dys[0], w,
-        strides=strides, dilations=dilations, pads=pads, group=node.attributes.get_int("group", 1),
+        strides=strides, dilations=dilations, pads=pads, group=group,
         kernel_shape=list(kernel), output_padding=output_padding,
     )
     return [dx] + [None] * (len(node.inputs) - 1)
