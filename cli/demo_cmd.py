@@ -2,10 +2,11 @@
 
 Offline on a fresh install with the ``export`` extra and scikit-image: the registry's
 ``efficientnet-lite0`` is exported once into the cache (``$XDG_CACHE_HOME/onnxcam`` or
-``~/.cache/onnxcam``) and reused afterwards (then torch is not needed any more): a plain graph for
-the CAM methods and one with both input-gradient outputs (``--input-gradients both``, file name
-ending in ``-ig.cam.onnx``) for the input-space methods; a cached graph that cannot run the
-demo's methods is exported again. The photos chelsea, coffee, astronaut and rocket (shipped
+``~/.cache/onnxcam``) with both input-gradient outputs (``--input-gradients both``) and reused
+afterwards (then torch is not needed any more); a cached graph that cannot run the demo's
+methods is exported again. One graph serves every method: its reverse passes to the input run
+only for the input-space methods (the ``input_gradients_enabled`` switch), so the CAM methods
+and Score-CAM's masked batches cost inference. The photos chelsea, coffee, astronaut and rocket (shipped
 inside scikit-image) are saved as PNGs into OUT/photos, explained with several methods, and
 written as OUT/<photo>.<method>.png plus one side-by-side OUT/comparison.png (rows = photos,
 columns = original + methods).
@@ -52,19 +53,15 @@ def cache_dir() -> Path:
     return base / "onnxcam"
 
 
-def cached_model_path(input_gradients: bool = False) -> Path:
-    """The cached graph: plain (CAM methods), or exported with ``--input-gradients both``
-    (input-space methods) under its own name ending in ``-ig``, so that a graph cached without
-    those outputs is never picked up for them. Two graphs, because ONNX Runtime runs every node
-    of a graph whatever is fetched: Score-CAM's thousands of masked inputs would pay both
-    reverse passes through the whole network (~10x its forward time) on the ``-ig`` graph."""
+def cached_model_path() -> Path:
+    """The cached graph (exported with ``--input-gradients both``), named after onnxcam's version."""
     try:
         from importlib.metadata import version
 
         tag = version("onnxcam")
     except Exception:  # noqa: BLE001  (running from a source tree)
         tag = "dev"
-    return cache_dir() / f"{MODEL}-onnxcam{tag}{'-ig' if input_gradients else ''}.cam.onnx"
+    return cache_dir() / f"{MODEL}-onnxcam{tag}-ig.cam.onnx"
 
 
 def _missing(modules: dict[str, str]) -> list[str]:
@@ -85,16 +82,15 @@ def _need(modules: dict[str, str]) -> None:
              EXIT_USAGE)
 
 
-def export_model(path: Path, debug: bool, input_gradients: bool = False) -> float:
+def export_model(path: Path, debug: bool) -> float:
     """Export efficientnet-lite0 to ``path`` (atomically: a temp file, then rename), with the
-    ``input_gradients`` and ``guided_gradients`` outputs when ``input_gradients``; seconds taken."""
+    ``input_gradients`` and ``guided_gradients`` outputs; seconds taken."""
     _need(EXPORT_MODULES)
     try:
         from onnxcam.exporter import ExportError, export
     except ImportError as exc:
         fail(f"the demo needs the export extra and scikit-image: {INSTALL_HINT} ({exc})", EXIT_USAGE, debug)
-    what = " with --input-gradients both" if input_gradients else ""
-    click.echo(f"exporting {MODEL} (real ImageNet weights){what} once into the cache: {path}")
+    click.echo(f"exporting {MODEL} (real ImageNet weights) with --input-gradients both once into the cache: {path}")
     start = time.perf_counter()
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -106,7 +102,7 @@ def export_model(path: Path, debug: bool, input_gradients: bool = False) -> floa
     if not debug:  # its "wrote <temp file>" lines would only confuse here
         quiet.setLevel(logging.WARNING)
     try:
-        export(MODEL, out=tmp, overwrite=True, **({"input_gradients": "both"} if input_gradients else {}))
+        export(MODEL, out=tmp, overwrite=True, input_gradients="both")
         os.replace(tmp, path)
     except ExportError as exc:
         fail(str(exc), EXIT_USAGE, debug)
@@ -205,21 +201,23 @@ def legend_lines(method_list: Sequence[str], input_methods: Sequence[str], input
     return lines
 
 
-def load_explainer(model_path: Path, providers: str, threads: Optional[int], method_list: Sequence[str],
-                   input_gradients: bool) -> tuple[Any, Optional[str]]:
+def load_explainer(model_path: Path, providers: str, threads: Optional[int],
+                   method_list: Sequence[str]) -> tuple[Any, Optional[str]]:
     """(Explainer, None), or (None, why the graph cannot be used): a graph that cannot run one of
-    ``method_list`` (or, for the ``-ig`` graph, lacks an input-gradient output) is unusable."""
+    ``method_list``, lacks an input-gradient output or runs its reverse passes on every call (no
+    switch: made before onnxcam had one) is unusable."""
     from onnxcam.runtime import Explainer, ModelError
 
     try:
         explainer = Explainer(model_path, providers=PROVIDERS[providers], intra_op_threads=threads, batch_size=64)
     except ModelError as exc:
         return None, str(exc)
-    must = ("saliency", "guided-backprop") if input_gradients else ()  # its two outputs
-    for m in (*must, *method_list):
+    for m in ("saliency", "guided-backprop", *method_list):  # the first two: both input-gradient outputs
         reason = explainer.unavailable_reason(m)
         if reason is not None:
             return None, reason
+    if explainer.info.input_gradients_switch is None:
+        return None, f"{model_path} runs its input-gradient passes on every call (no input_gradients_enabled switch)"
     return explainer, None
 
 
@@ -254,11 +252,8 @@ def demo_command(out: str, methods: tuple[str, ...], providers: str, threads: Op
         fail(f"{out}: exists and is not a directory (--out takes a directory)", EXIT_USAGE)
     from onnxcam.runtime.input_methods import INPUT_METHODS
 
-    # CAM methods run on the plain graph, input-space methods on the -ig graph (only those needed)
-    wanted = {False: [m for m in method_list if m not in INPUT_METHODS],
-              True: [m for m in method_list if m in INPUT_METHODS]}
-    wanted = {ig: ms for ig, ms in wanted.items() if ms}
-    need_export = any(refresh or not cached_model_path(ig).is_file() for ig in wanted)
+    model_path = cached_model_path()
+    need_export = refresh or not model_path.is_file()
     _need({"skimage": "scikit-image", **(EXPORT_MODULES if need_export else {})})
     try:
         import skimage.data
@@ -272,24 +267,19 @@ def demo_command(out: str, methods: tuple[str, ...], providers: str, threads: Op
     from onnxcam.runtime.pixelmaps import input_space_picture
 
     click.echo(f"onnxcam demo: {MODEL} (real ImageNet weights) explains scikit-image's photos")
-    explainers = {}
-    for ig, ms in wanted.items():
-        model_path = cached_model_path(ig)
-        exported = export_model(model_path, debug, ig) if refresh or not model_path.is_file() else None
-        explainer, problem = load_explainer(model_path, providers, threads, ms, ig)
+    exported = export_model(model_path, debug) if need_export else None
+    explainer, problem = load_explainer(model_path, providers, threads, method_list)
+    if problem is not None:
+        if exported is not None:
+            fail(problem, EXIT_USAGE, debug)
+        click.echo(f"the cached model is unusable ({problem}); exporting it again", err=True)
+        exported = export_model(model_path, debug)
+        explainer, problem = load_explainer(model_path, providers, threads, method_list)
         if problem is not None:
-            if exported is not None:
-                fail(problem, EXIT_USAGE, debug)
-            click.echo(f"the cached model is unusable ({problem}); exporting it again", err=True)
-            exported = export_model(model_path, debug, ig)
-            explainer, problem = load_explainer(model_path, providers, threads, ms, ig)
-            if problem is not None:
-                fail(problem, EXIT_USAGE, debug)
-        how = f"exported in {exported:.1f} s" if exported is not None else "cached"
-        click.echo(f"model:   {model_path} ({how}; target layer {explainer.info.target_layer}; "
-                   f"{', '.join(explainer.providers)}; for {', '.join(ms)})")
-        explainers[ig] = explainer
-    explainer = explainers.get(False) or explainers[True]
+            fail(problem, EXIT_USAGE, debug)
+    how = f"exported in {exported:.1f} s" if exported is not None else "cached"
+    click.echo(f"model:   {model_path} ({how}; target layer {explainer.info.target_layer}; "
+               f"{', '.join(explainer.providers)})")
 
     try:
         photo_dir.mkdir(parents=True, exist_ok=True)
@@ -317,8 +307,7 @@ def demo_command(out: str, methods: tuple[str, ...], providers: str, threads: Op
     results, timings = {}, []
     for group in tqdm(groups, desc="explaining", unit="step", file=sys.stderr, leave=False, disable=None):
         t0 = time.perf_counter()
-        runner = explainers[group[0] in INPUT_METHODS]
-        results.update(runner.explain_many(x, methods=group, **demo_options(group)))
+        results.update(explainer.explain_many(x, methods=group, **demo_options(group)))
         timings.append((group, time.perf_counter() - t0))
 
     first = results[method_list[0]]

@@ -18,6 +18,7 @@ import onnx_ir.passes.common as ir_passes
 from onnxcam.exporter.autodiff import differentiate, find_path, is_piecewise_linear
 from onnxcam.exporter.builder import GraphBuilder
 from onnxcam.exporter.errors import ExportError
+from onnxcam.exporter.gating import SWITCH, gate_outputs
 from onnxcam.exporter.head import add_head_path
 from onnxcam.exporter.layout import feature_layout
 from onnxcam.exporter.probe import TensorFacts
@@ -187,14 +188,16 @@ def build_explanation_graph(spec: GraphSpec, facts: TensorFacts) -> onnx.ModelPr
         _set_output(graph, builder, value, name, ir.DataType.FLOAT, fmap)
     if has_head:
         _set_output(graph, builder, has_head, "head_logits", ir.DataType.FLOAT, ["M", num_classes])
-    for name, value in input_outputs.items():
-        _set_output(graph, builder, value, name, ir.DataType.FLOAT, [batch, *facts.shape(image.name)[1:]])
+    gated = [_set_output(graph, builder, value, name, ir.DataType.FLOAT, [batch, *facts.shape(image.name)[1:]])
+             for name, value in input_outputs.items()]
 
     for value in values.values():  # a former output declared without an element type
         if value.type is not None and value.dtype == ir.DataType.UNDEFINED and value not in graph.outputs:
             value.type = None
     ir_passes.RemoveUnusedNodesPass()(model)
     ir_passes.TopologicalSortPass()(model)
+    if gated:
+        gate_outputs(graph, gated, facts.shape(image.name)[1:])
     metadata = {
         "onnxcam.format": FORMAT_VERSION,
         "onnxcam.source": spec.source,
@@ -205,6 +208,7 @@ def build_explanation_graph(spec: GraphSpec, facts: TensorFacts) -> onnx.ModelPr
         **({"onnxcam.labels": json.dumps(spec.labels)} if spec.labels else {}),
         **({"onnxcam.head_input": "head_activations"} if has_head else {}),
         **({"onnxcam.input_gradients": mode} if input_outputs else {}),
+        **({"onnxcam.input_gradients_switch": SWITCH} if gated else {}),
         **spec.extra_metadata,
     }
     proto = ir.to_proto(model)

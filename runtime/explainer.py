@@ -193,9 +193,10 @@ class Explainer:
         A = out["activations"]
         if method == "scorecam":
             carried = [name for name in INPUT_OUTPUTS if name in self.info.outputs]
-            if carried:  # onnxruntime runs every node, fetched or not
+            if carried and not self.info.input_gradients_switch:  # onnxruntime runs every node, fetched or not
                 log.warning("%s carries reverse passes to the input (%s): Score-CAM pays them on every masked "
-                            "batch; export a graph without --input-gradients for Score-CAM",
+                            "batch; re-export it with this version's `onnxcam export` (its input-gradient passes "
+                            "run only when fetched) or without --input-gradients",
                             self.info.path, ", ".join(carried))
             return scorecam(self._scores, x, A, target, self.info.layout, self.batch_size)
         if method == "ablationcam":
@@ -271,10 +272,20 @@ class Explainer:
                 pad = static - (e - s)
                 xb = np.concatenate([xb, np.repeat(xb[-1:], pad, axis=0)])
                 cb = np.concatenate([cb, np.repeat(cb[-1:], pad)])
-            feeds = {self.info.image_input: xb, CLASS_INPUT: cb}
+            feeds = {self.info.image_input: xb, CLASS_INPUT: cb, **self._switch(names)}
             for part, arr in zip(parts, self.runner.run(names, feeds)):
                 part.append(arr[: e - s])
         return [np.concatenate(p) for p in parts]
+
+    def _switch(self, names: Sequence[str]) -> dict[str, np.ndarray]:
+        """Turns the graph's reverse passes to the input off (feeds its switch ``false``) unless
+        ``names`` include an input-gradient output. On is the switch's default and is not fed:
+        an overridden initializer cannot be IO-bound, so only the runs that skip the passes
+        leave IO binding (CUDA) for a plain ``session.run``."""
+        switch = self.info.input_gradients_switch
+        if not switch or any(n in INPUT_OUTPUTS for n in names):
+            return {}
+        return {switch: np.array(False)}
 
     def _input_gradients(self, xb: np.ndarray, classes: np.ndarray) -> np.ndarray:
         """∂S/∂x for a batch of (SmoothGrad / IG) inputs and their explicit classes."""
@@ -305,4 +316,4 @@ class Explainer:
             if not (isinstance(d, int) and d > 0):
                 dims[i] = hw[spatial.index(i)] if i in spatial else 3
         return {self.info.image_input: np.zeros([batch] + dims, self.info.image_dtype),
-                CLASS_INPUT: np.full(batch, -1, np.int64)}
+                CLASS_INPUT: np.full(batch, -1, np.int64), **self._switch([HEAD_OUTPUT])}

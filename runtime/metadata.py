@@ -42,6 +42,7 @@ class ModelInfo:
     outputs: tuple[str, ...]
     raw_input: bool = False               # image input = uint8 NHWC RGB pixels (export --raw-input)
     heatmap_method: Optional[str] = None  # the method baked into the ``heatmap`` output (--heatmap)
+    input_gradients_switch: Optional[str] = None  # bool input that turns the reverse passes to the input on/off
 
     @property
     def layout(self) -> str:
@@ -111,6 +112,7 @@ def read_model_info(session: ort.InferenceSession, path: str) -> ModelInfo:
     if raw_input and spec is None:
         raise ModelError(f"{path}: a raw-input graph needs onnxcam.preprocess metadata (its input size)")
     baked = meta.get("onnxcam.heatmap_method")
+    switch = meta.get("onnxcam.input_gradients_switch")
     return ModelInfo(
         path=path, image_input=image, image_shape=tuple(inputs[image].shape),
         image_dtype=_DTYPES.get(inputs[image].type, np.float32), preprocess=spec,
@@ -120,4 +122,5 @@ def read_model_info(session: ort.InferenceSession, path: str) -> ModelInfo:
         piecewise_linear=None if flag is None else flag.lower() == "true",
         num_classes=_static(logits_shape[1]) if len(logits_shape) == 2 else None,
         outputs=tuple(outputs), raw_input=raw_input,
-        heatmap_method=baked if baked and "heatmap" in outputs else None)
+        heatmap_method=baked if baked and "heatmap" in outputs else None,
+        input_gradients_switch=switch if switch and switch in feedable else None)

@@ -1,8 +1,8 @@
 """`onnxcam demo`: export efficientnet-lite0 into a fresh cache, explain scikit-image's photos.
 
-Two cached graphs: the plain one (CAM overlays) and the ``-ig`` one (``--input-gradients both``:
-Guided Grad-CAM and Integrated Gradients pictures); a graph without the input-gradient outputs
-under the ``-ig`` name is exported again.
+One cached graph (``--input-gradients both``) serves the CAM overlays and the Guided Grad-CAM /
+Integrated Gradients pictures; a cached graph without the input-gradient outputs or without their
+switch is exported again.
 
 The full run needs the export extra and scikit-image (skipped without them); the message for a
 missing extra is tested torch-free in test_cli_explain.py (imports blocked in a subprocess).
@@ -18,7 +18,7 @@ import pytest
 from cli_helpers import run_cli as run  # noqa: E402
 
 FAST_METHODS = "gradcam,gradcam++,eigencam,ablationcam"  # Score-CAM is the slow one; `make demo` runs it
-INPUT_METHODS = "guided-gradcam,integrated-gradients"  # input-space pictures, from the "-ig" graph
+INPUT_METHODS = "guided-gradcam,integrated-gradients"  # input-space pictures
 
 
 def summary(stdout: str) -> dict[str, list[str]]:
@@ -45,16 +45,16 @@ def test_demo_exports_once_and_writes_the_comparison(tmp_path: Path, monkeypatch
     from onnxcam.cli.demo_cmd import cached_model_path
 
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
-    plain, with_ig = cached_model_path(False), cached_model_path(True)
-    assert plain.parent == with_ig.parent == tmp_path / "cache" / "onnxcam"
-    assert with_ig.name.endswith("-ig.cam.onnx") and plain.name != with_ig.name
+    with_ig = cached_model_path()
+    assert with_ig.parent == tmp_path / "cache" / "onnxcam"
     out = tmp_path / "demo"
     result = run("demo", "--out", out, "--methods", f"{FAST_METHODS},{INPUT_METHODS}")
     assert result.exit_code == 0, result.output
     cached = sorted((tmp_path / "cache" / "onnxcam").glob("efficientnet-lite0-*.cam.onnx"))
-    assert cached == sorted([plain, with_ig]) and result.stdout.count("exported in") == 2
-    outputs = {o.name for o in onnx.load(str(with_ig), load_external_data=False).graph.output}
-    assert {"input_gradients", "guided_gradients"} <= outputs
+    assert cached == [with_ig] and result.stdout.count("exported in") == 1
+    graph = onnx.load(str(with_ig), load_external_data=False)
+    assert {"input_gradients", "guided_gradients"} <= {o.name for o in graph.graph.output}
+    assert "input_gradients_enabled" in {i.name for i in graph.graph.input}
     assert "integrated-gradients: " in result.stdout and "steps x 4 photos" in result.stdout
 
     rows = summary(result.stdout)
@@ -84,11 +84,17 @@ def test_demo_exports_once_and_writes_the_comparison(tmp_path: Path, monkeypatch
         blue = (signed[..., 2] - signed[..., 0] > 60).mean()
         assert red > 0.01 and blue > 0.01 and len(np.unique(signed.reshape(-1, 3), axis=0)) > 50
 
-    # A graph without the input-gradient outputs under the "-ig" name is exported again
-    # (here by a stand-in exporter that copies the good graph back: no second real export).
+    # A cached graph without the input-gradient outputs, or with them but without their switch,
+    # is exported again (here by a stand-in exporter that copies the good graph back: no second
+    # real export).
     good = tmp_path / "good-ig.cam.onnx"
     good.write_bytes(with_ig.read_bytes())
-    with_ig.write_bytes(plain.read_bytes())
+    without_outputs = onnx.load(str(good))
+    del without_outputs.graph.output[-2:]
+    without_switch = onnx.load(str(good))
+    kept = [p for p in without_switch.metadata_props if p.key != "onnxcam.input_gradients_switch"]
+    del without_switch.metadata_props[:]
+    without_switch.metadata_props.extend(kept)
     calls = []
 
     def fake_export(model, out, overwrite=False, **kwargs):
@@ -96,11 +102,14 @@ def test_demo_exports_once_and_writes_the_comparison(tmp_path: Path, monkeypatch
         Path(out).write_bytes(good.read_bytes())
 
     monkeypatch.setattr(onnxcam.exporter, "export", fake_export)
-    stale = run("demo", "--out", out, "--methods", "guided-gradcam")
-    assert stale.exit_code == 0, stale.output
-    assert "unusable" in stale.output + stale.stderr and "input_gradients" in stale.output + stale.stderr
-    assert calls == [("efficientnet-lite0", {"input_gradients": "both"})]
-    assert with_ig.read_bytes() == good.read_bytes()
+    for stale_graph, why in ((without_outputs, "input_gradients"), (without_switch, "input_gradients_enabled")):
+        onnx.save(stale_graph, str(with_ig))
+        calls.clear()
+        stale = run("demo", "--out", out, "--methods", "gradcam")
+        assert stale.exit_code == 0, stale.output
+        assert "unusable" in stale.output + stale.stderr and why in stale.output + stale.stderr
+        assert calls == [("efficientnet-lite0", {"input_gradients": "both"})]
+        assert with_ig.read_bytes() == good.read_bytes()
     monkeypatch.undo()
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
 

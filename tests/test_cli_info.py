@@ -28,6 +28,7 @@ def test_info_describes_the_graph() -> None:
     assert lines["preprocessing"].startswith("NCHW RGB, short side → 36, centre crop 32x32")
     assert "mean [0.485, 0.456, 0.406], std [0.229, 0.224, 0.225]" in lines["preprocessing"]
     assert lines["classes"] == "10; labels: 10 class names"
+    assert lines["input gradients"] == "none"
     assert lines["piecewise linear"].startswith("yes")
     assert lines["ablationcam head"] == "present (head_activations → head_logits)"
     assert lines["providers"] == "CPUExecutionProvider"

@@ -328,12 +328,73 @@ def test_one_reverse_pass_modes(resnet, tmp_path) -> None:
 
 
 @pytest.mark.torch
-def test_scorecam_on_an_input_gradient_graph_warns(resnet, caplog) -> None:
-    """onnxruntime runs every node whatever is fetched: Score-CAM's masked batches pay the reverse
-    passes to the input, and the user is told to use a graph without them."""
+def test_input_gradient_passes_run_only_when_fetched(resnet, tmp_path) -> None:
+    """The reverse passes to the input sit behind an ``If`` on ``input_gradients_enabled``
+    (default on): fed false, the outputs are empty; the Explainer feeds false unless a method reads
+    them, so Grad-CAM and Score-CAM's masked batches cost inference, and gives the same maps."""
+    import onnx
+    import onnxruntime as ort
+
     explainer, _, x = resnet
+    path = explainer.info.path
+    graph = onnx.load(path)
+    meta = {p.key: p.value for p in graph.metadata_props}
+    assert meta["onnxcam.input_gradients_switch"] == "input_gradients_enabled"
+    gate = [n for n in graph.graph.node if n.name == "onnxcam/input_gradients_gate"]
+    assert len(gate) == 1 and list(gate[0].output) == ["input_gradients", "guided_gradients"]
+    moved = {n.op_type for n in gate[0].attribute[0].g.node}   # then_branch: both whole reverse passes
+    assert {"ConvTranspose", "Conv", "ScatterElements"} <= moved
+    assert "ConvTranspose" not in {n.op_type for n in graph.graph.node}
+
+    session = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
+    feeds = {explainer.info.image_input: x, "class_index": np.array(CLASS_INDEX)}
+    names = ["logits", "gradients", "input_gradients", "guided_gradients"]
+    on = session.run(names, feeds)
+    off = session.run(names, {**feeds, "input_gradients_enabled": np.array(False)})
+    np.testing.assert_array_equal(on[0], off[0])
+    np.testing.assert_array_equal(on[1], off[1])
+    assert off[2].shape == off[3].shape == (0, *x.shape[1:]) and on[2].shape == x.shape
+
+    fed = []
+    run = explainer.runner.run
+    explainer.runner.run = lambda outputs, feeds: fed.append((list(outputs), dict(feeds))) or run(outputs, feeds)
+    try:
+        explainer.explain(x[:1], method="gradcam", class_index=7)
+        explainer.explain(x[:1], method="saliency", class_index=7)
+    finally:
+        explainer.runner.run = run
+    assert fed[0][1]["input_gradients_enabled"] == np.array(False)
+    assert "input_gradients_enabled" not in fed[1][1] and "input_gradients" in fed[1][0]
+
+    from click.testing import CliRunner
+
+    from onnxcam.cli.main import main
+
+    info = CliRunner().invoke(main, ["info", path, "--providers", "cpu"])
+    assert info.exit_code == 0, info.output
+    assert "input gradients:   input_gradients, guided_gradients (computed only while input " \
+           "input_gradients_enabled is true" in info.output
+
+
+@pytest.mark.torch
+def test_scorecam_on_an_input_gradient_graph(resnet, tmp_path, caplog) -> None:
+    """Score-CAM on a graph with the switch equals Score-CAM on the same graph with the passes
+    always on (its switch metadata removed, as graphs from before the switch); only the latter
+    warns that every masked batch pays the reverse passes."""
+    import onnx
+
+    explainer, _, x = resnet
+    graph = onnx.load(explainer.info.path)
+    kept = [p for p in graph.metadata_props if p.key != "onnxcam.input_gradients_switch"]
+    del graph.metadata_props[:]
+    graph.metadata_props.extend(kept)
+    onnx.save(graph, str(tmp_path / "always-on.cam.onnx"))
+    always_on = Explainer(tmp_path / "always-on.cam.onnx", providers=["CPUExecutionProvider"])
     with caplog.at_level("WARNING", logger="onnxcam.runtime.explainer"):
         res = explainer.explain(x[:1], method="scorecam", class_index=7)
+        assert not caplog.records
+        slow = always_on.explain(x[:1], method="scorecam", class_index=7)
     assert res.heatmaps.shape == (1, 64, 64)
+    np.testing.assert_allclose(res.heatmaps, slow.heatmaps, rtol=0, atol=1e-6)
     assert any("Score-CAM pays them" in r.getMessage() and "input_gradients" in r.getMessage()
                for r in caplog.records)
