@@ -48,7 +48,7 @@ def raw_input(model: onnx.ModelProto) -> onnx.ModelProto:
     meta = {p.key: p.value for p in model.metadata_props}
     if meta.get(METADATA_KEY) == "true":
         raise ExportError("the graph already takes raw uint8 pixels")
-    if meta.get("onnxcam.input_gradients") == "true":
+    if meta.get("onnxcam.input_gradients"):  # "plain", "guided" or "both"
         raise ExportError("--raw-input cannot be combined with --input-gradients "
                           "(input gradients are taken w.r.t. the normalised float input)")
     facts = _preprocess_facts(meta)

@@ -154,6 +154,9 @@ def test_export_api_bakes_and_records_metadata(onnx_graph) -> None:
         export(str(MOBILENET), heatmap="scorecam")
     with pytest.raises(ExportError, match="--input-gradients"):
         export(str(MOBILENET), raw_input=True, input_gradients=True)
+    with_input_gradients = export(str(MOBILENET), input_gradients="guided")
+    with pytest.raises(ExportError, match="--input-gradients"):  # the graph-level step checks too
+        raw_input(with_input_gradients)
 
 
 # -- raw pixel input ---------------------------------------------------------------------------------
