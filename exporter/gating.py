@@ -51,28 +51,28 @@ def _needed(values: Iterable[ir.Value]) -> set[ir.Node]:
 def gate_outputs(graph: ir.Graph, gated: Sequence[ir.Value], per_image_shape: Sequence[int]) -> None:
     """Move the nodes only ``gated`` (graph outputs, float32 [N, *per_image_shape]) depend on
     into an ``If`` on the switch input (see the module docstring). The graph must be
-    topologically sorted."""
+    topologically sorted; the moved nodes keep their order."""
     kept = _needed(v for v in graph.outputs if v not in gated)
-    moving = [node for node in graph if node in _needed(gated) and node not in kept]
+    only_gated = _needed(gated) - kept
+    moving = [node for node in graph if node in only_gated]
     graph.remove(moving, safe=False)
+    names = [value.name for value in gated]
     positions = [graph.outputs.index(value) for value in gated]
     for position in sorted(positions, reverse=True):
         graph.outputs.pop(position)
 
-    then_outputs, else_nodes, else_outputs = [], [], []
-    for value in gated:
-        inner = value
-        inner.name = f"{value.name}/computed"
-        then_outputs.append(inner)
+    empties = []
+    for name in names:
         empty = ir.Node("", "Constant", [], [ir.AttrTensor("value", ir.tensor(
-            np.zeros((0, *per_image_shape), np.float32), name=f"{value.name}/empty"))], name=f"onnxcam/{value.name}/empty")
-        else_nodes.append(empty)
-        else_outputs.append(empty.outputs[0])
-        empty.outputs[0].name = f"{value.name}/skipped"
+            np.zeros((0, *per_image_shape), np.float32), name=f"{name}/empty"))], name=f"onnxcam/{name}/empty")
+        empty.outputs[0].name = f"{name}/skipped"
         empty.outputs[0].type = ir.TensorType(ir.DataType.FLOAT)
         empty.outputs[0].shape = ir.Shape([0, *per_image_shape])
-    then_graph = ir.Graph([], then_outputs, nodes=moving, name="input_gradients_computed")
-    else_graph = ir.Graph([], else_outputs, nodes=else_nodes, name="input_gradients_skipped")
+        empties.append(empty)
+    for value in gated:  # the If's outputs take the public names
+        value.name = f"{value.name}/computed"
+    then_graph = ir.Graph([], list(gated), nodes=moving, name="input_gradients_computed")
+    else_graph = ir.Graph([], [e.outputs[0] for e in empties], nodes=empties, name="input_gradients_skipped")
 
     switch = ir.Value(name=SWITCH, type=ir.TensorType(ir.DataType.BOOL), shape=ir.Shape([]),
                       const_value=ir.tensor(np.array(True), name=SWITCH))
@@ -81,8 +81,8 @@ def gate_outputs(graph: ir.Graph, gated: Sequence[ir.Value], per_image_shape: Se
     gate = ir.Node("", "If", [switch], [ir.AttrGraph("then_branch", then_graph), ir.AttrGraph("else_branch", else_graph)],
                    num_outputs=len(gated), name="onnxcam/input_gradients_gate")
     graph.append(gate)
-    for position, value, out in sorted(zip(positions, gated, gate.outputs), key=lambda t: t[0]):
-        out.name = value.name.removesuffix("/computed")
+    for position, name, out in sorted(zip(positions, names, gate.outputs)):
+        out.name = name
         out.type = ir.TensorType(ir.DataType.FLOAT)
         out.shape = ir.Shape([ROWS, *per_image_shape])
         graph.outputs.insert(position, out)
