@@ -13,9 +13,11 @@ run so that load on the machine hits them alike. Rows:
   map itself is numpy, ~1 ms);
 - ``--input-gradients both`` graph, all outputs (adds ``input_gradients`` and the Grad-CAM++
   terms: both reverse passes);
-- the same ``both`` graph with ``input_gradients_enabled = false`` and the Grad-CAM outputs (what
-  the Explainer feeds for CAM methods and Score-CAM's masked batches: the reverse passes to the
-  input sit behind an ``If`` and are skipped);
+- the same ``both`` graph, Guided Grad-CAM outputs with ``input_gradients_enabled = false`` (what
+  the Explainer feeds for ``guided-gradcam``: each reverse pass to the input sits behind its own
+  ``If`` and the unread one is skipped);
+- the same ``both`` graph with both switches false and the Grad-CAM outputs (what the Explainer
+  feeds for CAM methods and Score-CAM's masked batches);
 - Captum ``GuidedGradCam(model, model.layer4)`` (torch float32, ``torch.set_num_threads``);
 - torch forward (no grad), for scale.
 
@@ -41,16 +43,23 @@ from onnxcam.exporter.torch_export import TARGET, export_with_target
 
 GUIDED_GRADCAM_OUTPUTS = ["logits", "target", "activations", "gradients", "guided_gradients"]
 CAM_OUTPUTS = ["logits", "target", "activations", "gradients"]
+PAUSE_SECONDS = 0.1
 
 
 def interleaved_medians(contenders: dict, runs: int, warmup: int = 2) -> dict[str, float]:
-    """Median seconds of each callable, timed round-robin."""
+    """Median seconds of each callable, timed round-robin in a new random order every round, each
+    call after a short pause (torch's and onnxruntime's worker threads keep spinning for a while
+    after a call and slow down whatever runs next: a fixed order without pauses measured one
+    contender 20 % faster than the same work run in isolation)."""
     for fn in contenders.values():
         for _ in range(warmup):
             fn()
     times = {name: [] for name in contenders}
+    rng = np.random.default_rng(0)
     for _ in range(runs):
-        for name, fn in contenders.items():
+        for name in rng.permutation(list(contenders)):
+            fn = contenders[name]
+            time.sleep(PAUSE_SECONDS)
             start = time.perf_counter()
             fn()
             times[name].append(time.perf_counter() - start)
@@ -102,7 +111,10 @@ def main() -> None:
             "plain": lambda: plain.run(["logits"], {classifier.image_input: x}),
             "guided": lambda: guided.run(GUIDED_GRADCAM_OUTPUTS, feeds),
             "all": lambda: explained.run(all_outputs, feeds),
-            "off": lambda: explained.run(CAM_OUTPUTS, {**feeds, "input_gradients_enabled": np.array(False)}),
+            "both_guided": lambda: explained.run(GUIDED_GRADCAM_OUTPUTS,
+                                                 {**feeds, "input_gradients_enabled": np.array(False)}),
+            "off": lambda: explained.run(CAM_OUTPUTS, {**feeds, "input_gradients_enabled": np.array(False),
+                                                       "guided_gradients_enabled": np.array(False)}),
             "captum": lambda: captum.attribute(xt.clone(), target=target),
             "torch": torch_forward,
         }, args.runs)
@@ -111,12 +123,14 @@ def main() -> None:
     print(f"ResNet-50, 224×224, CPU, {args.threads} threads, onnxruntime {ort.__version__}, torch "
           f"{torch.__version__}, median of {args.runs} interleaved runs (export and build of both graphs: "
           f"{export_seconds:.0f} s)\n")
-    print("| batch | plain ORT (ms) | `guided` graph: Guided Grad-CAM outputs (ms) | ÷ plain | `both` graph: all outputs (ms) "
-          "| ÷ plain | `both` graph, switch off: Grad-CAM outputs (ms) | ÷ plain "
-          "| Captum GuidedGradCam (ms) | ÷ plain ORT | Captum ÷ graph | torch forward (ms) |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+    print("| batch | plain ORT (ms) | `guided` graph: Guided Grad-CAM outputs (ms) | ÷ plain "
+          "| `both` graph: Guided Grad-CAM outputs (ms) | ÷ plain | `both` graph: all outputs (ms) | ÷ plain "
+          "| `both` graph, switches off: Grad-CAM outputs (ms) | ÷ plain "
+          "| Captum GuidedGradCam (ms) | ÷ plain ORT | Captum ÷ `guided` graph | torch forward (ms) |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for batch, m in rows:
         print(f"| {batch} | {m['plain'] * 1e3:.1f} | {m['guided'] * 1e3:.1f} | {m['guided'] / m['plain']:.2f}× "
+              f"| {m['both_guided'] * 1e3:.1f} | {m['both_guided'] / m['plain']:.2f}× "
               f"| {m['all'] * 1e3:.1f} | {m['all'] / m['plain']:.2f}× | {m['off'] * 1e3:.1f} "
               f"| {m['off'] / m['plain']:.2f}× | {m['captum'] * 1e3:.1f} "
               f"| {m['captum'] / m['plain']:.2f}× | {m['captum'] / m['guided']:.2f}× | {m['torch'] * 1e3:.1f} |")

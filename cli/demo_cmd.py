@@ -5,8 +5,9 @@ Offline on a fresh install with the ``export`` extra and scikit-image: the regis
 ``~/.cache/onnxcam``) with both input-gradient outputs (``--input-gradients both``) and reused
 afterwards (then torch is not needed any more); a cached graph that cannot run the demo's
 methods is exported again. One graph serves every method: its reverse passes to the input run
-only for the input-space methods (the ``input_gradients_enabled`` switch), so the CAM methods
-and Score-CAM's masked batches cost inference. The photos chelsea, coffee, astronaut and rocket (shipped
+only for the input-space methods that read them (the ``input_gradients_enabled`` /
+``guided_gradients_enabled`` switches), so the CAM methods and Score-CAM's masked batches cost
+inference. The photos chelsea, coffee, astronaut and rocket (shipped
 inside scikit-image) are saved as PNGs into OUT/photos, explained with several methods, and
 written as OUT/<photo>.<method>.png plus one side-by-side OUT/comparison.png (rows = photos,
 columns = original + methods).
@@ -216,8 +217,9 @@ def load_explainer(model_path: Path, providers: str, threads: Optional[int],
         reason = explainer.unavailable_reason(m)
         if reason is not None:
             return None, reason
-    if explainer.info.input_gradients_switch is None:
-        return None, f"{model_path} runs its input-gradient passes on every call (no input_gradients_enabled switch)"
+    unswitched = [o for o in ("input_gradients", "guided_gradients") if o not in explainer.info.input_gradient_switches]
+    if unswitched:
+        return None, f"{model_path} computes {', '.join(unswitched)} on every call (no <output>_enabled switch)"
     return explainer, None
 
 

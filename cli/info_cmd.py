@@ -48,7 +48,7 @@ def describe(explainer: Any) -> dict[str, Any]:
         "raw_input": info.raw_input,
         "heatmap_method": info.heatmap_method,
         "input_gradient_outputs": [o for o in ("input_gradients", "guided_gradients") if o in info.outputs],
-        "input_gradients_switch": info.input_gradients_switch,
+        "input_gradient_switches": info.input_gradient_switches,
         "providers": list(explainer.providers),
         "producer": " ".join(p for p in (meta.producer_name, meta.version and str(meta.version)) if p) or None,
     }
@@ -76,11 +76,9 @@ def _text(d: dict[str, Any]) -> str:
     raw_text = (f"yes ({d['image_input']} takes uint8 RGB pixels {_shape(image['shape']) if image else ''}; "
                 "the graph scales, normalises and reorders them)" if d["raw_input"] else "no (preprocessed float input)")
     baked_text = f"{d['heatmap_method']} (output heatmap)" if d["heatmap_method"] else "none"
-    passes = ", ".join(d["input_gradient_outputs"]) or "none"
-    if d["input_gradient_outputs"]:
-        passes += (f" (computed only while input {d['input_gradients_switch']} is true, its default; the runtime "
-                   "turns it off for the other methods)" if d["input_gradients_switch"]
-                   else " (computed on every call: no switch input)")
+    switches = d["input_gradient_switches"]
+    passes = ", ".join(f"{o} (computed only while input {switches[o]} is true, its default)" if o in switches
+                       else f"{o} (computed on every call: no switch input)" for o in d["input_gradient_outputs"])
     lines = [
         f"file:              {d['file']} ({d['size_bytes'] / 1e6:.2f} MB, onnxcam format {d['format']})",
         f"source:            {d['source'] or '-'}",
@@ -90,7 +88,7 @@ def _text(d: dict[str, Any]) -> str:
         f"preprocessing:     {pre_line}",
         f"raw input:         {raw_text}",
         f"baked heatmap:     {baked_text}",
-        f"input gradients:   {passes}",
+        f"input gradients:   {passes or 'none'}",
         f"classes:           {d['num_classes'] if d['num_classes'] is not None else '?'}; labels: {labels}",
         f"piecewise linear:  {flag_text}",
         f"ablationcam head:  {head_text}",

@@ -18,7 +18,7 @@ import onnx_ir.passes.common as ir_passes
 from onnxcam.exporter.autodiff import differentiate, find_path, is_piecewise_linear
 from onnxcam.exporter.builder import GraphBuilder
 from onnxcam.exporter.errors import ExportError
-from onnxcam.exporter.gating import SWITCH, gate_outputs
+from onnxcam.exporter.gating import gate_outputs
 from onnxcam.exporter.head import add_head_path
 from onnxcam.exporter.layout import feature_layout
 from onnxcam.exporter.probe import TensorFacts
@@ -196,8 +196,7 @@ def build_explanation_graph(spec: GraphSpec, facts: TensorFacts) -> onnx.ModelPr
             value.type = None
     ir_passes.RemoveUnusedNodesPass()(model)
     ir_passes.TopologicalSortPass()(model)
-    if gated:
-        gate_outputs(graph, gated, facts.shape(image.name)[1:])
+    switches = gate_outputs(graph, gated, facts.shape(image.name)[1:]) if gated else {}
     metadata = {
         "onnxcam.format": FORMAT_VERSION,
         "onnxcam.source": spec.source,
@@ -208,7 +207,7 @@ def build_explanation_graph(spec: GraphSpec, facts: TensorFacts) -> onnx.ModelPr
         **({"onnxcam.labels": json.dumps(spec.labels)} if spec.labels else {}),
         **({"onnxcam.head_input": "head_activations"} if has_head else {}),
         **({"onnxcam.input_gradients": mode} if input_outputs else {}),
-        **({"onnxcam.input_gradients_switch": SWITCH} if gated else {}),
+        **({"onnxcam.input_gradient_switches": json.dumps(switches)} if switches else {}),
         **spec.extra_metadata,
     }
     proto = ir.to_proto(model)

@@ -1,13 +1,14 @@
-"""Run the reverse passes to the input only when asked: an ``If`` on an optional switch input.
+"""Run each reverse pass to the input only when asked: an ``If`` on an optional switch input.
 
 onnxruntime runs every node of a graph whatever outputs are fetched, so a graph whose
 ``input_gradients`` / ``guided_gradients`` passes were ordinary nodes would make every call
-(Grad-CAM, the masked batches of Score-CAM, a plain prediction) pay for one or two extra
-whole-network reverse passes. Instead the nodes that only those outputs need move into the
-``then_branch`` of an ``If`` node whose condition is the graph input ``input_gradients_enabled``
-(bool scalar, default ``true`` through an initializer of the same name, so callers that do not
-know it get the outputs). Fed ``false``, the ``else_branch`` returns the outputs as empty
-tensors ([0, C, H, W]) and the passes cost nothing.
+(Grad-CAM, the masked batches of Score-CAM, a plain prediction, saliency on a graph that also
+carries the guided pass) pay for every whole-network reverse pass it carries. Instead the nodes
+that only one such output needs move into the ``then_branch`` of an ``If`` whose condition is the
+graph input ``<output>_enabled`` (``input_gradients_enabled``, ``guided_gradients_enabled``: bool
+scalars, default ``true`` through an initializer of the same name, so callers that do not know
+them get the outputs). Fed ``false``, the ``else_branch`` returns that output as an empty tensor
+([0, C, H, W]) and its pass costs nothing.
 """
 from __future__ import annotations
 
@@ -16,7 +17,6 @@ from collections.abc import Iterable, Sequence
 import numpy as np
 import onnx_ir as ir
 
-SWITCH = "input_gradients_enabled"
 ROWS = "input_gradient_rows"  # the outputs' first dimension: the batch, or 0 when switched off
 
 
@@ -48,41 +48,45 @@ def _needed(values: Iterable[ir.Value]) -> set[ir.Node]:
     return needed
 
 
-def gate_outputs(graph: ir.Graph, gated: Sequence[ir.Value], per_image_shape: Sequence[int]) -> None:
-    """Move the nodes only ``gated`` (graph outputs, float32 [N, *per_image_shape]) depend on
-    into an ``If`` on the switch input (see the module docstring). The graph must be
-    topologically sorted; the moved nodes keep their order."""
-    kept = _needed(v for v in graph.outputs if v not in gated)
-    only_gated = _needed(gated) - kept
-    moving = [node for node in graph if node in only_gated]
-    graph.remove(moving, safe=False)
-    names = [value.name for value in gated]
-    positions = [graph.outputs.index(value) for value in gated]
-    for position in sorted(positions, reverse=True):
-        graph.outputs.pop(position)
+def switch_name(output: str) -> str:
+    """The switch input of an input-gradient output: ``<output>_enabled``."""
+    return f"{output}_enabled"
 
-    empties = []
-    for name in names:
+
+def gate_outputs(graph: ir.Graph, gated: Sequence[ir.Value], per_image_shape: Sequence[int]) -> dict[str, str]:
+    """Give each of the ``gated`` graph outputs (float32 [N, *per_image_shape]) its own ``If`` on
+    its own switch input (see the module docstring): the nodes only that output depends on move
+    into the If's ``then_branch``, in graph order (the graph must be topologically sorted).
+    Returns {output name: switch input name}."""
+    switches = {}
+    for value in list(gated):
+        others = [v for v in graph.outputs if v is not value]
+        only_this = _needed([value]) - _needed(others)
+        moving = [node for node in graph if node in only_this]
+        name, position = value.name, graph.outputs.index(value)
+        switches[name] = switch_name(name)
+        graph.remove(moving, safe=False)
+        graph.outputs.pop(position)
+        value.name = f"{name}/computed"  # the If's output takes the public name
+
         empty = ir.Node("", "Constant", [], [ir.AttrTensor("value", ir.tensor(
             np.zeros((0, *per_image_shape), np.float32), name=f"{name}/empty"))], name=f"onnxcam/{name}/empty")
-        empty.outputs[0].name = f"{name}/skipped"
-        empty.outputs[0].type = ir.TensorType(ir.DataType.FLOAT)
-        empty.outputs[0].shape = ir.Shape([0, *per_image_shape])
-        empties.append(empty)
-    for value in gated:  # the If's outputs take the public names
-        value.name = f"{value.name}/computed"
-    then_graph = ir.Graph([], list(gated), nodes=moving, name="input_gradients_computed")
-    else_graph = ir.Graph([], [e.outputs[0] for e in empties], nodes=empties, name="input_gradients_skipped")
-
-    switch = ir.Value(name=SWITCH, type=ir.TensorType(ir.DataType.BOOL), shape=ir.Shape([]),
-                      const_value=ir.tensor(np.array(True), name=SWITCH))
-    graph.inputs.append(switch)
-    graph.register_initializer(switch)
-    gate = ir.Node("", "If", [switch], [ir.AttrGraph("then_branch", then_graph), ir.AttrGraph("else_branch", else_graph)],
-                   num_outputs=len(gated), name="onnxcam/input_gradients_gate")
-    graph.append(gate)
-    for position, name, out in sorted(zip(positions, names, gate.outputs)):
+        skipped = empty.outputs[0]
+        skipped.name = f"{name}/skipped"
+        skipped.type = ir.TensorType(ir.DataType.FLOAT)
+        skipped.shape = ir.Shape([0, *per_image_shape])
+        switch = ir.Value(name=switches[name], type=ir.TensorType(ir.DataType.BOOL), shape=ir.Shape([]),
+                          const_value=ir.tensor(np.array(True), name=switches[name]))
+        graph.inputs.append(switch)
+        graph.register_initializer(switch)
+        gate = ir.Node("", "If", [switch], [
+            ir.AttrGraph("then_branch", ir.Graph([], [value], nodes=moving, name=f"{name}_computed")),
+            ir.AttrGraph("else_branch", ir.Graph([], [skipped], nodes=[empty], name=f"{name}_skipped")),
+        ], name=f"onnxcam/{name}_gate")
+        graph.append(gate)
+        out = gate.outputs[0]
         out.name = name
         out.type = ir.TensorType(ir.DataType.FLOAT)
         out.shape = ir.Shape([ROWS, *per_image_shape])
         graph.outputs.insert(position, out)
+    return switches

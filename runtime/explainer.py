@@ -192,8 +192,9 @@ class Explainer:
     def _raw(self, method: str, x: np.ndarray, out: dict, logits: np.ndarray, target: np.ndarray) -> np.ndarray:
         A = out["activations"]
         if method == "scorecam":
-            carried = [name for name in INPUT_OUTPUTS if name in self.info.outputs]
-            if carried and not self.info.input_gradients_switch:  # onnxruntime runs every node, fetched or not
+            carried = [name for name in INPUT_OUTPUTS
+                       if name in self.info.outputs and name not in self.info.input_gradient_switches]
+            if carried:  # onnxruntime runs every node, fetched or not
                 log.warning("%s carries reverse passes to the input (%s): Score-CAM pays them on every masked "
                             "batch; re-export it with this version's `onnxcam export` (its input-gradient passes "
                             "run only when fetched) or without --input-gradients",
@@ -278,14 +279,12 @@ class Explainer:
         return [np.concatenate(p) for p in parts]
 
     def _switch(self, names: Sequence[str]) -> dict[str, np.ndarray]:
-        """Turns the graph's reverse passes to the input off (feeds its switch ``false``) unless
-        ``names`` include an input-gradient output. On is the switch's default and is not fed:
-        an overridden initializer cannot be IO-bound, so only the runs that skip the passes
-        leave IO binding (CUDA) for a plain ``session.run``."""
-        switch = self.info.input_gradients_switch
-        if not switch or any(n in INPUT_OUTPUTS for n in names):
-            return {}
-        return {switch: np.array(False)}
+        """Turns off (feeds ``false`` to the switch of) each reverse pass to the input whose output
+        is not among ``names``. On is the switches' default and is not fed: an overridden
+        initializer cannot be IO-bound, so only the runs that skip a pass leave IO binding (CUDA)
+        for a plain ``session.run``."""
+        return {switch: np.array(False) for output, switch in self.info.input_gradient_switches.items()
+                if output not in names}
 
     def _input_gradients(self, xb: np.ndarray, classes: np.ndarray) -> np.ndarray:
         """∂S/∂x for a batch of (SmoothGrad / IG) inputs and their explicit classes."""

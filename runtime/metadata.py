@@ -42,7 +42,8 @@ class ModelInfo:
     outputs: tuple[str, ...]
     raw_input: bool = False               # image input = uint8 NHWC RGB pixels (export --raw-input)
     heatmap_method: Optional[str] = None  # the method baked into the ``heatmap`` output (--heatmap)
-    input_gradients_switch: Optional[str] = None  # bool input that turns the reverse passes to the input on/off
+    # output → the bool input that turns its reverse pass to the input on/off (default on)
+    input_gradient_switches: dict[str, str] = field(default_factory=dict)
 
     @property
     def layout(self) -> str:
@@ -112,7 +113,11 @@ def read_model_info(session: ort.InferenceSession, path: str) -> ModelInfo:
     if raw_input and spec is None:
         raise ModelError(f"{path}: a raw-input graph needs onnxcam.preprocess metadata (its input size)")
     baked = meta.get("onnxcam.heatmap_method")
-    switch = meta.get("onnxcam.input_gradients_switch")
+    try:
+        switches = json.loads(meta.get("onnxcam.input_gradient_switches", "{}"))
+        switches = {str(o): str(i) for o, i in switches.items() if o in outputs and i in feedable}
+    except (ValueError, AttributeError):
+        raise ModelError(f"{path}: unreadable onnxcam.input_gradient_switches metadata") from None
     return ModelInfo(
         path=path, image_input=image, image_shape=tuple(inputs[image].shape),
         image_dtype=_DTYPES.get(inputs[image].type, np.float32), preprocess=spec,
@@ -123,4 +128,4 @@ def read_model_info(session: ort.InferenceSession, path: str) -> ModelInfo:
         num_classes=_static(logits_shape[1]) if len(logits_shape) == 2 else None,
         outputs=tuple(outputs), raw_input=raw_input,
         heatmap_method=baked if baked and "heatmap" in outputs else None,
-        input_gradients_switch=switch if switch and switch in feedable else None)
+        input_gradient_switches=switches)

@@ -25,9 +25,10 @@ the base install. Rules, matching what Triton's onnxruntime backend checks when 
   it refuses optional inputs on batching models); with ``max_batch_size: 0`` it is kept, with
   ``head_activations`` as an ``optional`` input (Triton's onnxruntime backend feeds overridable
   initializers that a request provides).
-- A graph exported with ``--input-gradients`` has the overridable initializer
-  ``input_gradients_enabled`` (default true); it is not listed, so Triton computes the reverse
-  passes to the input on every request: for CAM-only serving, export without ``--input-gradients``.
+- A graph exported with ``--input-gradients`` has the overridable initializers
+  ``input_gradients_enabled`` / ``guided_gradients_enabled`` (default true); they are not listed,
+  so Triton computes the reverse passes to the input on every request: for CAM-only serving,
+  export without ``--input-gradients``.
 """
 from __future__ import annotations
 

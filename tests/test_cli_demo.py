@@ -54,7 +54,7 @@ def test_demo_exports_once_and_writes_the_comparison(tmp_path: Path, monkeypatch
     assert cached == [with_ig] and result.stdout.count("exported in") == 1
     graph = onnx.load(str(with_ig), load_external_data=False)
     assert {"input_gradients", "guided_gradients"} <= {o.name for o in graph.graph.output}
-    assert "input_gradients_enabled" in {i.name for i in graph.graph.input}
+    assert {"input_gradients_enabled", "guided_gradients_enabled"} <= {i.name for i in graph.graph.input}
     assert "integrated-gradients: " in result.stdout and "steps x 4 photos" in result.stdout
 
     rows = summary(result.stdout)
@@ -92,7 +92,7 @@ def test_demo_exports_once_and_writes_the_comparison(tmp_path: Path, monkeypatch
     without_outputs = onnx.load(str(good))
     del without_outputs.graph.output[-2:]
     without_switch = onnx.load(str(good))
-    kept = [p for p in without_switch.metadata_props if p.key != "onnxcam.input_gradients_switch"]
+    kept = [p for p in without_switch.metadata_props if p.key != "onnxcam.input_gradient_switches"]
     del without_switch.metadata_props[:]
     without_switch.metadata_props.extend(kept)
     calls = []
@@ -102,7 +102,7 @@ def test_demo_exports_once_and_writes_the_comparison(tmp_path: Path, monkeypatch
         Path(out).write_bytes(good.read_bytes())
 
     monkeypatch.setattr(onnxcam.exporter, "export", fake_export)
-    for stale_graph, why in ((without_outputs, "input_gradients"), (without_switch, "input_gradients_enabled")):
+    for stale_graph, why in ((without_outputs, "input_gradients"), (without_switch, "_enabled switch")):
         onnx.save(stale_graph, str(with_ig))
         calls.clear()
         stale = run("demo", "--out", out, "--methods", "gradcam")

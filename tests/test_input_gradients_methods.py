@@ -329,9 +329,12 @@ def test_one_reverse_pass_modes(resnet, tmp_path) -> None:
 
 @pytest.mark.torch
 def test_input_gradient_passes_run_only_when_fetched(resnet, tmp_path) -> None:
-    """The reverse passes to the input sit behind an ``If`` on ``input_gradients_enabled``
-    (default on): fed false, the outputs are empty; the Explainer feeds false unless a method reads
-    them, so Grad-CAM and Score-CAM's masked batches cost inference, and gives the same maps."""
+    """Each reverse pass to the input sits behind its own ``If`` on ``<output>_enabled``
+    (default on): fed false, that output is empty and the others are unchanged; the Explainer
+    feeds false for every pass a method does not read, so Grad-CAM and Score-CAM's masked batches
+    cost inference and saliency / Guided Grad-CAM one pass each, with the same numbers."""
+    import json
+
     import onnx
     import onnxruntime as ort
 
@@ -339,32 +342,41 @@ def test_input_gradient_passes_run_only_when_fetched(resnet, tmp_path) -> None:
     path = explainer.info.path
     graph = onnx.load(path)
     meta = {p.key: p.value for p in graph.metadata_props}
-    assert meta["onnxcam.input_gradients_switch"] == "input_gradients_enabled"
-    gate = [n for n in graph.graph.node if n.name == "onnxcam/input_gradients_gate"]
-    assert len(gate) == 1 and list(gate[0].output) == ["input_gradients", "guided_gradients"]
-    moved = {n.op_type for n in gate[0].attribute[0].g.node}   # then_branch: both whole reverse passes
-    assert {"ConvTranspose", "Conv", "ScatterElements"} <= moved
+    switches = {"input_gradients": "input_gradients_enabled", "guided_gradients": "guided_gradients_enabled"}
+    assert json.loads(meta["onnxcam.input_gradient_switches"]) == switches
+    assert explainer.info.input_gradient_switches == switches
+    for output in switches:
+        gate = [n for n in graph.graph.node if n.name == f"onnxcam/{output}_gate"]
+        assert len(gate) == 1 and list(gate[0].output) == [output]
+        moved = {n.op_type for n in gate[0].attribute[0].g.node}   # then_branch: a whole reverse pass
+        assert {"ConvTranspose", "Conv", "ScatterElements"} <= moved, output
     assert "ConvTranspose" not in {n.op_type for n in graph.graph.node}
 
     session = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
     feeds = {explainer.info.image_input: x, "class_index": np.array(CLASS_INDEX)}
     names = ["logits", "gradients", "input_gradients", "guided_gradients"]
     on = session.run(names, feeds)
-    off = session.run(names, {**feeds, "input_gradients_enabled": np.array(False)})
-    np.testing.assert_array_equal(on[0], off[0])
-    np.testing.assert_array_equal(on[1], off[1])
-    assert off[2].shape == off[3].shape == (0, *x.shape[1:]) and on[2].shape == x.shape
+    assert on[2].shape == on[3].shape == x.shape
+    for off_switches, empty in ((["input_gradients_enabled"], [2]), (["guided_gradients_enabled"], [3]),
+                                (list(switches.values()), [2, 3])):
+        off = session.run(names, {**feeds, **{s: np.array(False) for s in off_switches}})
+        for i in range(4):
+            if i in empty:
+                assert off[i].shape == (0, *x.shape[1:])
+            else:
+                np.testing.assert_array_equal(on[i], off[i])
 
     fed = []
     run = explainer.runner.run
     explainer.runner.run = lambda outputs, feeds: fed.append((list(outputs), dict(feeds))) or run(outputs, feeds)
     try:
-        explainer.explain(x[:1], method="gradcam", class_index=7)
-        explainer.explain(x[:1], method="saliency", class_index=7)
+        for method in ("gradcam", "saliency", "guided-gradcam"):
+            explainer.explain(x[:1], method=method, class_index=7)
     finally:
         explainer.runner.run = run
-    assert fed[0][1]["input_gradients_enabled"] == np.array(False)
-    assert "input_gradients_enabled" not in fed[1][1] and "input_gradients" in fed[1][0]
+    fed_off = [sorted(k for k, v in feeds.items() if k.endswith("_enabled") and not v) for _, feeds in fed]
+    assert fed_off == [["guided_gradients_enabled", "input_gradients_enabled"], ["guided_gradients_enabled"],
+                       ["input_gradients_enabled"]]
 
     from click.testing import CliRunner
 
@@ -372,8 +384,8 @@ def test_input_gradient_passes_run_only_when_fetched(resnet, tmp_path) -> None:
 
     info = CliRunner().invoke(main, ["info", path, "--providers", "cpu"])
     assert info.exit_code == 0, info.output
-    assert "input gradients:   input_gradients, guided_gradients (computed only while input " \
-           "input_gradients_enabled is true" in info.output
+    assert "input gradients:   input_gradients (computed only while input input_gradients_enabled is true, " \
+           "its default), guided_gradients (computed only while input guided_gradients_enabled" in info.output
 
 
 @pytest.mark.torch
@@ -385,7 +397,7 @@ def test_scorecam_on_an_input_gradient_graph(resnet, tmp_path, caplog) -> None:
 
     explainer, _, x = resnet
     graph = onnx.load(explainer.info.path)
-    kept = [p for p in graph.metadata_props if p.key != "onnxcam.input_gradients_switch"]
+    kept = [p for p in graph.metadata_props if p.key != "onnxcam.input_gradient_switches"]
     del graph.metadata_props[:]
     graph.metadata_props.extend(kept)
     onnx.save(graph, str(tmp_path / "always-on.cam.onnx"))
