@@ -52,7 +52,6 @@ import tempfile
 import time
 import warnings
 from pathlib import Path
-from typing import Callable, Optional
 
 import numpy as np
 import onnx
@@ -322,7 +321,7 @@ def main() -> None:
                                            args.warmup)))
             print(f"\nGrad-CAM++ has one torch peer: Captum has no Grad-CAM++, torchcam 0.5's `GradCAMpp` is not "
                   f"Grad-CAM++. Load average after this table: {load_average()}\n")
-        print(f"### Ablation-CAM / Score-CAM (batch 1)\n")
+        print("### Ablation-CAM / Score-CAM (batch 1)\n")
         print("\n".join(perturbation_table(cont, args.runs, args.heavy_runs, args.warmup, args.quick,
                                            args.cam_batch)))
         print(f"\nLoad average at the end: {load_average()}")

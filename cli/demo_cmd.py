@@ -208,6 +208,7 @@ def load_explainer(model_path: Path, providers: str, threads: Optional[int],
     ``method_list``, lacks an input-gradient output or runs its reverse passes on every call (no
     switch: made before onnxcam had one) is unusable."""
     from onnxcam.runtime import Explainer, ModelError
+    from onnxcam.runtime.input_methods import INPUT_OUTPUTS
 
     try:
         explainer = Explainer(model_path, providers=PROVIDERS[providers], intra_op_threads=threads, batch_size=64)
@@ -217,7 +218,7 @@ def load_explainer(model_path: Path, providers: str, threads: Optional[int],
         reason = explainer.unavailable_reason(m)
         if reason is not None:
             return None, reason
-    unswitched = [o for o in ("input_gradients", "guided_gradients") if o not in explainer.info.input_gradient_switches]
+    unswitched = [o for o in INPUT_OUTPUTS if o not in explainer.info.input_gradient_switches]
     if unswitched:
         return None, f"{model_path} computes {', '.join(unswitched)} on every call (no <output>_enabled switch)"
     return explainer, None

@@ -22,6 +22,7 @@ def _dtype(ort_type: str) -> str:
 def describe(explainer: Any) -> dict[str, Any]:
     """Everything ``info`` prints, as JSON-able values."""
     from onnxcam.runtime import ALL_METHODS
+    from onnxcam.runtime.input_methods import INPUT_OUTPUTS
 
     info, session = explainer.info, explainer.runner.session
     meta = session.get_modelmeta()
@@ -47,7 +48,7 @@ def describe(explainer: Any) -> dict[str, Any]:
         "methods": [m for m in ALL_METHODS if m in explainer.available_methods],
         "raw_input": info.raw_input,
         "heatmap_method": info.heatmap_method,
-        "input_gradient_outputs": [o for o in ("input_gradients", "guided_gradients") if o in info.outputs],
+        "input_gradient_outputs": [o for o in INPUT_OUTPUTS if o in info.outputs],
         "input_gradient_switches": info.input_gradient_switches,
         "providers": list(explainer.providers),
         "producer": " ".join(p for p in (meta.producer_name, meta.version and str(meta.version)) if p) or None,

@@ -24,7 +24,7 @@ from typing import Optional, Sequence
 import numpy as np
 
 from onnxcam.runtime.metrics._model import Model, Scorer, check_inputs, chunks, class_score, resolve_classes
-from onnxcam.runtime.metrics.imputation import DEFAULT_TOL, NEIGHBOURS, linear_impute  # noqa: F401 (re-exported)
+from onnxcam.runtime.metrics.imputation import DEFAULT_TOL, linear_impute
 
 PERCENTILES = (10, 20, 30, 40, 50, 60, 70, 80, 90)
 
