@@ -6,6 +6,7 @@ so callers can turn them into their own user-facing error type.
 from __future__ import annotations
 
 import pickle
+from collections import OrderedDict
 from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -14,7 +15,7 @@ if TYPE_CHECKING:  # pragma: no cover
     import torch
     from torch import nn
 
-__all__ = ["WeightsError", "read_state_dict", "head_classes", "load_state_dict_strict"]
+__all__ = ["WeightsError", "read_state_dict", "head_classes", "load_state_dict_strict", "with_metadata"]
 
 _WRAPPER_KEYS = ("state_dict", "model", "model_state_dict", "module")
 _PREFIXES = ("module.", "_orig_mod.")  # DataParallel / DistributedDataParallel, torch.compile
@@ -32,7 +33,9 @@ def read_state_dict(path: str | Path) -> dict[str, "torch.Tensor"]:
     ``module`` (training checkpoints), or a whole pickled ``nn.Module`` (its ``state_dict()``).
     Files are first read with ``weights_only=True``; only a file that needs full unpickling (a
     pickled module) is read again without that restriction: it is the user's own file.
-    ``module.`` / ``_orig_mod.`` prefixes carried by every key are removed.
+    ``module.`` / ``_orig_mod.`` prefixes carried by every key are removed. The state_dict's
+    ``_metadata`` (per-module versions that ``_load_from_state_dict`` reads, e.g. MNASNet's) is
+    kept, with the same prefixes removed.
     """
     import torch
     from torch import nn
@@ -68,11 +71,23 @@ def read_state_dict(path: str | Path) -> dict[str, "torch.Tensor"]:
             f"weights file {p} holds no state_dict (found {_describe(obj)}); expected a dict of "
             f"tensors, optionally under 'state_dict' or 'model', or a pickled nn.Module"
         )
-    state = dict(obj)
+    state, metadata = dict(obj), dict(getattr(obj, "_metadata", None) or {})
     for prefix in _PREFIXES:
         if all(k.startswith(prefix) for k in state):
             state = {k[len(prefix) :]: v for k, v in state.items()}
-    return state
+            stem = prefix.rstrip(".")
+            metadata = {("" if k == stem else k[len(prefix):]): v for k, v in metadata.items()
+                        if k == stem or k.startswith(prefix)}
+    return with_metadata(state, metadata)
+
+
+def with_metadata(state: Mapping[str, "torch.Tensor"], metadata: Mapping[str, Any] | None) -> dict:
+    """``state`` as an ordered dict carrying ``metadata`` as its ``_metadata`` attribute, the form
+    ``nn.Module.load_state_dict`` reads module versions from."""
+    out = OrderedDict(state)
+    if metadata:
+        out._metadata = OrderedDict(metadata)  # type: ignore[attr-defined]
+    return out
 
 
 def head_classes(model: "nn.Module", state: Mapping[str, "torch.Tensor"], num_classes: int) -> int | None:
@@ -121,8 +136,10 @@ def load_state_dict_strict(model: "nn.Module", state: Mapping[str, "torch.Tensor
     if parts:
         raise WeightsError(f"{label} do not match the model: {'; '.join(parts)}")
     try:
-        model.load_state_dict(dict(state), strict=True)
-    except RuntimeError as e:  # e.g. dtype problems the checks above do not cover
+        # a file without module versions (a hand-built dict) gets the model's own
+        metadata = getattr(state, "_metadata", None) or getattr(own, "_metadata", None)
+        model.load_state_dict(with_metadata(state, metadata), strict=True)
+    except (RuntimeError, ValueError) as e:  # dtypes, a module's own version check, ...
         raise WeightsError(f"{label} do not load: {_one_line(e)}") from None
 
 
