@@ -109,7 +109,7 @@ def resolve_target_module(
     modules = dict(model.named_modules())
     module = modules.get(name) if name else None
     if module is not None:
-        if isinstance(module, (nn.ModuleList, nn.ModuleDict)):
+        if type(module).forward is nn.Module.forward:  # a container without forward (ModuleList, ...)
             children = [f"{name}.{c}" for c, _ in module.named_children()]
             raise ExportError(
                 f"target layer {name!r} is a {type(module).__name__}, which never runs itself; "
