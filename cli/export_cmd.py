@@ -30,12 +30,15 @@ from onnxcam.cli.common import fail, float_triplet, int_triplet, setup_logging
 @click.option("--raw-input", is_flag=True,
               help="The image input takes uint8 NHWC RGB pixels [N, H, W, 3] at the model's input size; "
                    "the graph scales, normalises and reorders them itself.")
+@click.option("--scores", metavar="OUTPUT",
+              help="Which output holds the class scores (ONNX: an output name; torch: a ModelOutput/dict entry or "
+                   "a tuple index); needed when several outputs could be the scores.")
 @click.option("--overwrite", is_flag=True, help="Replace OUT if it exists.")
 @click.option("--debug", is_flag=True, help="Show tracebacks.")
 def export_command(source: str, out: str, target_layer: str | None, weights: str | None, input_shape,
                    opset: int | None, labels: str | None, mean, std, resize: int | None, layout: str | None,
                    bgr: bool, verify: bool, input_gradients: str | None, heatmap: str | None, raw_input: bool,
-                   overwrite: bool, debug: bool) -> None:
+                   scores: str | None, overwrite: bool, debug: bool) -> None:
     """Export SOURCE (torchvision:NAME, timm:NAME, package.module:callable, a registry name or an
     .onnx classifier) into an explanation graph with logits and target-layer gradients."""
     setup_logging(debug)
@@ -52,7 +55,8 @@ def export_command(source: str, out: str, target_layer: str | None, weights: str
     try:
         model = export(source, target_layer, weights=weights, input_shape=input_shape, opset=opset, labels=labels,
                        mean=mean, std=std, resize=resize, layout=layout, bgr=bgr, out=out, overwrite=overwrite,
-                       verify=verify, input_gradients=input_gradients or False, heatmap=heatmap, raw_input=raw_input)
+                       verify=verify, input_gradients=input_gradients or False, heatmap=heatmap, raw_input=raw_input,
+                       scores=scores)
     except ExportError as exc:
         fail(str(exc), 2, debug)
     except Exception as exc:  # an unexpected failure still gets one line

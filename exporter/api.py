@@ -101,6 +101,7 @@ def export(
     input_gradients: bool | str = False,
     heatmap: str | None = None,
     raw_input: bool = False,
+    scores: str | None = None,
 ) -> onnx.ModelProto:
     """Export ``source`` (``torchvision:NAME``, ``timm:NAME``, ``package.module:callable``, a
     registry name or an ``.onnx`` file) into an explanation graph; write it to ``out`` if given.
@@ -111,7 +112,10 @@ def export(
     each is one more reverse pass over the whole network. ``heatmap`` (one of ``bake_heatmap.BAKEABLE_METHODS``) adds the
     output ``heatmap`` [N, H, W]: that CAM with the contract's post-processing, computed in the
     graph. ``raw_input`` makes the image input uint8 NHWC RGB pixels [N, H, W, 3] of the model's
-    input size, normalised inside the graph (not with ``input_gradients``).
+    input size, normalised inside the graph (not with ``input_gradients``). ``scores`` says which
+    output holds the class scores: an output (or tensor) name of an ONNX source, an entry of a
+    ``ModelOutput`` / dict or an index of a tuple returned by a torch source; needed only when
+    several outputs could be the scores.
     """
     if heatmap is not None:
         check_method(heatmap)
@@ -129,7 +133,7 @@ def export(
     if _is_onnx_path(source):
         if verify:
             raise ExportError("--verify compares with torch.autograd and needs a PyTorch source")
-        classifier = load_classifier(load_onnx(source), shape)
+        classifier = load_classifier(load_onnx(source), shape, scores)
         target = choose_target(classifier, target_layer)
         if target_layer is None:
             log.info("target layer: %s (the last spatial feature map before the scores)", target)
@@ -137,9 +141,10 @@ def export(
         spec = GraphSpec(classifier.model, classifier.image_input, classifier.logits, target,
                          Path(source).name, target, preprocess.to_dict(), label_list, input_gradients)
         model = _build(spec, classifier)
+        log.info("class scores: %s %s", classifier.logits, list(classifier.facts.shape(classifier.logits)))
     else:
         model = _export_torch(source, target_layer, weights, shape, opset or DEFAULT_OPSET, label_list,
-                              (mean, std, resize, layout, bgr), verify, input_gradients)
+                              (mean, std, resize, layout, bgr), verify, input_gradients, scores)
     model = _finish(model, heatmap, raw_input)
     if out is not None:
         Path(out).parent.mkdir(parents=True, exist_ok=True)
@@ -149,9 +154,9 @@ def export(
 
 
 def _export_torch(source, target_layer, weights, shape, opset, label_list, overrides, verify,
-                  input_gradients) -> onnx.ModelProto:
+                  input_gradients, scores) -> onnx.ModelProto:
     try:
-        from onnxcam.exporter.torch_export import TARGET, export_with_target
+        from onnxcam.exporter.torch_export import LOGITS, TARGET, export_with_target
         from onnxcam.exporter.torch_loading import load_torch_source, resolve_target_module
     except ImportError as exc:
         raise ExportError(f"PyTorch sources need the export extra: pip install 'onnxcam[export]' ({exc})") from exc
@@ -165,16 +170,16 @@ def _export_torch(source, target_layer, weights, shape, opset, label_list, overr
     if shape:
         preprocess = replace(preprocess, size=(shape[1], shape[2]))
     preprocess = _preprocess_overrides(preprocess, *overrides)
-    proto, call = export_with_target(loaded.module, target, tuple(input_size), opset)
+    proto, call = export_with_target(loaded.module, target, tuple(input_size), opset, scores)
     if call.describe(target):
         log.info(call.describe(target))
-    classifier = load_classifier(proto)
+    classifier = load_classifier(proto, scores=LOGITS)
     spec = GraphSpec(classifier.model, classifier.image_input, classifier.logits, TARGET, loaded.source, target,
                      preprocess.to_dict(), label_list or loaded.labels, input_gradients)
     model = _build(spec, classifier)
     if verify:
         from onnxcam.exporter.verify import verify_against_torch
 
-        report = verify_against_torch(model, loaded.module, target, call.index, tuple(input_size))
+        report = verify_against_torch(model, loaded.module, target, call.index, tuple(input_size), scores=scores)
         log.info("verified against torch.autograd: %s", report)
     return model

@@ -3,6 +3,7 @@ pre-softmax scores and the target feature map."""
 from __future__ import annotations
 
 import difflib
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -83,32 +84,74 @@ def image_inputs(model: onnx.ModelProto) -> list[onnx.ValueInfoProto]:
     return inputs
 
 
-def find_logits(model: onnx.ModelProto, facts: TensorFacts) -> str:
-    """The first ``[N, C]`` float output; if a Softmax/LogSoftmax produces it, that op's input."""
+#: activations between the class scores and an output, looked through to the scores
+SCORE_ACTIVATIONS = ("Softmax", "LogSoftmax", "Sigmoid")
+#: words in an output's name that say it holds the class scores
+SCORE_WORDS = re.compile(r"logit|score|prob", re.IGNORECASE)
+
+
+def _pre_activation(name: str, producers: dict[str, onnx.NodeProto]) -> str:
+    """The tensor behind output ``name``: Identity nodes and one final Softmax / LogSoftmax /
+    Sigmoid followed back to their input (the pre-activation scores)."""
+    while name in producers and producers[name].op_type in ("Identity", *SCORE_ACTIVATIONS):
+        node = producers[name]
+        name = node.input[0]
+        if node.op_type != "Identity":
+            break
+    return name
+
+
+def _is_score_shape(name: str, facts: TensorFacts) -> bool:
+    shape = facts.shapes.get(name)
+    return shape is not None and len(shape) == 2 and shape[1] >= 2 and facts.is_float(name)
+
+
+def _describe_outputs(names: list[str], facts: TensorFacts) -> str:
+    return ", ".join(f"{n} {list(facts.shapes.get(n, ()))}" for n in names)
+
+
+def find_logits(model: onnx.ModelProto, facts: TensorFacts, scores: str | None = None) -> str:
+    """The pre-softmax class scores ``[N, C]``: the tensor ``scores`` names (a graph output or any
+    tensor), else the one ``[N, C]`` float output. A Softmax / LogSoftmax / Sigmoid producing it
+    is looked through to its input. Several ``[N, C]`` outputs are accepted only when they come
+    from the same scores, or when exactly one of them feeds no node and has a name that says
+    logits / scores / probs; otherwise the choice is the caller's (``scores``), never a guess."""
     producers = {out: node for node in model.graph.node for out in node.output}
-    for output in model.graph.output:
-        shape = facts.shapes.get(output.name)
-        if shape is None or len(shape) != 2 or shape[1] < 2 or not facts.is_float(output.name):
-            continue
-        name = output.name
-        while name in producers and producers[name].op_type in ("Identity", "Softmax", "LogSoftmax"):
-            node = producers[name]
-            name = node.input[0]
-            if node.op_type != "Identity":
-                break
-        return name
-    shapes = ", ".join(f"{o.name} {list(facts.shapes.get(o.name, ()))}" for o in model.graph.output)
-    raise ExportError(f"the model has no [N, C] score output (outputs: {shapes}); is it a classifier?")
+    outputs = [o.name for o in model.graph.output]
+    if scores is not None:
+        known = set(producers) | set(outputs) | {i.name for i in model.graph.input}
+        if scores not in known:
+            close = difflib.get_close_matches(scores, [o for o in outputs if o in known], n=3)
+            raise ExportError(f"scores {scores!r}: no such output or tensor; the outputs are "
+                              f"{_describe_outputs(outputs, facts)}" + (f" (did you mean {', '.join(close)}?)" if close else ""))
+        logits = _pre_activation(scores, producers)
+        if not _is_score_shape(logits, facts):
+            raise ExportError(f"scores {scores!r} has shape {list(facts.shapes.get(logits, ()))}; class scores are [N, C]")
+        return logits
+    candidates = [o for o in outputs if _is_score_shape(o, facts)]
+    if not candidates:
+        raise ExportError(f"the model has no [N, C] score output (outputs: {_describe_outputs(outputs, facts)}); "
+                          "is it a classifier?")
+    behind = {o: _pre_activation(o, producers) for o in candidates}
+    if len(set(behind.values())) > 1:
+        consumed = {i for node in model.graph.node for i in node.input}
+        named = {behind[o] for o in candidates if SCORE_WORDS.search(o) and o not in consumed}
+        if len(named) != 1:
+            raise ExportError(f"the model has several [N, C] outputs ({_describe_outputs(candidates, facts)}); "
+                              "say which holds the class scores with --scores OUTPUT")
+        return named.pop()
+    return behind[candidates[0]]
 
 
-def load_classifier(model: onnx.ModelProto, input_shape: tuple[int, ...] | None = None) -> Classifier:
-    """Normalise ``model`` and probe it."""
+def load_classifier(model: onnx.ModelProto, input_shape: tuple[int, ...] | None = None,
+                    scores: str | None = None) -> Classifier:
+    """Normalise ``model``, probe it and find its class scores (see :func:`find_logits`)."""
     model = normalise(model, input_shape)
     inputs = image_inputs(model)
     if len(inputs) != 1:
         raise ExportError(f"expected one image input, found {[i.name for i in inputs]}")
     facts = probe(model)
-    return Classifier(model, facts, inputs[0].name, find_logits(model, facts))
+    return Classifier(model, facts, inputs[0].name, find_logits(model, facts, scores))
 
 
 def spatial_candidates(classifier: Classifier) -> list[str]:

@@ -10,7 +10,9 @@ import contextlib
 import io
 import logging
 import warnings
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import onnx
 import torch
@@ -37,9 +39,11 @@ class TargetCall:
 class ExposeTarget(nn.Module):
     """Returns ``(logits, output of each target module's chosen call, ...)``."""
 
-    def __init__(self, model: nn.Module, targets: list[tuple[nn.Module, int]]) -> None:
+    def __init__(self, model: nn.Module, targets: list[tuple[nn.Module, int]],
+                 scores: Callable[[Any], torch.Tensor] = lambda out: out) -> None:
         super().__init__()
         self.model = model
+        self.scores = scores
         self._calls = [index for _, index in targets]
         self._outputs: list[list[torch.Tensor]] = [[] for _ in targets]
         self._handles = [module.register_forward_hook(self._recorder(i)) for i, (module, _) in enumerate(targets)]
@@ -58,16 +62,49 @@ class ExposeTarget(nn.Module):
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
         self._outputs = [[] for _ in self._calls]
-        logits = self.model(x)
-        if isinstance(logits, (tuple, list)):
-            logits = logits[0]
-        elif hasattr(logits, "logits"):
-            logits = logits.logits
+        logits = self.scores(self.model(x))
         return (logits, *(outputs[i] for outputs, i in zip(self._outputs, self._calls)))
 
     def remove(self) -> None:
         for handle in self._handles:
             handle.remove()
+
+
+def _describe(value: Any) -> str:
+    return f"[{', '.join(map(str, value.shape))}]" if isinstance(value, torch.Tensor) else type(value).__name__
+
+
+def score_selector(output: Any, scores: str | None = None) -> Callable[[Any], torch.Tensor]:
+    """How to take the class scores [N, C] from what the model returns (``output``, one example):
+    a tensor as it is; from a ``ModelOutput`` / dict the entry ``scores`` (default ``logits``);
+    from a tuple / list the item at index ``scores``, else the only 2-D tensor in it. Raises
+    ExportError listing what is there when the choice is ambiguous or wrong."""
+    if isinstance(output, torch.Tensor):
+        if scores not in (None, "0", "logits"):
+            raise ExportError(f"scores {scores!r}: the model returns one tensor {_describe(output)}")
+        return lambda out: out
+    if isinstance(output, Mapping):
+        key = scores or "logits"
+        if key not in output:
+            entries = ", ".join(f"{k} {_describe(v)}" for k, v in output.items())
+            raise ExportError(f"the model returns {type(output).__name__} without {key!r} ({entries}); "
+                              "say which entry holds the class scores with --scores NAME")
+        return lambda out: out[key]
+    if isinstance(output, (tuple, list)):
+        items = ", ".join(f"{i}: {_describe(v)}" for i, v in enumerate(output))
+        if scores is not None:
+            if not scores.isdigit() or int(scores) >= len(output):
+                raise ExportError(f"scores {scores!r}: the model returns a {type(output).__name__} ({items}); "
+                                  "name the scores by their index")
+            index = int(scores)
+        else:
+            matrices = [i for i, v in enumerate(output) if isinstance(v, torch.Tensor) and v.dim() == 2]
+            if len(matrices) != 1:
+                raise ExportError(f"the model returns a {type(output).__name__} ({items}); say which item holds "
+                                  "the class scores with --scores INDEX")
+            index = matrices[0]
+        return lambda out: out[index]
+    raise ExportError(f"the model returns a {type(output).__name__}, not class scores")
 
 
 def count_calls(model: nn.Module, target: nn.Module, example: torch.Tensor) -> int:
@@ -106,12 +143,15 @@ def _torchscript_export(wrapper: nn.Module, example: torch.Tensor, opset: int, o
 
 
 def export_with_targets(model: nn.Module, target_names: list[str], input_size: tuple[int, int, int],
-                        opset: int = 18) -> tuple[onnx.ModelProto, list[TargetCall]]:
-    """ONNX graph of ``model`` with outputs ``logits`` and, for each target module, its output
-    (named by :func:`target_output_name`; the last call of a module that runs several times)."""
+                        opset: int = 18, scores: str | None = None) -> tuple[onnx.ModelProto, list[TargetCall]]:
+    """ONNX graph of ``model`` with outputs ``logits`` (the scores, see :func:`score_selector`)
+    and, for each target module, its output (named by :func:`target_output_name`; the last call
+    of a module that runs several times)."""
     modules = dict(model.named_modules())
     model.eval()
     example = torch.randn(2, *input_size)
+    with torch.no_grad():
+        select = score_selector(model(example), scores)
     calls, targets = [], []
     for name in target_names:
         if name not in modules:
@@ -121,7 +161,7 @@ def export_with_targets(model: nn.Module, target_names: list[str], input_size: t
             raise ExportError(f"target layer '{name}' does not run in the forward pass")
         calls.append(TargetCall(count - 1, count))
         targets.append((modules[name], count - 1))
-    wrapper = ExposeTarget(model, targets)
+    wrapper = ExposeTarget(model, targets, select)
     outputs = [LOGITS] + [target_output_name(i) for i in range(len(targets))]
     errors = []
     try:
@@ -138,9 +178,9 @@ def export_with_targets(model: nn.Module, target_names: list[str], input_size: t
 
 
 def export_with_target(model: nn.Module, target_name: str, input_size: tuple[int, int, int],
-                       opset: int = 18) -> tuple[onnx.ModelProto, TargetCall]:
+                       opset: int = 18, scores: str | None = None) -> tuple[onnx.ModelProto, TargetCall]:
     """:func:`export_with_targets` for one target, exposed as ``onnxcam_target``."""
-    proto, calls = export_with_targets(model, [target_name], input_size, opset)
+    proto, calls = export_with_targets(model, [target_name], input_size, opset, scores)
     return proto, calls[0]
 
 

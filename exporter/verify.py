@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from onnxcam.exporter.errors import ExportError
+from onnxcam.exporter.torch_export import score_selector
 
 
 @dataclass
@@ -41,12 +42,13 @@ class Comparison:
 
 
 def torch_reference(model: nn.Module, target: str, call_index: int, x: np.ndarray, class_index: np.ndarray,
-                    activations: np.ndarray | None = None) -> dict[str, np.ndarray]:
+                    activations: np.ndarray | None = None, scores: str | None = None) -> dict[str, np.ndarray]:
     """logits, explained class, activations A and ∂S_class/∂A computed by torch.autograd.
 
     With ``activations`` the target's output is replaced by those values (A is then the point
     where the head is differentiated): comparing with another implementation at *its own* A
     keeps the two on the same side of every ReLU and max-pool tie that directly follows A.
+    ``scores`` picks the class scores from a tuple / dict output (see ``score_selector``).
     """
     module = dict(model.named_modules())[target]
     dtype = next(model.parameters()).dtype
@@ -66,11 +68,10 @@ def torch_reference(model: nn.Module, target: str, call_index: int, x: np.ndarra
 
     handle = module.register_forward_hook(replace_output)
     try:
-        logits = model(torch.from_numpy(x).to(dtype))
+        output = model(torch.from_numpy(x).to(dtype))
     finally:
         handle.remove()
-    if isinstance(logits, (tuple, list)):
-        logits = logits[0]
+    logits = score_selector(output, scores)(output)
     chosen = torch.where(torch.from_numpy(class_index) < 0, logits.argmax(1), torch.from_numpy(class_index))
     score = logits.gather(1, chosen[:, None]).sum()
     (gradients,) = torch.autograd.grad(score, captured["A"])
@@ -102,16 +103,16 @@ def compare(graph: dict[str, np.ndarray], reference: dict[str, np.ndarray]) -> C
 
 
 def verify_against_torch(model: onnx.ModelProto, module: nn.Module, target: str, call_index: int,
-                         input_size: tuple[int, int, int], batch: int = 3, seed: int = 0) -> Comparison:
+                         input_size: tuple[int, int, int], batch: int = 3, seed: int = 0,
+                         scores: str | None = None) -> Comparison:
     """Compare on a seeded random batch with mixed top-1 and explicit classes; raise on failure."""
     rng = np.random.default_rng(seed)
     x = rng.standard_normal((batch, *input_size)).astype(np.float32)
-    with torch.no_grad():
-        num_classes = module(torch.from_numpy(x[:1])).shape[-1]
+    num_classes = run_graph(model, x[:1], np.array([-1], np.int64))["logits"].shape[-1]
     class_index = np.array([-1 if i % 2 == 0 else (7 * i) % num_classes for i in range(batch)], np.int64)
     graph = run_graph(model, x, class_index)
-    reference = torch_reference(module, target, call_index, x, class_index)
-    at_graph_point = torch_reference(module, target, call_index, x, class_index, graph["activations"])
+    reference = torch_reference(module, target, call_index, x, class_index, scores=scores)
+    at_graph_point = torch_reference(module, target, call_index, x, class_index, graph["activations"], scores)
     result = compare(graph, {**reference, "gradients": at_graph_point["gradients"]})
     if not result.ok:
         raise ExportError(f"verification against torch.autograd FAILED: {result}")
