@@ -6,7 +6,7 @@ PIP := $(VENV)/bin/pip
 # pytest workers: 2 matches CI's two cores.
 WORKERS ?= 2
 # tests that must pass with the base install alone (numpy, onnxruntime, Pillow, click; no torch, no onnx)
-BASE_TESTS := $(wildcard tests/test_runtime_*.py tests/test_metrics_*.py tests/test_cli_explain.py tests/test_cli_info.py tests/test_cli_evaluate.py)
+BASE_TESTS := $(wildcard tests/test_runtime_*.py tests/test_metrics_*.py tests/test_models_contract.py tests/test_cli_explain.py tests/test_cli_info.py tests/test_cli_evaluate.py)
 
 .PHONY: demo test test-full test-base test-node bench clean
 

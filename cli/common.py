@@ -4,6 +4,7 @@ from __future__ import annotations
 import logging
 import sys
 import traceback
+from pathlib import Path
 from typing import NoReturn
 
 import click
@@ -19,10 +20,8 @@ def fail(message: str, code: int = EXIT_USAGE, debug: bool = False) -> NoReturn:
     sys.exit(code)
 
 
-def prepare_output_dir(out: str, debug: bool = False) -> "Path":
+def prepare_output_dir(out: str, debug: bool = False) -> Path:
     """``--out`` as a directory, created if missing; a usage error when that is impossible."""
-    from pathlib import Path
-
     out_dir = Path(out)
     if out_dir.exists() and not out_dir.is_dir():
         fail(f"{out}: exists and is not a directory (--out takes a directory)", EXIT_USAGE)

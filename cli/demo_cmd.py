@@ -98,7 +98,7 @@ def export_model(path: Path, debug: bool) -> float:
     except OSError as exc:
         fail(f"{path.parent}: cannot create the cache directory ({exc.strerror or exc})", EXIT_USAGE, debug)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    quiet = logging.getLogger("onnxcam.exporter")
+    quiet = logging.getLogger("onnxcam").getChild("exporter")
     level = quiet.level
     if not debug:  # its "wrote <temp file>" lines would only confuse here
         quiet.setLevel(logging.WARNING)

@@ -4,6 +4,7 @@ from __future__ import annotations
 import click
 
 from onnxcam.cli.common import fail, float_triplet, int_triplet, setup_logging
+from onnxcam.models.contract import GraphMetadata
 
 
 @click.command("export")
@@ -62,13 +63,13 @@ def export_command(source: str, out: str, target_layer: str | None, weights: str
     except Exception as exc:  # an unexpected failure still gets one line
         fail(f"export failed: {type(exc).__name__}: {exc}".splitlines()[0], 2, debug)
     outputs = ", ".join(o.name for o in model.graph.output)
-    meta = {p.key: p.value for p in model.metadata_props}
-    click.echo(f"exported {meta['onnxcam.source']} → {out}")
-    click.echo(f"  target layer: {meta['onnxcam.target_layer']}; outputs: {outputs}")
-    click.echo(f"  head piecewise linear: {meta['onnxcam.head_piecewise_linear']}")
-    if "onnxcam.heatmap_method" in meta:
-        click.echo(f"  baked heatmap: {meta['onnxcam.heatmap_method']} → output heatmap")
-    if meta.get("onnxcam.raw_input") == "true":
-        image = next(i for i in model.graph.input if i.name == meta["onnxcam.image_input"])
+    meta = GraphMetadata.from_props({p.key: p.value for p in model.metadata_props})
+    click.echo(f"exported {meta.source} → {out}")
+    click.echo(f"  target layer: {meta.target_layer}; outputs: {outputs}")
+    click.echo(f"  head piecewise linear: {str(meta.head_piecewise_linear).lower()}")
+    if meta.heatmap_method:
+        click.echo(f"  baked heatmap: {meta.heatmap_method} → output heatmap")
+    if meta.raw_input:
+        image = next(i for i in model.graph.input if i.name == meta.image_input)
         dims = [d.dim_param or d.dim_value for d in image.type.tensor_type.shape.dim]
         click.echo(f"  raw input: {image.name} uint8 {dims} (NHWC RGB pixels, normalised in the graph)")

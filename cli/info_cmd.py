@@ -31,7 +31,7 @@ def describe(explainer: Any) -> dict[str, Any]:
     return {
         "file": info.path,
         "size_bytes": os.path.getsize(info.path),
-        "format": meta.custom_metadata_map.get("onnxcam.format"),
+        "format": info.metadata.format,
         "source": info.source or None,
         "target_layer": info.target_layer or None,
         "image_input": info.image_input,

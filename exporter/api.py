@@ -19,7 +19,7 @@ from onnxcam.exporter.raw_input import raw_input as make_raw_input
 from onnxcam.models.labels import load_labels
 from onnxcam.models.preprocess import Preprocess
 
-log = logging.getLogger("onnxcam.exporter")
+log = logging.getLogger(__name__)
 
 DEFAULT_OPSET = 18
 
@@ -139,7 +139,7 @@ def export(
             log.info("target layer: %s (the last spatial feature map before the scores)", target)
         preprocess = _preprocess_overrides(_onnx_preprocess(classifier), mean, std, resize, layout, bgr)
         spec = GraphSpec(classifier.model, classifier.image_input, classifier.logits, target,
-                         Path(source).name, target, preprocess.to_dict(), label_list, input_gradients)
+                         Path(source).name, target, preprocess, label_list, input_gradients)
         model = _build(spec, classifier)
         log.info("class scores: %s %s", classifier.logits, list(classifier.facts.shape(classifier.logits)))
     else:
@@ -175,7 +175,7 @@ def _export_torch(source, target_layer, weights, shape, opset, label_list, overr
         log.info(call.describe(target))
     classifier = load_classifier(proto, scores=LOGITS)
     spec = GraphSpec(classifier.model, classifier.image_input, classifier.logits, TARGET, loaded.source, target,
-                     preprocess.to_dict(), label_list or loaded.labels, input_gradients)
+                     preprocess, label_list or loaded.labels, input_gradients)
     model = _build(spec, classifier)
     if verify:
         from onnxcam.exporter.verify import verify_against_torch

@@ -24,8 +24,6 @@ pixel d is (d + 0.5)·h/H − 0.5, clamped to the border, as cv2 INTER_LINEAR an
 """
 from __future__ import annotations
 
-import json
-
 import numpy as np
 import onnx
 import onnx_ir as ir
@@ -33,11 +31,10 @@ import onnx_ir as ir
 from onnxcam.exporter.builder import GraphBuilder
 from onnxcam.exporter.errors import ExportError
 from onnxcam.exporter.probe import TensorFacts
+from onnxcam.models.contract import HEATMAP, GraphMetadata, Key
 
 #: Methods that can be baked (those that are closed-form functions of A, g, g2, g3).
 BAKEABLE_METHODS = ("gradcam", "gradcam++", "xgradcam", "hirescam", "layercam", "gradcam-elementwise")
-HEATMAP_OUTPUT = "heatmap"
-METADATA_KEY = "onnxcam.heatmap_method"
 EPS = 1e-7  # the min-max epsilon of pytorch-grad-cam's scale_cam_image
 
 
@@ -121,17 +118,16 @@ def bake_heatmap(model: onnx.ModelProto, method: str) -> onnx.ModelProto:
     """A copy of the explanation graph ``model`` with the output ``heatmap`` [N, H, W] of ``method``
     and the metadata ``onnxcam.heatmap_method`` (see the module docstring)."""
     check_method(method)
-    meta = {p.key: p.value for p in model.metadata_props}
-    if METADATA_KEY in meta:
-        raise ExportError(f"the graph already has a baked heatmap ({meta[METADATA_KEY]})")
-    try:
-        size = tuple(int(s) for s in json.loads(meta["onnxcam.preprocess"])["size"])
-    except (KeyError, ValueError, TypeError) as exc:
-        raise ExportError(f"cannot bake a heatmap: no readable onnxcam.preprocess size ({exc})") from None
+    meta = GraphMetadata.from_props({p.key: p.value for p in model.metadata_props})
+    if meta.heatmap_method is not None:
+        raise ExportError(f"the graph already has a baked heatmap ({meta.heatmap_method})")
+    if meta.preprocess is None:
+        raise ExportError(f"cannot bake a heatmap: no {Key.PREPROCESS} metadata (the input size)")
+    size = meta.preprocess.size
     ir_model = ir.from_proto(model)
     graph = ir_model.graph
     outputs = _outputs(graph)
-    if HEATMAP_OUTPUT in outputs:
+    if HEATMAP in outputs:
         raise ExportError("the graph already has a 'heatmap' output")
     A = outputs["activations"]
     dims = list(A.shape) if A.shape is not None else []
@@ -142,9 +138,9 @@ def bake_heatmap(model: onnx.ModelProto, method: str) -> onnx.ModelProto:
     ops = _Ops(builder)
     raw = raw_map(ops, method, A, outputs["gradients"], outputs.get("gradients_pow2"), outputs.get("gradients_pow3"))
     heatmap = postprocess(ops, raw, (dims[2], dims[3]), size)
-    heatmap.name = HEATMAP_OUTPUT
+    heatmap.name = HEATMAP
     heatmap.type = ir.TensorType(ir.DataType.FLOAT)
     heatmap.shape = ir.Shape([dims[0], size[0], size[1]])
     graph.outputs.append(heatmap)
-    ir_model.metadata_props[METADATA_KEY] = method
+    ir_model.metadata_props[Key.HEATMAP_METHOD] = method
     return ir.to_proto(ir_model)

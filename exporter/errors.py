@@ -1,5 +1,6 @@
 """Errors the exporter raises for the user to read."""
+from onnxcam.models.errors import OnnxcamError
 
 
-class ExportError(Exception):
-    """One-line user-facing error; the CLI prints it and exits 2."""
+class ExportError(OnnxcamError):
+    """One-line user-facing error; the CLI prints it (parameters as flags) and exits 2."""

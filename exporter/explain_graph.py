@@ -7,8 +7,7 @@ target tensor separates the input from the scores.
 """
 from __future__ import annotations
 
-import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 import onnx
@@ -23,9 +22,8 @@ from onnxcam.exporter.head import add_head_path
 from onnxcam.exporter.layout import feature_layout
 from onnxcam.exporter.probe import TensorFacts
 from onnxcam.exporter.rules.guided import GUIDED_RULES
-
-FORMAT_VERSION = "1"
-
+from onnxcam.models.contract import HEAD_INPUT, RESERVED_NAMES, GraphMetadata
+from onnxcam.models.preprocess import Preprocess
 
 @dataclass
 class GraphSpec:
@@ -37,10 +35,9 @@ class GraphSpec:
     target: str
     source: str
     target_layer: str               # the user-facing name (module name or tensor name)
-    preprocess: dict
+    preprocess: Preprocess | dict | None
     labels: list[str] | None = None
     input_gradients: bool | str = False   # ∂S/∂input outputs: False, "plain", "guided", "both" (= True)
-    extra_metadata: dict[str, str] = field(default_factory=dict)
 
 
 def values_by_name(graph: ir.Graph) -> dict[str, ir.Value]:
@@ -74,10 +71,6 @@ def _set_output(graph: ir.Graph, builder: GraphBuilder, value: ir.Value, name: s
     value.shape = ir.Shape(dims)
     graph.outputs.append(value)
     return value
-
-
-RESERVED_NAMES = {"logits", "target", "activations", "gradients", "gradients_pow2", "gradients_pow3",
-                  "class_index", "head_activations", "head_logits", "input_gradients", "guided_gradients", "heatmap"}
 
 
 def _free_reserved_names(values: dict[str, ir.Value], keep: set[ir.Value]) -> None:
@@ -197,19 +190,14 @@ def build_explanation_graph(spec: GraphSpec, facts: TensorFacts) -> onnx.ModelPr
     ir_passes.RemoveUnusedNodesPass()(model)
     ir_passes.TopologicalSortPass()(model)
     switches = gate_outputs(graph, gated, facts.shape(image.name)[1:]) if gated else {}
-    metadata = {
-        "onnxcam.format": FORMAT_VERSION,
-        "onnxcam.source": spec.source,
-        "onnxcam.target_layer": spec.target_layer,
-        "onnxcam.image_input": spec.image_input,
-        "onnxcam.preprocess": json.dumps(spec.preprocess),
-        "onnxcam.head_piecewise_linear": "true" if is_piecewise_linear(path) else "false",
-        **({"onnxcam.labels": json.dumps(spec.labels)} if spec.labels else {}),
-        **({"onnxcam.head_input": "head_activations"} if has_head else {}),
-        **({"onnxcam.input_gradients": mode} if input_outputs else {}),
-        **({"onnxcam.input_gradient_switches": json.dumps(switches)} if switches else {}),
-        **spec.extra_metadata,
-    }
+    preprocess = spec.preprocess if isinstance(spec.preprocess, Preprocess) or not spec.preprocess \
+        else Preprocess.from_json(spec.preprocess)
+    metadata = GraphMetadata(
+        source=spec.source, target_layer=spec.target_layer, image_input=spec.image_input,
+        preprocess=preprocess or None, labels=tuple(spec.labels) if spec.labels else None,
+        head_piecewise_linear=is_piecewise_linear(path), head_input=HEAD_INPUT if has_head else None,
+        input_gradients=mode if input_outputs else None, input_gradient_switches=switches,
+    ).to_props()
     proto = ir.to_proto(model)
     del proto.metadata_props[:]
     for key, value in metadata.items():

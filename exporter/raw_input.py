@@ -16,8 +16,6 @@ inside; ``onnxcam.raw_input`` = ``"true"`` says the input is raw pixels.
 """
 from __future__ import annotations
 
-import json
-
 import numpy as np
 import onnx
 import onnx_ir as ir
@@ -26,35 +24,25 @@ import onnx_ir.passes.common as ir_passes
 from onnxcam.exporter.builder import GraphBuilder
 from onnxcam.exporter.errors import ExportError
 from onnxcam.exporter.probe import TensorFacts
-
-METADATA_KEY = "onnxcam.raw_input"
-
-
-def _preprocess_facts(meta: dict[str, str]) -> dict:
-    try:
-        facts = json.loads(meta["onnxcam.preprocess"])
-        facts["size"] = [int(s) for s in facts["size"]]
-    except (KeyError, ValueError, TypeError) as exc:
-        raise ExportError(f"--raw-input needs readable onnxcam.preprocess metadata ({exc})") from None
-    if len(facts.get("mean", [])) != 3 or len(facts.get("std", [])) != 3:
-        raise ExportError("--raw-input needs a 3-channel (RGB/BGR) model; this one takes "
-                          f"{len(facts.get('mean', []))} channel(s)")
-    return facts
-
+from onnxcam.models.contract import GraphMetadata, Key
 
 def raw_input(model: onnx.ModelProto) -> onnx.ModelProto:
     """A copy of the explanation graph ``model`` whose image input takes uint8 NHWC RGB pixels
     (see the module docstring)."""
-    meta = {p.key: p.value for p in model.metadata_props}
-    if meta.get(METADATA_KEY) == "true":
+    meta = GraphMetadata.from_props({p.key: p.value for p in model.metadata_props})
+    if meta.raw_input:
         raise ExportError("the graph already takes raw uint8 pixels")
-    if meta.get("onnxcam.input_gradients"):  # "plain", "guided" or "both"
+    if meta.input_gradients:
         raise ExportError("--raw-input cannot be combined with --input-gradients "
                           "(input gradients are taken w.r.t. the normalised float input)")
-    facts = _preprocess_facts(meta)
+    pre = meta.preprocess
+    if pre is None:
+        raise ExportError(f"--raw-input needs {Key.PREPROCESS} metadata")
+    if pre.channels != 3:
+        raise ExportError(f"--raw-input needs a 3-channel (RGB/BGR) model; this one takes {pre.channels} channel(s)")
     ir_model = ir.from_proto(model)
     graph = ir_model.graph
-    name = meta.get("onnxcam.image_input")
+    name = meta.image_input
     index = next((i for i, v in enumerate(graph.inputs) if v.name == name), None)
     if index is None:
         raise ExportError(f"internal: image input {name!r} not found in the graph")
@@ -62,20 +50,20 @@ def raw_input(model: onnx.ModelProto) -> onnx.ModelProto:
     if old.dtype not in (ir.DataType.FLOAT, ir.DataType.FLOAT16, ir.DataType.DOUBLE):
         raise ExportError(f"--raw-input needs a float image input; {name!r} is {old.dtype}")
     batch = old.shape[0] if old.shape is not None and len(old.shape) == 4 else "N"
-    height, width = facts["size"]
+    height, width = pre.size
     pixels = ir.Value(name=name, type=ir.TensorType(ir.DataType.UINT8), shape=ir.Shape([batch, height, width, 3]))
     old.name = "onnxcam/raw_input/normalised"
 
     opset = next((v for d, v in ir_model.opset_imports.items() if d in ("", "ai.onnx")), 17)
     b = GraphBuilder(graph, TensorFacts(), opset, prefix="onnxcam/raw_input")
     x = b.op("Cast", pixels, to=ir.DataType.FLOAT)
-    if facts.get("color", "RGB").upper() == "BGR":
+    if pre.color == "BGR":
         x = b.op("Gather", x, b.ints([2, 1, 0]), axis=3)
-    scale = np.array(facts.get("scale", 1.0 / 255.0), np.float32)
+    scale = np.array(pre.scale, np.float32)
     x = b.op("Mul", x, b.const(scale, "scale"))
-    x = b.op("Sub", x, b.const(np.asarray(facts["mean"], np.float32), "mean"))
-    x = b.op("Div", x, b.const(np.asarray(facts["std"], np.float32), "std"))
-    if facts.get("layout", "NCHW").upper() == "NCHW":
+    x = b.op("Sub", x, b.const(np.asarray(pre.mean, np.float32), "mean"))
+    x = b.op("Div", x, b.const(np.asarray(pre.std, np.float32), "std"))
+    if pre.layout == "NCHW":
         x = b.op("Transpose", x, perm=[0, 3, 1, 2])
     if old.dtype != ir.DataType.FLOAT:
         x = b.op("Cast", x, to=old.dtype)
@@ -83,5 +71,5 @@ def raw_input(model: onnx.ModelProto) -> onnx.ModelProto:
     old.replace_all_uses_with(x)
     graph.inputs[index] = pixels
     ir_passes.TopologicalSortPass()(ir_model)
-    ir_model.metadata_props[METADATA_KEY] = "true"
+    ir_model.metadata_props[Key.RAW_INPUT] = "true"
     return ir.to_proto(ir_model)

@@ -16,6 +16,7 @@ from torch import nn
 
 from onnxcam.exporter.errors import ExportError
 from onnxcam.exporter.torch_export import score_selector
+from onnxcam.models.contract import Key
 
 
 @dataclass
@@ -84,7 +85,7 @@ def run_graph(model: onnx.ModelProto, x: np.ndarray, class_index: np.ndarray) ->
     options = ort.SessionOptions()
     options.log_severity_level = 3
     session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
-    image_input = next(p.value for p in model.metadata_props if p.key == "onnxcam.image_input")
+    image_input = next(p.value for p in model.metadata_props if p.key == Key.IMAGE_INPUT)
     names = ["logits", "target", "activations", "gradients"]
     return dict(zip(names, session.run(names, {image_input: x, "class_index": class_index})))
 

@@ -1,9 +1,9 @@
 """Exceptions raised by the runtime; each message is one line meant for an end user."""
 from __future__ import annotations
 
+from onnxcam.models.errors import OnnxcamError
 
-class OnnxcamError(Exception):
-    """Base class of every error the runtime raises on purpose."""
+__all__ = ["ClassIndexError", "ImageError", "ModelError", "OnnxcamError"]
 
 
 class ModelError(OnnxcamError):
@@ -15,4 +15,4 @@ class ImageError(OnnxcamError):
 
 
 class ClassIndexError(OnnxcamError, ValueError):
-    """A requested class index is out of range or the wrong length."""
+    """A requested class index is out of range, of the wrong type or the wrong length."""

@@ -16,7 +16,8 @@ from onnxcam.runtime.images import (Geometry, ImageLike, heatmap_to_original, im
 from onnxcam.runtime.input_methods import (INPUT_METHODS, INPUT_OUTPUTS, NEEDS_INPUT_GRADIENTS, InputMethodOptions,
                                            gradcam_counterfactual, missing_outputs_message, pixel_heatmaps,
                                            run_input_method)
-from onnxcam.runtime.metadata import CLASS_INPUT, HEAD_OUTPUT, ModelInfo, read_model_info
+from onnxcam.models.contract import CLASS_INPUT, HEAD_OUTPUT
+from onnxcam.runtime.metadata import ModelInfo, read_model_info
 from onnxcam.runtime.methods import METHODS, REQUIRED_OUTPUTS
 from onnxcam.runtime.postprocess import postprocess
 from onnxcam.runtime.providers import ProviderSpec, Runner

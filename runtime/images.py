@@ -10,15 +10,15 @@ greys taken as 0..1 when max ≤ 1, else 0..255, then clipped.
 """
 from __future__ import annotations
 
-import json
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Union
+from typing import Union
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from onnxcam.models.preprocess import Preprocess
 from onnxcam.runtime.colormap import overlay  # noqa: F401  (re-exported: images → overlays)
 from onnxcam.runtime.errors import ImageError
 from onnxcam.runtime.resize import resize_bilinear
@@ -132,37 +132,11 @@ def load_image(source: ImageLike, max_pixels: int = MAX_PIXELS) -> Image.Image:
         raise ImageError(f"{_name(source)}: cannot convert mode {img.mode} to RGB ({exc})") from None
 
 
-@dataclass(frozen=True)
-class PreprocessSpec:
-    """The ``onnxcam.preprocess`` metadata: x = (pixels·scale − mean)/std in ``layout``."""
-
-    layout: str = "NCHW"
-    color: str = "RGB"
-    size: tuple[int, int] = (224, 224)
-    resize: int | None = None
-    scale: float = 1.0 / 255.0
-    mean: tuple[float, ...] = (0.0, 0.0, 0.0)
-    std: tuple[float, ...] = (1.0, 1.0, 1.0)
-
-    def __post_init__(self) -> None:  # accept lists, store tuples (hashable, comparable)
-        for name, cast in (("size", int), ("mean", float), ("std", float)):
-            object.__setattr__(self, name, tuple(cast(v) for v in getattr(self, name)))
-
-    @classmethod
-    def from_json(cls, text: str | dict[str, Any]) -> "PreprocessSpec":
-        d = json.loads(text) if isinstance(text, str) else dict(text)
-        spec = cls(layout=str(d.get("layout", "NCHW")).upper(), color=str(d.get("color", "RGB")).upper(),
-                   size=tuple(int(v) for v in d["size"]),
-                   resize=None if d.get("resize") is None else int(d["resize"]),
-                   scale=float(d.get("scale", 1.0 / 255.0)),
-                   mean=tuple(float(v) for v in d.get("mean", (0.0,) * 3)),
-                   std=tuple(float(v) for v in d.get("std", (1.0,) * 3)))
-        if spec.layout not in ("NCHW", "NHWC") or spec.color not in ("RGB", "BGR") or len(spec.size) != 2:
-            raise ValueError(f"bad onnxcam.preprocess metadata: {d}")
-        return spec
+#: The preprocessing description (the ``onnxcam.preprocess`` metadata); one class, shared with the exporter.
+PreprocessSpec = Preprocess
 
 
-def _geometry(w0: int, h0: int, spec: PreprocessSpec) -> Geometry:
+def _geometry(w0: int, h0: int, spec: Preprocess) -> Geometry:
     H, W = spec.size
     if spec.resize is None:
         return Geometry((h0, w0), (H, W), (0, 0), (H, W))
@@ -176,7 +150,7 @@ def _geometry(w0: int, h0: int, spec: PreprocessSpec) -> Geometry:
     return Geometry((h0, w0), (hr, wr), (offset(hr, H), offset(wr, W)), (H, W))
 
 
-def image_pixels(img: Image.Image, spec: PreprocessSpec) -> tuple[np.ndarray, Geometry]:
+def image_pixels(img: Image.Image, spec: Preprocess) -> tuple[np.ndarray, Geometry]:
     """One RGB image → (pixels uint8 [H, W, 3] RGB at the model input size, Geometry).
 
     Resize the short side to ``spec.resize`` (bilinear, torchvision's size rule), centre-crop
@@ -192,7 +166,7 @@ def image_pixels(img: Image.Image, spec: PreprocessSpec) -> tuple[np.ndarray, Ge
     return np.asarray(img, dtype=np.uint8), geo
 
 
-def normalise_pixels(pixels: np.ndarray, spec: PreprocessSpec) -> np.ndarray:
+def normalise_pixels(pixels: np.ndarray, spec: Preprocess) -> np.ndarray:
     """uint8 RGB pixels [..., H, W, 3] → float32 x = (pixels·scale − mean)/std, channels in
     ``color`` order, in ``layout`` (a leading batch axis is kept)."""
     pix = np.asarray(pixels, dtype=np.float32)
@@ -202,20 +176,24 @@ def normalise_pixels(pixels: np.ndarray, spec: PreprocessSpec) -> np.ndarray:
     return np.moveaxis(x, -1, -3).astype(np.float32) if spec.layout == "NCHW" else x.astype(np.float32)
 
 
-def preprocess_image(img: Image.Image, spec: PreprocessSpec) -> tuple[np.ndarray, Geometry]:
+def preprocess_image(img: Image.Image, spec: Preprocess) -> tuple[np.ndarray, Geometry]:
     """One RGB image → (x [C, H, W] or [H, W, C] float32, Geometry): ``image_pixels`` then
-    x = (pixels·scale − mean)/std, channels in ``color`` order."""
+    x = (pixels·scale − mean)/std, channels in ``color`` order. A one-channel model gets the
+    image's luma (Pillow's "L": L = 0.299 R + 0.587 G + 0.114 B)."""
+    if spec.channels == 1:
+        pix, geo = image_pixels(img.convert("L").convert("RGB"), spec)
+        return normalise_pixels(pix[..., :1], spec), geo
     pix, geo = image_pixels(img, spec)
     return normalise_pixels(pix, spec), geo
 
 
-def preprocess(images: list[ImageLike], spec: PreprocessSpec) -> tuple[np.ndarray, list[Geometry]]:
+def preprocess(images: list[ImageLike], spec: Preprocess) -> tuple[np.ndarray, list[Geometry]]:
     """Load (``load_image``) and preprocess a list of paths / PIL images into one batch."""
     pairs = [preprocess_image(load_image(im), spec) for im in images]
     return np.stack([p[0] for p in pairs]), [p[1] for p in pairs]
 
 
-def load_pixels(images: list[ImageLike], spec: PreprocessSpec) -> tuple[np.ndarray, list[Geometry]]:
+def load_pixels(images: list[ImageLike], spec: Preprocess) -> tuple[np.ndarray, list[Geometry]]:
     """Load and resize / crop like ``preprocess`` but stop at the pixels: uint8 [N, H, W, 3] RGB
     (the input of a graph exported with ``--raw-input``)."""
     pairs = [image_pixels(load_image(im), spec) for im in images]

@@ -32,7 +32,6 @@ the base install. Rules, matching what Triton's onnxruntime backend checks when 
 """
 from __future__ import annotations
 
-import json
 import os
 import re
 import shutil
@@ -41,13 +40,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional, Sequence, Union
 
+from onnxcam.models.contract import HEAD_OUTPUT, GraphMetadata, Key, MetadataError
 from onnxcam.runtime.errors import OnnxcamError
 
 PLATFORM = "onnxruntime_onnx"
 DEFAULT_MAX_BATCH_SIZE = 8
 DEFAULT_MAX_QUEUE_DELAY_US = 100
 KINDS = ("KIND_CPU", "KIND_GPU")
-HEAD_OUTPUT = "head_logits"
+
 HEAD_NOTE = ("output head_logits (Ablation-CAM's head-only path) left out: its first axis is not the request "
              "batch, so it only fits max_batch_size 0")
 MODEL_FILENAME = "model.onnx"
@@ -148,17 +148,10 @@ def _dims(shape: Sequence[Dim]) -> tuple[tuple[int, ...], Optional[tuple[int, ..
     return ((1,), ()) if not dims else (dims, None)
 
 
-def _read_labels(meta: dict[str, str]) -> Optional[list[str]]:
-    raw = meta.get("onnxcam.labels")
-    if not raw:
+def _read_labels(meta: GraphMetadata) -> Optional[list[str]]:
+    if not meta.labels:
         return None
-    try:
-        labels = json.loads(raw)
-    except ValueError:
-        return None
-    if not isinstance(labels, list) or not labels:
-        return None
-    return [str(label).replace("\n", " ").replace("\r", " ") for label in labels]
+    return [label.replace("\n", " ").replace("\r", " ") for label in meta.labels]
 
 
 def plan_config(model_path: Union[str, Path], name: Optional[str] = None,
@@ -194,12 +187,16 @@ def plan_config(model_path: Union[str, Path], name: Optional[str] = None,
     except Exception as exc:  # onnxruntime raises its own exception types
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise TritonRepoError(f"{model_path}: onnxruntime cannot load it ({first})") from None
-    meta = dict(session.get_modelmeta().custom_metadata_map)
+    props = session.get_modelmeta().custom_metadata_map
+    try:  # any ONNX model can be served; an explanation graph's metadata must be sound
+        meta = GraphMetadata.from_props(props) if Key.FORMAT in props else GraphMetadata()
+    except MetadataError as exc:
+        raise TritonRepoError(f"{model_path}: not a readable explanation graph ({exc})") from None
 
     notes: list[str] = []
     inputs = [(i.name, i.type, list(i.shape)) for i in session.get_inputs()]
     outputs = [(o.name, o.type, list(o.shape)) for o in session.get_outputs()]
-    head_input = meta.get("onnxcam.head_input")
+    head_input = meta.head_input
     head = [(i.name, i.type, list(i.shape)) for i in session.get_overridable_initializers() if i.name == head_input]
     head_output = [t for t in outputs if t[0] == HEAD_OUTPUT]
     outputs = [t for t in outputs if t[0] != HEAD_OUTPUT]
@@ -255,7 +252,7 @@ def plan_config(model_path: Union[str, Path], name: Optional[str] = None,
         name=name, max_batch_size=max_batch_size,
         inputs=tuple([entry(*t) for t in inputs] + optional_inputs), outputs=tuple(entry(*t) for t in outputs),
         preferred_batch_sizes=preferred, max_queue_delay_us=max_queue_delay_us,
-        instances=instances, kind=kind, labels=labels, source=meta.get("onnxcam.source", ""),
+        instances=instances, kind=kind, labels=labels, source=meta.source,
         notes=tuple(notes))
 
 

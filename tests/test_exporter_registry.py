@@ -16,6 +16,7 @@ from PIL import Image  # noqa: E402
 
 from onnxcam.cli.main import main  # noqa: E402
 from onnxcam.models.preprocess import Preprocess  # noqa: E402
+from onnxcam.runtime.images import preprocess_image  # noqa: E402
 
 
 def test_efficientnet_lite0_exports_verifies_and_sees_espresso(tmp_path: Path) -> None:
@@ -33,7 +34,7 @@ def test_efficientnet_lite0_exports_verifies_and_sees_espresso(tmp_path: Path) -
     assert json.loads(meta["onnxcam.labels"])[967] == "espresso"
 
     preprocess = Preprocess.from_json(meta["onnxcam.preprocess"])
-    x = np.stack([preprocess.apply(Image.fromarray(skimage_data.coffee()))]).astype(np.float32)
+    x = np.stack([preprocess_image(Image.fromarray(skimage_data.coffee()), preprocess)[0]]).astype(np.float32)
     session = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
     logits, target, gradients = session.run(["logits", "target", "gradients"], {
         meta["onnxcam.image_input"]: x, "class_index": np.array([-1], np.int64)})

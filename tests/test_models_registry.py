@@ -12,6 +12,7 @@ from PIL import Image
 from onnxcam.models.labels import imagenet_labels, load_labels
 from onnxcam.models.preprocess import IMAGENET, Preprocess, imagenet
 from onnxcam.models.registry import get_model, list_models
+from onnxcam.runtime.images import preprocess_image
 
 CAT_CLASSES = range(281, 286)  # tabby, tiger cat, Persian, Siamese, Egyptian cat
 
@@ -59,13 +60,18 @@ def test_imagenet_helper() -> None:
     assert imagenet((200, 300), None).size == (200, 300)
 
 
+def _apply(preprocess: Preprocess, image: Image.Image) -> np.ndarray:
+    """The runtime's preprocessing of one PIL image (the one implementation there is)."""
+    return preprocess_image(image, preprocess)[0]
+
+
 def test_apply_resize_none_squashes_to_size_and_scales() -> None:
     img = Image.new("RGB", (50, 30), (255, 0, 10))
-    out = Preprocess(size=(16, 8), resize=None, scale=1.0, mean=(0, 0, 0), std=(1, 1, 1)).apply(img)
+    out = _apply(Preprocess(size=(16, 8), resize=None, scale=1.0, mean=(0, 0, 0), std=(1, 1, 1)), img)
     assert out.shape == (3, 16, 8) and out.dtype == np.float32
     np.testing.assert_allclose(out[:, 5, 5], [255, 0, 10])
-    bgr_nhwc = Preprocess(layout="NHWC", color="BGR", size=(16, 8), resize=None, scale=1.0,
-                          mean=(0, 0, 0), std=(2, 2, 2)).apply(img)
+    bgr_nhwc = _apply(Preprocess(layout="NHWC", color="BGR", size=(16, 8), resize=None, scale=1.0,
+                                 mean=(0, 0, 0), std=(2, 2, 2)), img)
     assert bgr_nhwc.shape == (16, 8, 3)
     np.testing.assert_allclose(bgr_nhwc[5, 5], [5, 0, 127.5])
 
@@ -73,7 +79,7 @@ def test_apply_resize_none_squashes_to_size_and_scales() -> None:
 def test_apply_pads_when_image_is_smaller_than_crop() -> None:
     img = Image.new("RGB", (10, 10), (255, 255, 255))
     p = Preprocess(size=(20, 20), resize=10, mean=(0, 0, 0), std=(1, 1, 1))
-    out = p.apply(img)
+    out = _apply(p, img)
     assert out.shape == (3, 20, 20)
     assert out[0, 0, 0] == 0.0 and out[0, 10, 10] == pytest.approx(1.0)
     assert out.sum() == pytest.approx(3 * 100)
@@ -88,7 +94,7 @@ def test_apply_matches_torchvision_transforms(size: tuple[int, int]) -> None:
     img = Image.fromarray(rng.integers(0, 256, (*size[::-1], 3), dtype=np.uint8))
     ref = T.Compose([T.Resize(256), T.CenterCrop(224), T.ToTensor(),
                      T.Normalize(IMAGENET.mean, IMAGENET.std)])(img).numpy()
-    np.testing.assert_allclose(IMAGENET.apply(img), ref, atol=1e-5)
+    np.testing.assert_allclose(_apply(IMAGENET, img), ref, atol=1e-5)
 
 
 # ---------------------------------------------------------------- labels (no torch)
@@ -185,7 +191,7 @@ def lite0():
 def _probs(spec, model, image: np.ndarray) -> np.ndarray:
     import torch
 
-    x = torch.from_numpy(spec.preprocess.apply(Image.fromarray(image)))[None]
+    x = torch.from_numpy(_apply(spec.preprocess, Image.fromarray(image)))[None]
     with torch.no_grad():
         return model(x).softmax(-1)[0].numpy()
 

@@ -62,6 +62,7 @@ from onnxcam.exporter.torch_export import TARGET, export_with_target  # noqa: E4
 from onnxcam.models.preprocess import Preprocess, imagenet  # noqa: E402
 from onnxcam.models.registry import get_model  # noqa: E402
 from onnxcam.runtime import Explainer  # noqa: E402
+from onnxcam.runtime.images import preprocess_image  # noqa: E402
 from onnxcam.runtime.postprocess import postprocess  # noqa: E402
 
 TOL = 1e-4
@@ -111,7 +112,7 @@ class Case:
 
 
 def photo_batch(preprocess: Preprocess, count: int = len(PHOTOS)) -> np.ndarray:
-    return np.stack([preprocess.apply(Image.fromarray(getattr(skimage_data, name)()))
+    return np.stack([preprocess_image(Image.fromarray(getattr(skimage_data, name)()), preprocess)[0]
                      for name in PHOTOS[:count]])
 
 

@@ -179,7 +179,7 @@ def test_concurrent_requests(client, reference, x):
 
 
 def test_request_log_line(client, x, caplog):
-    with caplog.at_level(logging.INFO, logger="onnxcam.serve"):
+    with caplog.at_level(logging.INFO, logger="onnxcam.runtime.serving.app"):
         client.infer("tiny", [image_input(x[:1])])
         time.sleep(0.1)
     assert any(r.getMessage().startswith("POST /v2/models/tiny/infer 200 ") and r.getMessage().endswith(" ms")

@@ -30,7 +30,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from onnxcam.runtime.serving.models import ModelRegistry
 from onnxcam.runtime.serving.protocol import ProtocolError, encode_response, error_json, parse_request
 
-log = logging.getLogger("onnxcam.serve")
+log = logging.getLogger(__name__)
 HEADER_LENGTH = "Inference-Header-Content-Length"
 SERVER_NAME = "onnxcam"
 EXTENSIONS = ["binary_tensor_data", "parameters"]

@@ -15,11 +15,12 @@ from typing import Any, Optional, Sequence, Union
 
 import numpy as np
 
+from onnxcam.models.contract import CLASS_INPUT
 from onnxcam.runtime.errors import OnnxcamError
 from onnxcam.runtime.serving.protocol import DATATYPES, ORT_TO_V2, InferRequest, ProtocolError
 
 VERSION = "1"
-CLASS_INPUT = "class_index"
+
 OUTPUTS = ("heatmap", "logits", "target")
 DEFAULT_METHOD = "gradcam"
 PLATFORM = "onnxruntime_onnx"
