@@ -172,8 +172,8 @@ def main() -> None:
     maps, classes = expl.heatmaps.astype(np.float32), expl.class_index.astype(np.int64)
     xt = torch.from_numpy(x)
     targets = [ClassifierOutputTarget(int(c)) for c in classes]
-    counter = Counting(explainer._scores)
-    explainer._scores = counter  # Scorer takes model._scores: every forward pass of a metric goes through here
+    counter = Counting(explainer.scores)
+    explainer.scores = counter  # Scorer takes model.scores: every forward pass of a metric goes through here
     kw = dict(batch_size=args.batch_size, score="logit")
 
     onnxcam_fns = {
@@ -210,7 +210,7 @@ def main() -> None:
 
     # warm-up: both sessions and torch at the batch sizes used
     for b in sorted({min(args.batch_size, n) for n in (1, 4, args.batch_size)}):
-        explainer._scores(np.repeat(x, -(-b // len(x)), axis=0)[:b])
+        explainer.scores(np.repeat(x, -(-b // len(x)), axis=0)[:b])
         plain.run(["logits"], {plain.get_inputs()[0].name: np.repeat(x, -(-b // len(x)), axis=0)[:b]})
     with torch.no_grad():
         net(xt)

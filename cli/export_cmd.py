@@ -5,6 +5,7 @@ import click
 
 from onnxcam.cli.common import fail, float_triplet, int_triplet, setup_logging
 from onnxcam.models.contract import GraphMetadata
+from onnxcam.models.formulas import FORMULAS
 
 
 @click.command("export")
@@ -27,7 +28,7 @@ from onnxcam.models.contract import GraphMetadata
                    "'guided') or both (the default when given without a value). Each costs one more reverse pass.")
 @click.option("--heatmap", "heatmap", metavar="METHOD",
               help="Bake this CAM and its post-processing into the graph: output heatmap [N, H, W] "
-                   "(gradcam, gradcam++, xgradcam, hirescam, layercam, gradcam-elementwise).")
+                   f"({', '.join(FORMULAS)}).")
 @click.option("--raw-input", is_flag=True,
               help="The image input takes uint8 NHWC RGB pixels [N, H, W, 3] at the model's input size; "
                    "the graph scales, normalises and reorders them itself.")
@@ -47,19 +48,13 @@ def export_command(source: str, out: str, target_layer: str | None, weights: str
         from onnxcam.exporter import ExportError, export
     except ImportError as exc:
         fail(f"export needs the export extra: pip install 'onnxcam[export]' ({exc.name} is missing)", 2, debug)
-    from onnxcam.exporter.bake_heatmap import BAKEABLE_METHODS
-
-    if heatmap is not None and heatmap not in BAKEABLE_METHODS:
-        fail(f"--heatmap {heatmap}: unknown method; choose from {', '.join(BAKEABLE_METHODS)}", 2, debug)
-    if raw_input and input_gradients:
-        fail("--raw-input cannot be combined with --input-gradients", 2, debug)
     try:
         model = export(source, target_layer, weights=weights, input_shape=input_shape, opset=opset, labels=labels,
                        mean=mean, std=std, resize=resize, layout=layout, bgr=bgr, out=out, overwrite=overwrite,
                        verify=verify, input_gradients=input_gradients or False, heatmap=heatmap, raw_input=raw_input,
                        scores=scores)
     except ExportError as exc:
-        fail(str(exc), 2, debug)
+        fail(exc, 2, debug)
     except Exception as exc:  # an unexpected failure still gets one line
         fail(f"export failed: {type(exc).__name__}: {exc}".splitlines()[0], 2, debug)
     outputs = ", ".join(o.name for o in model.graph.output)

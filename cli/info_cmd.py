@@ -7,27 +7,19 @@ from typing import Any
 
 import click
 
-from onnxcam.cli.common import setup_logging
-from onnxcam.cli.explain_cmd import PROVIDERS, make_explainer
+from onnxcam.cli.common import make_explainer, providers_option, setup_logging
 
 
 def _shape(shape: Any) -> str:
     return "[" + ", ".join("?" if d is None else str(d) for d in shape) + "]"
 
 
-def _dtype(ort_type: str) -> str:
-    return ort_type[len("tensor("):-1] if ort_type.startswith("tensor(") else ort_type
-
-
 def describe(explainer: Any) -> dict[str, Any]:
     """Everything ``info`` prints, as JSON-able values."""
-    from onnxcam.runtime import ALL_METHODS
-    from onnxcam.runtime.input_methods import INPUT_OUTPUTS
+    from onnxcam.models.contract import INPUT_GRADIENT_OUTPUTS
 
-    info, session = explainer.info, explainer.runner.session
-    meta = session.get_modelmeta()
+    info = explainer.info
     pre = info.preprocess
-    head = info.head_input is not None
     return {
         "file": info.path,
         "size_bytes": os.path.getsize(info.path),
@@ -35,23 +27,21 @@ def describe(explainer: Any) -> dict[str, Any]:
         "source": info.source or None,
         "target_layer": info.target_layer or None,
         "image_input": info.image_input,
-        "inputs": [{"name": i.name, "shape": list(i.shape), "dtype": _dtype(i.type)} for i in session.get_inputs()],
-        "outputs": [{"name": o.name, "shape": list(o.shape), "dtype": _dtype(o.type)} for o in session.get_outputs()],
-        "preprocess": None if pre is None else {
-            "layout": pre.layout, "color": pre.color, "size": list(pre.size), "resize": pre.resize,
-            "scale": pre.scale, "mean": list(pre.mean), "std": list(pre.std)},
+        "inputs": [{"name": i.name, "shape": list(i.shape), "dtype": i.dtype} for i in info.inputs],
+        "outputs": [{"name": o.name, "shape": list(o.shape), "dtype": o.dtype} for o in info.output_info],
+        "preprocess": None if pre is None else pre.to_dict(),
         "num_classes": info.num_classes,
         "labels": None if info.labels is None else len(info.labels),
         "head_piecewise_linear": info.piecewise_linear,
-        "ablationcam_head": head,
+        "ablationcam_head": info.head_input is not None,
         "head_input": info.head_input,
-        "methods": [m for m in ALL_METHODS if m in explainer.available_methods],
+        "methods": list(explainer.available_methods),
         "raw_input": info.raw_input,
         "heatmap_method": info.heatmap_method,
-        "input_gradient_outputs": [o for o in INPUT_OUTPUTS if o in info.outputs],
+        "input_gradient_outputs": [o for o in INPUT_GRADIENT_OUTPUTS if o in info.outputs],
         "input_gradient_switches": info.input_gradient_switches,
         "providers": list(explainer.providers),
-        "producer": " ".join(p for p in (meta.producer_name, meta.version and str(meta.version)) if p) or None,
+        "producer": info.producer or None,
     }
 
 
@@ -101,11 +91,10 @@ def _text(d: dict[str, Any]) -> str:
 
 @click.command("info", short_help="Describe an explanation graph (.cam.onnx).")
 @click.argument("model", metavar="MODEL.cam.onnx")
-@click.option("--providers", type=click.Choice(list(PROVIDERS)), default="auto", show_default=True,
-              help="Execution provider to report on (auto picks CUDA when it really works).")
+@providers_option
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of text.")
 @click.option("--debug", is_flag=True, help="Show tracebacks.")
-def info_command(model: str, providers: str, as_json: bool, debug: bool) -> None:
+def info_command(model: str, providers: Any, as_json: bool, debug: bool) -> None:
     """Show an explanation graph's inputs, outputs, source, target layer, preprocessing, labels,
     piecewise-linear flag, ablationcam head path and the execution providers it would use."""
     setup_logging(debug)

@@ -6,12 +6,11 @@ import os
 import signal
 import socket
 import sys
-from typing import Optional
+from typing import Any, Optional
 
 import click
 
-from onnxcam.cli.common import EXIT_USAGE, fail, setup_logging
-from onnxcam.cli.explain_cmd import PROVIDERS
+from onnxcam.cli.common import EXIT_USAGE, fail, providers_option, setup_logging
 
 log = logging.getLogger("onnxcam")
 
@@ -44,11 +43,10 @@ def _bind(host: str, port: int) -> socket.socket:
               help="Inference requests admitted at once (running + waiting); the next gets 503.")
 @click.option("--batch-size", default=16, show_default=True, type=click.IntRange(1),
               help="Images per graph run (larger requests run in chunks).")
-@click.option("--providers", type=click.Choice(list(PROVIDERS)), default="auto", show_default=True,
-              help="Execution provider (auto picks CUDA when it really works).")
+@providers_option
 @click.option("--debug", is_flag=True, help="Show tracebacks.")
 def serve_command(models: tuple[str, ...], host: str, port: int, workers: int, threads: Optional[int],
-                  max_request_mb: float, max_queue: int, batch_size: int, providers: str, debug: bool) -> None:
+                  max_request_mb: float, max_queue: int, batch_size: int, providers: Any, debug: bool) -> None:
     """Serve explanation graphs over the Open Inference Protocol (KServe "V2") HTTP/REST API.
 
     Each MODEL is served as its file name without `.cam.onnx`: GET /v2, /v2/health/live|ready,
@@ -71,10 +69,10 @@ def serve_command(models: tuple[str, ...], host: str, port: int, workers: int, t
 
     intra = threads or max(1, (os.cpu_count() or 1) // workers)
     try:
-        registry = ModelRegistry.load(models, providers=PROVIDERS[providers], intra_op_threads=intra,
+        registry = ModelRegistry.load(models, providers=providers, intra_op_threads=intra,
                                       batch_size=batch_size)
     except OnnxcamError as exc:
-        fail(str(exc), EXIT_USAGE, debug)
+        fail(exc, EXIT_USAGE, debug)
     except Exception as exc:  # noqa: BLE001
         fail(f"cannot load the models ({type(exc).__name__}: {exc})".splitlines()[0], EXIT_USAGE, debug)
     settings = ServerSettings(workers=workers, max_queue=max_queue,

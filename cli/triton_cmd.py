@@ -55,7 +55,7 @@ def triton_command(model: str, out: str, name: str | None, max_batch_size: int |
                           preferred_batch_sizes=preferred_batch_sizes, max_queue_delay_us=max_queue_delay_us)
         target = write_repository(model, out, cfg, overwrite=overwrite)
     except TritonRepoError as exc:
-        fail(str(exc), EXIT_USAGE, debug)
+        fail(exc, EXIT_USAGE, debug)
     except Exception as exc:  # an unexpected failure still gets one line
         fail(f"triton-repo failed: {type(exc).__name__}: {exc}".splitlines()[0], EXIT_USAGE, debug)
     for note in cfg.notes:

@@ -1,44 +1,53 @@
-"""``export``: any image classifier → the contract's explanation graph (``*.cam.onnx``)."""
+"""``export``: any image classifier → the contract's explanation graph (``*.cam.onnx``).
+
+A torch source is exported by ``torch.onnx`` straight into an ``onnx_ir`` model; an ONNX file is
+read into one. From there the passes of ``exporter.pipeline`` rewrite that one model in place,
+and it is checked and serialised once.
+"""
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
-from dataclasses import replace
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import onnx
+import onnx_ir as ir
 
 from onnxcam.exporter.autodiff import UnsupportedOperator
-from onnxcam.exporter.bake_heatmap import bake_heatmap, check_method
+from onnxcam.exporter.bake_heatmap import check_method
 from onnxcam.exporter.errors import ExportError
-from onnxcam.exporter.explain_graph import GraphSpec, build_explanation_graph, input_gradient_mode
-from onnxcam.exporter.onnx_source import (
-    Classifier, choose_target, load_classifier, load_onnx, working_candidates,
-)
-from onnxcam.exporter.raw_input import raw_input as make_raw_input
+from onnxcam.exporter.explain_graph import GraphSpec, input_gradient_mode
+from onnxcam.exporter.onnx_source import Classifier, choose_target, load_classifier, load_onnx, working_candidates
+from onnxcam.exporter.pipeline import apply_passes, checked_proto, explanation_passes
+from onnxcam.models.errors import param
 from onnxcam.models.labels import load_labels
-from onnxcam.models.preprocess import Preprocess
+from onnxcam.models.preprocess import IMAGENET_MEAN, IMAGENET_STD, Preprocess
 
 log = logging.getLogger(__name__)
 
 DEFAULT_OPSET = 18
 
 
+@dataclass
+class _Prepared:
+    """A loaded classifier, what to build from it, and how to check the result against torch."""
+
+    classifier: Classifier
+    spec: GraphSpec
+    verify: Callable[[onnx.ModelProto], object] | None = None
+    notes: tuple[str, ...] = ()   # logged once the graph is built
+
+
 def _is_onnx_path(source: str) -> bool:
     return source.lower().endswith(".onnx") or Path(source).is_file()
 
 
-def _preprocess_overrides(base: Preprocess, mean, std, resize, layout, bgr) -> Preprocess:
-    changes = {}
-    if mean is not None:
-        changes["mean"] = tuple(mean)
-    if std is not None:
-        changes["std"] = tuple(std)
-    if resize is not None:
-        changes["resize"] = resize or None
-    if layout is not None:
-        changes["layout"] = layout
-    if bgr:
+def _preprocess_overrides(base: Preprocess, overrides: dict) -> Preprocess:
+    changes = {k: tuple(v) if k in ("mean", "std") else v for k, v in overrides.items() if v is not None}
+    if "resize" in changes:
+        changes["resize"] = changes["resize"] or None
+    if changes.pop("bgr", False):
         changes["color"] = "BGR"
     try:
         return replace(base, **changes) if changes else base
@@ -51,35 +60,15 @@ def _onnx_preprocess(classifier: Classifier) -> Preprocess:
     shape = classifier.facts.shape(classifier.image_input)
     nhwc = len(shape) == 4 and shape[-1] in (1, 3) and shape[1] not in (1, 3)
     channels, h, w = (shape[3], shape[1], shape[2]) if nhwc else (shape[1], shape[2], shape[3])
-    mean, std = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)) if channels == 3 else ((0.0,), (1.0,))
+    mean, std = (IMAGENET_MEAN, IMAGENET_STD) if channels == 3 else ((0.0,), (1.0,))
     return Preprocess(layout="NHWC" if nhwc else "NCHW", size=(h, w), resize=None, mean=mean, std=std)
 
 
-def _check(model: onnx.ModelProto) -> onnx.ModelProto:
+def _labels(labels: str | Path | Sequence[str] | None) -> list[str] | None:
     try:
-        onnx.checker.check_model(model, full_check=True)
-    except Exception as exc:
-        raise ExportError(f"internal: the explanation graph fails the ONNX checker: {str(exc).splitlines()[0]}") from exc
-    return model
-
-
-def _finish(model: onnx.ModelProto, heatmap: str | None, raw_input: bool) -> onnx.ModelProto:
-    """The optional in-graph steps: a baked ``heatmap`` output, then the raw uint8 pixel input."""
-    if heatmap is not None:
-        model = bake_heatmap(model, heatmap)
-    if raw_input:
-        model = make_raw_input(model)
-    return _check(model) if heatmap is not None or raw_input else model
-
-
-def _build(spec: GraphSpec, classifier: Classifier) -> onnx.ModelProto:
-    try:
-        model = build_explanation_graph(spec, classifier.facts)
-    except UnsupportedOperator as exc:
-        working = working_candidates(classifier)
-        hint = f"; target layers that would work: {', '.join(working)}" if working else ""
-        raise ExportError(f"{exc}{hint}") from None
-    return _check(model)
+        return load_labels(labels) if isinstance(labels, (str, Path)) else (list(labels) if labels else None)
+    except (OSError, ValueError) as exc:
+        raise ExportError(f"cannot read labels: {exc}") from exc
 
 
 def export(
@@ -109,43 +98,32 @@ def export(
     ``verify`` (torch sources) compares the graph with ``torch.autograd`` and raises on mismatch.
     ``input_gradients`` adds the outputs ``input_gradients`` (∂S/∂input; ``"plain"``),
     ``guided_gradients`` (Guided Backpropagation; ``"guided"``) or both (``"both"`` or ``True``);
-    each is one more reverse pass over the whole network. ``heatmap`` (one of ``bake_heatmap.BAKEABLE_METHODS``) adds the
-    output ``heatmap`` [N, H, W]: that CAM with the contract's post-processing, computed in the
-    graph. ``raw_input`` makes the image input uint8 NHWC RGB pixels [N, H, W, 3] of the model's
-    input size, normalised inside the graph (not with ``input_gradients``). ``scores`` says which
-    output holds the class scores: an output (or tensor) name of an ONNX source, an entry of a
-    ``ModelOutput`` / dict or an index of a tuple returned by a torch source; needed only when
-    several outputs could be the scores.
+    each is one more reverse pass over the whole network. ``heatmap`` (one of
+    ``bake_heatmap.BAKEABLE_METHODS``) adds the output ``heatmap`` [N, H, W]: that CAM with the
+    contract's post-processing, computed in the graph. ``raw_input`` makes the image input uint8
+    NHWC RGB pixels [N, H, W, 3] of the model's input size, normalised inside the graph (not with
+    ``input_gradients``). ``scores`` says which output holds the class scores: an output (or
+    tensor) name of an ONNX source, an entry of a ``ModelOutput`` / dict or an index of a tuple
+    returned by a torch source; needed only when several outputs could be the scores.
     """
     if heatmap is not None:
         check_method(heatmap)
-    input_gradients = input_gradient_mode(input_gradients) or False
-    if raw_input and input_gradients:
-        raise ExportError("--raw-input cannot be combined with --input-gradients "
+    mode = input_gradient_mode(input_gradients)
+    if raw_input and mode:
+        raise ExportError(f"{param('raw_input', True)} cannot be combined with {param('input_gradients', True)} "
                           "(input gradients are taken w.r.t. the normalised float input)")
     if out is not None and Path(out).exists() and not overwrite:
-        raise ExportError(f"{out} exists; pass --overwrite to replace it")
-    try:
-        label_list = load_labels(labels) if isinstance(labels, (str, Path)) else (list(labels) if labels else None)
-    except (OSError, ValueError) as exc:
-        raise ExportError(f"cannot read labels: {exc}") from exc
+        raise ExportError(f"{out} exists; pass {param('overwrite', True)} to replace it")
     shape = tuple(int(s) for s in input_shape) if input_shape else None
+    options = {"labels": _labels(labels), "input_gradients": mode or False, "scores": scores,
+               "preprocess": {"mean": mean, "std": std, "resize": resize, "layout": layout, "bgr": bgr}}
     if _is_onnx_path(source):
         if verify:
-            raise ExportError("--verify compares with torch.autograd and needs a PyTorch source")
-        classifier = load_classifier(load_onnx(source), shape, scores)
-        target = choose_target(classifier, target_layer)
-        if target_layer is None:
-            log.info("target layer: %s (the last spatial feature map before the scores)", target)
-        preprocess = _preprocess_overrides(_onnx_preprocess(classifier), mean, std, resize, layout, bgr)
-        spec = GraphSpec(classifier.model, classifier.image_input, classifier.logits, target,
-                         Path(source).name, target, preprocess, label_list, input_gradients)
-        model = _build(spec, classifier)
-        log.info("class scores: %s %s", classifier.logits, list(classifier.facts.shape(classifier.logits)))
+            raise ExportError(f"{param('verify', True)} compares with torch.autograd and needs a PyTorch source")
+        prepared = _from_onnx(source, target_layer, shape, options)
     else:
-        model = _export_torch(source, target_layer, weights, shape, opset or DEFAULT_OPSET, label_list,
-                              (mean, std, resize, layout, bgr), verify, input_gradients, scores)
-    model = _finish(model, heatmap, raw_input)
+        prepared = _from_torch(source, target_layer, weights, shape, opset or DEFAULT_OPSET, verify, options)
+    model = _explain(prepared, heatmap, raw_input)
     if out is not None:
         Path(out).parent.mkdir(parents=True, exist_ok=True)
         onnx.save(model, str(out))
@@ -153,8 +131,45 @@ def export(
     return model
 
 
-def _export_torch(source, target_layer, weights, shape, opset, label_list, overrides, verify,
-                  input_gradients, scores) -> onnx.ModelProto:
+def _explain(prepared: _Prepared, heatmap: str | None, raw_input: bool) -> onnx.ModelProto:
+    """Run the pipeline on the classifier's model; verify against torch before the raw-pixel input
+    (torch's reference takes the float input)."""
+    classifier, spec = prepared.classifier, prepared.spec
+    model = classifier.model
+    try:
+        apply_passes(model, explanation_passes(spec, classifier.facts, heatmap))
+    except UnsupportedOperator as exc:
+        working = working_candidates(classifier)
+        hint = f"; target layers that would work: {', '.join(working)}" if working else ""
+        raise ExportError(f"{exc}{hint}") from None
+    if prepared.verify is not None and raw_input:
+        prepared.verify(ir.to_proto(model))
+    if raw_input:
+        from onnxcam.exporter.raw_input import RawInputPass
+
+        RawInputPass()(model)
+    proto = checked_proto(model)
+    if prepared.verify is not None and not raw_input:
+        prepared.verify(proto)
+    for note in prepared.notes:
+        log.info(note)
+    return proto
+
+
+def _from_onnx(source: str, target_layer: str | None, shape: tuple[int, ...] | None, options: dict) -> _Prepared:
+    classifier = load_classifier(load_onnx(source), shape, options["scores"])
+    target = choose_target(classifier, target_layer)
+    if target_layer is None:
+        log.info("target layer: %s (the last spatial feature map before the scores)", target)
+    preprocess = _preprocess_overrides(_onnx_preprocess(classifier), options["preprocess"])
+    spec = GraphSpec(classifier.model, classifier.image_input, classifier.logits, target,
+                     Path(source).name, target, preprocess, options["labels"], options["input_gradients"])
+    scores = f"class scores: {classifier.logits} {list(classifier.facts.shape(classifier.logits))}"
+    return _Prepared(classifier, spec, notes=(scores,))
+
+
+def _from_torch(source: str, target_layer: str | None, weights: str | None, shape: tuple[int, ...] | None,
+                opset: int, verify: bool, options: dict) -> _Prepared:
     try:
         from onnxcam.exporter.torch_export import LOGITS, TARGET, export_with_target
         from onnxcam.exporter.torch_loading import load_torch_source, resolve_target_module
@@ -164,22 +179,21 @@ def _export_torch(source, target_layer, weights, shape, opset, label_list, overr
     target = target_layer or loaded.default_target_layer
     if target_layer is None:
         log.info("target layer: %s (default for %s)", target, loaded.source)
-    input_size = shape or loaded.input_size
-    resolve_target_module(loaded.module, target, tuple(input_size))
-    preprocess = loaded.preprocess
-    if shape:
-        preprocess = replace(preprocess, size=(shape[1], shape[2]))
-    preprocess = _preprocess_overrides(preprocess, *overrides)
-    proto, call = export_with_target(loaded.module, target, tuple(input_size), opset, scores)
+    input_size = tuple(shape or loaded.input_size)
+    resolve_target_module(loaded.module, target, input_size)
+    preprocess = replace(loaded.preprocess, size=(shape[1], shape[2])) if shape else loaded.preprocess
+    preprocess = _preprocess_overrides(preprocess, options["preprocess"])
+    model, call = export_with_target(loaded.module, target, input_size, opset, options["scores"])
     if call.describe(target):
         log.info(call.describe(target))
-    classifier = load_classifier(proto, scores=LOGITS)
+    classifier = load_classifier(model, scores=LOGITS)
     spec = GraphSpec(classifier.model, classifier.image_input, classifier.logits, TARGET, loaded.source, target,
-                     preprocess, label_list or loaded.labels, input_gradients)
-    model = _build(spec, classifier)
-    if verify:
+                     preprocess, options["labels"] or loaded.labels, options["input_gradients"])
+
+    def check(proto: onnx.ModelProto) -> None:
         from onnxcam.exporter.verify import verify_against_torch
 
-        report = verify_against_torch(model, loaded.module, target, call.index, tuple(input_size), scores=scores)
+        report = verify_against_torch(proto, loaded.module, target, call.index, input_size, scores=options["scores"])
         log.info("verified against torch.autograd: %s", report)
-    return model
+
+    return _Prepared(classifier, spec, check if verify else None)

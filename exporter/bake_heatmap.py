@@ -1,19 +1,11 @@
 """Bake one CAM method and the contract's post-processing into an explanation graph.
 
-``bake_heatmap(model, method)`` appends ONNX ops that turn the graph's own outputs
-A = ``activations``, g = ``gradients``, g2 = ``gradients_pow2``, g3 = ``gradients_pow3``
-(float32 [N, K, h, w]) into a new output ``heatmap`` float32 [N, H, W], exactly as the runtime
-does (``runtime/methods.py`` then ``runtime/postprocess.py``, i.e. pytorch-grad-cam 1.5.7).
-
-Raw maps (sums over i, j run over space, Σ_k over channels):
-
-- ``gradcam``:              w_k = mean_ij g_kij;                    map = Σ_k w_k A_k
-- ``gradcam++``:            α = g2 / (2·g2 + (Σ_ab A_kab)·g3 + 1e-6), α = 0 where g = 0;
-                            w_k = Σ_ij α_kij·ReLU(g_kij);            map = Σ_k w_k A_k
-- ``xgradcam``:             w_k = Σ_ij g_kij·A_kij / (Σ_ij A_kij + 1e-7); map = Σ_k w_k A_k
-- ``hirescam``:             map = Σ_k g_k ⊙ A_k
-- ``layercam``:             map = Σ_k ReLU(g_k) ⊙ A_k
-- ``gradcam-elementwise``:  map = Σ_k ReLU(g_k ⊙ A_k)
+:class:`BakeHeatmapPass` appends ONNX ops that turn the graph's own outputs A = ``activations``,
+g = ``gradients``, g2 = ``gradients_pow2``, g3 = ``gradients_pow3`` (float32 [N, K, h, w]) into
+a new output ``heatmap`` float32 [N, H, W], exactly as the runtime does: the raw map is the
+method's formula from ``onnxcam.models.formulas`` — the very function the runtime evaluates with
+numpy — written as ONNX nodes through :class:`OnnxArrays`, then post-processed as
+pytorch-grad-cam 1.5.7 does.
 
 Post-processing (per image): cam = ReLU(map); cam ← (cam − min cam) / (1e-7 + max(cam − min cam));
 cam ← bilinear resize to (H, W) with half-pixel centres (ONNX ``Resize``, mode linear,
@@ -31,74 +23,95 @@ import onnx_ir as ir
 from onnxcam.exporter.builder import GraphBuilder
 from onnxcam.exporter.errors import ExportError
 from onnxcam.exporter.probe import TensorFacts
-from onnxcam.models.contract import HEATMAP, GraphMetadata, Key
+from onnxcam.exporter.graph_values import default_opset
+from onnxcam.models.contract import ACTIVATIONS, GRADIENTS, GRADIENTS_POW2, GRADIENTS_POW3, HEATMAP, GraphMetadata, Key
+from onnxcam.models.errors import param
+from onnxcam.models.formulas import FORMULAS
 
-#: Methods that can be baked (those that are closed-form functions of A, g, g2, g3).
-BAKEABLE_METHODS = ("gradcam", "gradcam++", "xgradcam", "hirescam", "layercam", "gradcam-elementwise")
+#: Methods that can be baked: those with a closed-form formula.
+BAKEABLE_METHODS = tuple(FORMULAS)
 EPS = 1e-7  # the min-max epsilon of pytorch-grad-cam's scale_cam_image
 
 
 def check_method(method: str) -> str:
     """``method`` if it can be baked, else an ExportError listing the valid names."""
-    if method not in BAKEABLE_METHODS:
-        raise ExportError(f"cannot bake heatmap method {method!r}; choose from {', '.join(BAKEABLE_METHODS)}")
+    if method not in FORMULAS:
+        raise ExportError(f"{param('heatmap', method)}: cannot bake this method; choose from "
+                          f"{', '.join(FORMULAS)}")
     return method
 
 
-class _Ops:
-    """Float32 helpers over a GraphBuilder (spatial axes are 2, 3 of [N, K, h, w])."""
+class Symbol:
+    """A float32 tensor of the graph being built; arithmetic operators append ONNX nodes."""
+
+    def __init__(self, arrays: "OnnxArrays", value: ir.Value) -> None:
+        self.arrays, self.value = arrays, value
+
+    def _op(self, op_type: str, *operands: "Symbol | float") -> "Symbol":
+        return self.arrays.symbol(self.arrays.b.op(op_type, *(self.arrays.lift(o) for o in operands)))
+
+    def __add__(self, other): return self._op("Add", self, other)          # noqa: E704
+    def __radd__(self, other): return self._op("Add", other, self)         # noqa: E704
+    def __sub__(self, other): return self._op("Sub", self, other)          # noqa: E704
+    def __rsub__(self, other): return self._op("Sub", other, self)         # noqa: E704
+    def __mul__(self, other): return self._op("Mul", self, other)          # noqa: E704
+    def __rmul__(self, other): return self._op("Mul", other, self)         # noqa: E704
+    def __truediv__(self, other): return self._op("Div", self, other)      # noqa: E704
+    def __rtruediv__(self, other): return self._op("Div", other, self)     # noqa: E704
+    def __neg__(self): return self._op("Neg", self)                        # noqa: E704
+
+
+class OnnxArrays:
+    """The formulas' array vocabulary (``onnxcam.models.formulas``) as ONNX nodes on float32
+    [N, K, h, w] tensors; spatial axes are 2, 3."""
 
     def __init__(self, builder: GraphBuilder) -> None:
         self.b = builder
 
-    def f32(self, value: float) -> ir.Value:
-        return self.b.const(np.array(value, np.float32), "scalar")
+    def symbol(self, value: ir.Value) -> Symbol:
+        return Symbol(self, value)
 
-    def spatial_sum(self, x: ir.Value) -> ir.Value:
-        return self.b.reduce("ReduceSum", x, [2, 3], keepdims=True)
+    def lift(self, operand: "Symbol | float") -> ir.Value:
+        if isinstance(operand, Symbol):
+            return operand.value
+        return self.b.const(np.array(operand, np.float32), "scalar")
 
-    def channel_sum(self, x: ir.Value) -> ir.Value:
-        """Σ_k over axis 1, [N, K, h, w] → [N, h, w]."""
-        return self.b.reduce("ReduceSum", x, [1], keepdims=False)
+    def relu(self, x: Symbol) -> Symbol:
+        return self.symbol(self.b.op("Relu", x.value))
 
-    def weighted(self, weights: ir.Value, A: ir.Value) -> ir.Value:
+    def nonzero_or_zero(self, c: Symbol, x: Symbol) -> Symbol:
+        nonzero = self.b.op("Not", self.b.op("Equal", c.value, self.lift(0.0)))
+        return self.symbol(self.b.op("Where", nonzero, x.value, self.lift(0.0)))
+
+    def sum_hw(self, x: Symbol) -> Symbol:
+        return self.symbol(self.b.reduce("ReduceSum", x.value, [2, 3], keepdims=True))
+
+    def mean_hw(self, x: Symbol) -> Symbol:
+        return self.symbol(self.b.reduce("ReduceMean", x.value, [2, 3], keepdims=True))
+
+    def sum_k(self, x: Symbol) -> Symbol:
+        return self.symbol(self.b.reduce("ReduceSum", x.value, [1], keepdims=False))
+
+    def weighted(self, w: Symbol, A: Symbol) -> Symbol:
         """Σ_k w_k A_k for weights [N, K, 1, 1]."""
-        return self.channel_sum(self.b.op("Mul", weights, A))
+        return self.sum_k(w * A)
 
     def minmax(self, cam: ir.Value) -> ir.Value:
         """Per-image x ← x − min x; x ← x / (1e-7 + max x) over the last two axes of [N, H, W]."""
         low = self.b.reduce("ReduceMin", cam, [1, 2], keepdims=True)
         shifted = self.b.op("Sub", cam, low)
         high = self.b.reduce("ReduceMax", shifted, [1, 2], keepdims=True)
-        return self.b.op("Div", shifted, self.b.op("Add", self.f32(EPS), high))
+        return self.b.op("Div", shifted, self.b.op("Add", self.lift(EPS), high))
 
 
-def raw_map(ops: _Ops, method: str, A: ir.Value, g: ir.Value, g2: ir.Value, g3: ir.Value) -> ir.Value:
-    """The method's raw map [N, h, w] (see the module docstring for the formulas)."""
-    b = ops.b
-    if method == "gradcam":
-        return ops.weighted(b.reduce("ReduceMean", g, [2, 3], keepdims=True), A)
-    if method == "gradcam++":
-        sum_a = ops.spatial_sum(A)
-        denominator = b.op("Add", b.op("Add", b.op("Mul", ops.f32(2.0), g2), b.op("Mul", sum_a, g3)), ops.f32(1e-6))
-        alpha = b.op("Div", g2, denominator)
-        nonzero = b.op("Not", b.op("Equal", g, ops.f32(0.0)))
-        alpha = b.op("Where", nonzero, alpha, ops.f32(0.0))
-        return ops.weighted(ops.spatial_sum(b.op("Mul", b.op("Relu", g), alpha)), A)
-    if method == "xgradcam":
-        sum_a = ops.spatial_sum(A)
-        ratio = b.op("Div", b.op("Mul", g, A), b.op("Add", sum_a, ops.f32(1e-7)))
-        return ops.weighted(ops.spatial_sum(ratio), A)
-    if method == "hirescam":
-        return ops.channel_sum(b.op("Mul", g, A))
-    if method == "layercam":
-        return ops.channel_sum(b.op("Mul", b.op("Relu", g), A))
-    if method == "gradcam-elementwise":
-        return ops.channel_sum(b.op("Relu", b.op("Mul", g, A)))
-    raise ExportError(f"internal: no baking rule for {method!r}")
+def raw_map(arrays: OnnxArrays, method: str, A: ir.Value, g: ir.Value, g2: ir.Value | None,
+            g3: ir.Value | None) -> ir.Value:
+    """The method's raw map [N, h, w]: its formula written as ONNX nodes."""
+    symbols = [None if v is None else arrays.symbol(v) for v in (A, g, g2, g3)]
+    return FORMULAS[check_method(method)](arrays, *symbols).value
 
 
-def postprocess(ops: _Ops, raw: ir.Value, fmap: tuple[int, int], size: tuple[int, int]) -> ir.Value:
+def postprocess(ops: OnnxArrays, raw: ir.Value, fmap: tuple[int, int], size: tuple[int, int]) -> ir.Value:
     """ReLU → min-max → bilinear half-pixel resize to ``size`` (skipped when the sizes agree) →
     ReLU → min-max."""
     b = ops.b
@@ -110,37 +123,41 @@ def postprocess(ops: _Ops, raw: ir.Value, fmap: tuple[int, int], size: tuple[int
     return ops.minmax(b.op("Relu", cam))
 
 
-def _outputs(graph: ir.Graph) -> dict[str, ir.Value]:
-    return {v.name: v for v in graph.outputs}
+class BakeHeatmapPass(ir.passes.InPlacePass):
+    """Append the output ``heatmap`` [N, H, W] of ``method`` and the metadata
+    ``onnxcam.heatmap_method`` to an explanation graph (see the module docstring)."""
+
+    def __init__(self, method: str) -> None:
+        super().__init__()
+        self.method = check_method(method)
+
+    def call(self, model: ir.Model) -> ir.passes.PassResult:
+        meta = GraphMetadata.from_props(model.metadata_props)
+        if meta.heatmap_method is not None:
+            raise ExportError(f"the graph already has a baked heatmap ({meta.heatmap_method})")
+        if meta.preprocess is None:
+            raise ExportError(f"cannot bake a heatmap: no {Key.PREPROCESS} metadata (the input size)")
+        graph, size = model.graph, meta.preprocess.size
+        outputs = {v.name: v for v in graph.outputs}
+        if HEATMAP in outputs:
+            raise ExportError(f"the graph already has a '{HEATMAP}' output")
+        A = outputs[ACTIVATIONS]
+        dims = list(A.shape) if A.shape is not None else []
+        if len(dims) != 4 or not all(isinstance(d, int) for d in dims[2:]):
+            raise ExportError(f"cannot bake a heatmap: the activations need a static spatial size, got {dims}")
+        ops = OnnxArrays(GraphBuilder(graph, TensorFacts(), default_opset(model), prefix="onnxcam/heatmap"))
+        raw = raw_map(ops, self.method, A, outputs[GRADIENTS], outputs.get(GRADIENTS_POW2), outputs.get(GRADIENTS_POW3))
+        heatmap = postprocess(ops, raw, (dims[2], dims[3]), size)
+        heatmap.name = HEATMAP
+        heatmap.type = ir.TensorType(ir.DataType.FLOAT)
+        heatmap.shape = ir.Shape([dims[0], size[0], size[1]])
+        graph.outputs.append(heatmap)
+        model.metadata_props[Key.HEATMAP_METHOD] = self.method
+        return ir.passes.PassResult(model, modified=True)
 
 
 def bake_heatmap(model: onnx.ModelProto, method: str) -> onnx.ModelProto:
-    """A copy of the explanation graph ``model`` with the output ``heatmap`` [N, H, W] of ``method``
-    and the metadata ``onnxcam.heatmap_method`` (see the module docstring)."""
-    check_method(method)
-    meta = GraphMetadata.from_props({p.key: p.value for p in model.metadata_props})
-    if meta.heatmap_method is not None:
-        raise ExportError(f"the graph already has a baked heatmap ({meta.heatmap_method})")
-    if meta.preprocess is None:
-        raise ExportError(f"cannot bake a heatmap: no {Key.PREPROCESS} metadata (the input size)")
-    size = meta.preprocess.size
+    """A copy of the explanation graph ``model`` with ``method`` baked in (:class:`BakeHeatmapPass`)."""
     ir_model = ir.from_proto(model)
-    graph = ir_model.graph
-    outputs = _outputs(graph)
-    if HEATMAP in outputs:
-        raise ExportError("the graph already has a 'heatmap' output")
-    A = outputs["activations"]
-    dims = list(A.shape) if A.shape is not None else []
-    if len(dims) != 4 or not all(isinstance(d, int) for d in dims[2:]):
-        raise ExportError(f"cannot bake a heatmap: the activations need a static spatial size, got {dims}")
-    opset = next((v for d, v in ir_model.opset_imports.items() if d in ("", "ai.onnx")), 17)
-    builder = GraphBuilder(graph, TensorFacts(), opset, prefix="onnxcam/heatmap")
-    ops = _Ops(builder)
-    raw = raw_map(ops, method, A, outputs["gradients"], outputs.get("gradients_pow2"), outputs.get("gradients_pow3"))
-    heatmap = postprocess(ops, raw, (dims[2], dims[3]), size)
-    heatmap.name = HEATMAP
-    heatmap.type = ir.TensorType(ir.DataType.FLOAT)
-    heatmap.shape = ir.Shape([dims[0], size[0], size[1]])
-    graph.outputs.append(heatmap)
-    ir_model.metadata_props[Key.HEATMAP_METHOD] = method
+    BakeHeatmapPass(method)(ir_model)
     return ir.to_proto(ir_model)

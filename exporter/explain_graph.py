@@ -1,35 +1,39 @@
-"""Turn a classifier graph (logits + a target tensor) into the contract's explanation graph.
+"""The explanation graph (docs/contract.md §1) as an in-place pass over the classifier's IR model.
 
-Inputs: the image input and ``class_index`` (int64 [N], negative = top-1). Outputs: ``logits``,
-``target``, ``activations``, ``gradients``, ``gradients_pow2``, ``gradients_pow3`` (all NCHW),
-plus the head-only path for Ablation-CAM (``head_activations`` → ``head_logits``) when the
-target tensor separates the input from the scores.
+:class:`ExplanationGraphPass` adds the input ``class_index`` (int64 [N], negative = top-1) and
+the outputs ``logits``, ``target``, ``activations``, ``gradients``, ``gradients_pow2``,
+``gradients_pow3`` (all NCHW), the head-only path for Ablation-CAM (``head_activations`` →
+``head_logits``) when the target separates the input from the scores, the input-gradient
+outputs when asked for, and the metadata. It expects :class:`MaxPoolIndicesPass` to have run on
+the same paths. ``build_explanation_graph`` runs both on a copy and returns a proto.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import onnx
 import onnx_ir as ir
-import onnx_ir.passes.common as ir_passes
 
 from onnxcam.exporter.autodiff import differentiate, find_path, is_piecewise_linear
 from onnxcam.exporter.builder import GraphBuilder
 from onnxcam.exporter.errors import ExportError
-from onnxcam.exporter.gating import gate_outputs
+from onnxcam.exporter.graph_values import default_opset, resolve_identity, values_by_name
 from onnxcam.exporter.head import add_head_path
 from onnxcam.exporter.layout import feature_layout
 from onnxcam.exporter.probe import TensorFacts
 from onnxcam.exporter.rules.guided import GUIDED_RULES
-from onnxcam.models.contract import HEAD_INPUT, RESERVED_NAMES, GraphMetadata
+from onnxcam.models.contract import (ACTIVATIONS, CLASS_INPUT, GRADIENTS, GRADIENTS_POW2, GRADIENTS_POW3,
+                                     GUIDED_GRADIENTS, HEAD_INPUT, HEAD_OUTPUT, INPUT_GRADIENT_MODES, LOGITS, RESERVED_NAMES, TARGET, GraphMetadata)
+from onnxcam.models.errors import param
 from onnxcam.models.preprocess import Preprocess
+
 
 @dataclass
 class GraphSpec:
     """What the explanation graph is built from."""
 
-    model: onnx.ModelProto          # the classifier, opset ≥ 17, logits as a graph tensor
+    model: ir.Model                 # the classifier, opset ≥ 17, logits as a graph tensor
     image_input: str
     logits: str
     target: str
@@ -40,22 +44,22 @@ class GraphSpec:
     input_gradients: bool | str = False   # ∂S/∂input outputs: False, "plain", "guided", "both" (= True)
 
 
-def values_by_name(graph: ir.Graph) -> dict[str, ir.Value]:
-    """Every named tensor of ``graph``."""
-    values: dict[str, ir.Value] = {v.name: v for v in graph.inputs}
-    values.update(graph.initializers)
-    for node in graph:
-        for out in node.outputs:
-            if out.name:
-                values[out.name] = out
-    return values
-
-
-def resolve_identity(value: ir.Value) -> ir.Value:
-    """Follow Identity nodes back to the tensor the rest of the graph actually uses."""
-    while value.producer() is not None and value.producer().op_type == "Identity":
-        value = value.producer().inputs[0]
+def input_gradient_mode(value: bool | str | None) -> str | None:
+    """The mode for ``value``: None (no input gradients), or a key of ``INPUT_GRADIENT_MODES``
+    (``True`` means ``"both"``)."""
+    if value is None or value is False:
+        return None
+    if value is True:
+        return "both"
+    if value not in INPUT_GRADIENT_MODES:
+        raise ExportError(f"{param('input_gradients', value)}: choose from {', '.join(INPUT_GRADIENT_MODES)}")
     return value
+
+
+def differentiated_sources(spec: GraphSpec) -> list[str]:
+    """The tensors the graph differentiates the scores with respect to: the target, and the image
+    input when input gradients are asked for."""
+    return [spec.target] + ([spec.image_input] if input_gradient_mode(spec.input_gradients) else [])
 
 
 def _set_output(graph: ir.Graph, builder: GraphBuilder, value: ir.Value, name: str, dtype: ir.DataType,
@@ -73,13 +77,6 @@ def _set_output(graph: ir.Graph, builder: GraphBuilder, value: ir.Value, name: s
     return value
 
 
-def _free_reserved_names(values: dict[str, ir.Value], keep: set[ir.Value]) -> None:
-    """Rename source tensors that carry a name the explanation graph gives to its own inputs/outputs."""
-    for name in RESERVED_NAMES & set(values):
-        if values[name] not in keep:
-            values[name].name = f"{name}__source"
-
-
 def _as_float32(builder: GraphBuilder, value: ir.Value) -> ir.Value:
     """``value`` as float32 (fp16 models keep their outputs float32, as the contract says)."""
     if builder.dtype(value) == np.float32:
@@ -87,120 +84,127 @@ def _as_float32(builder: GraphBuilder, value: ir.Value) -> ir.Value:
     return builder.op("Cast", value, to=ir.DataType.FLOAT)
 
 
-#: ``input_gradients`` modes: which reverse passes to the input the graph carries.
-INPUT_GRADIENT_MODES = ("plain", "guided", "both")
+def _free_reserved_names(values: dict[str, ir.Value], keep: set[ir.Value], facts: TensorFacts) -> None:
+    """Rename source tensors that carry a name the explanation graph gives to its own inputs/outputs."""
+    for name in RESERVED_NAMES & set(values):
+        if values[name] not in keep:
+            values[name].name = f"{name}__source"
+            facts.rename(name, values[name].name)
 
 
-def input_gradient_mode(value: bool | str | None) -> str | None:
-    """The mode for ``value``: None (no input gradients), or one of ``INPUT_GRADIENT_MODES``
-    (``True`` means ``"both"``)."""
-    if value is None or value is False:
-        return None
-    if value is True:
-        return "both"
-    if value not in INPUT_GRADIENT_MODES:
-        raise ExportError(f"input gradients '{value}': choose from {', '.join(INPUT_GRADIENT_MODES)}")
-    return value
+class ExplanationGraphPass(ir.passes.InPlacePass):
+    """The classifier of ``spec`` → the explanation graph (see the module docstring)."""
+
+    def __init__(self, spec: GraphSpec, facts: TensorFacts) -> None:
+        super().__init__()
+        self.spec, self.facts = spec, facts
+
+    def call(self, model: ir.Model) -> ir.passes.PassResult:
+        spec, facts, graph = self.spec, self.facts, model.graph
+        values = values_by_name(graph)
+        logits, target, image = values[spec.logits], resolve_identity(values[spec.target]), values[spec.image_input]
+        builder = GraphBuilder(graph, facts, max(17, default_opset(model)))
+        batch = self._batch(image)
+        target_shape = facts.shape(target.name)
+        if len(target_shape) != 4:
+            raise ExportError(f"target '{spec.target_layer}' has shape {list(target_shape)}; a 4-D feature map is needed")
+        num_classes = facts.shape(logits.name)[1]
+
+        class_index = ir.Value(name=CLASS_INPUT, type=ir.TensorType(ir.DataType.INT64), shape=ir.Shape([batch]))
+        graph.inputs.append(class_index)
+        top1 = builder.op("ArgMax", logits, axis=1, keepdims=0)
+        chosen = builder.op("Where", builder.op("Less", class_index, builder.ints([0])), top1, class_index)
+        seed = builder.op("OneHot", chosen, builder.ints([num_classes]),
+                          builder.const(np.array([0, 1], builder.dtype(logits))), axis=-1)
+
+        path = find_path(graph, facts, target, logits)
+        activations, gradient, layout = self._feature_outputs(builder, target, differentiate(
+            builder, path, target, logits, seed))
+        head = add_head_path(builder, graph, facts, image, target, logits, layout)
+        mode = input_gradient_mode(spec.input_gradients)
+        input_outputs = _input_gradients(builder, graph, facts, image, logits, seed, mode) if mode else {}
+
+        # after all look-ups of probed facts by name; the source's logits may keep the name "logits"
+        _free_reserved_names(values, {image} | ({logits} if logits.name == LOGITS else set()), facts)
+        graph.outputs.clear()
+        fmap = [batch, *self._nchw(target_shape, layout)[1:]]
+        _set_output(graph, builder, _as_float32(builder, logits), LOGITS, ir.DataType.FLOAT, [batch, num_classes])
+        _set_output(graph, builder, chosen, TARGET, ir.DataType.INT64, [batch])
+        gradient_pow2 = builder.op("Mul", gradient, gradient)
+        for value, name in ((activations, ACTIVATIONS), (gradient, GRADIENTS), (gradient_pow2, GRADIENTS_POW2),
+                            (builder.op("Mul", gradient_pow2, gradient), GRADIENTS_POW3)):
+            _set_output(graph, builder, value, name, ir.DataType.FLOAT, fmap)
+        if head is not None:
+            _set_output(graph, builder, head, HEAD_OUTPUT, ir.DataType.FLOAT, ["M", num_classes])
+        for name, value in input_outputs.items():
+            _set_output(graph, builder, value, name, ir.DataType.FLOAT, [batch, *facts.shape(image.name)[1:]])
+        for value in values.values():  # a former output declared without an element type
+            if value.type is not None and value.dtype == ir.DataType.UNDEFINED and value not in graph.outputs:
+                value.type = None
+        self._metadata(model, path, head is not None, mode)
+        return ir.passes.PassResult(model, modified=True)
+
+    def _batch(self, image: ir.Value) -> str | int:
+        """The batch axis of every output: the image input's symbol, or its fixed size."""
+        facts = self.facts
+        declared = image.shape[0] if image.shape is not None and len(image.shape) else None
+        if not facts.batch_dynamic:  # the source bakes its batch size into its shape arithmetic
+            image.shape = ir.Shape(list(facts.shape(image.name)))
+            return facts.shape(image.name)[0]
+        return declared.value if isinstance(declared, ir.SymbolicDim) and declared.value else "N"
+
+    @staticmethod
+    def _nchw(shape: tuple[int, ...], layout: str) -> tuple[int, ...]:
+        return shape if layout == "NCHW" else (shape[0], shape[3], shape[1], shape[2])
+
+    def _feature_outputs(self, builder: GraphBuilder, target: ir.Value,
+                         gradient: ir.Value) -> tuple[ir.Value, ir.Value, str]:
+        """(activations, gradients) as float32 NCHW, and the target's own layout."""
+        layout = feature_layout(target, self.facts)
+        activations = target
+        if builder.dtype(target) != np.float32:  # a gradient has its tensor's dtype
+            activations = builder.op("Cast", target, to=ir.DataType.FLOAT)
+            gradient = builder.op("Cast", gradient, to=ir.DataType.FLOAT)
+        if layout == "NHWC":
+            activations = builder.op("Transpose", activations, perm=[0, 3, 1, 2])
+            gradient = builder.op("Transpose", gradient, perm=[0, 3, 1, 2])
+        return activations, gradient, layout
+
+    def _metadata(self, model: ir.Model, path, has_head: bool, mode: str | None) -> None:
+        spec = self.spec
+        preprocess = spec.preprocess if isinstance(spec.preprocess, Preprocess) or not spec.preprocess \
+            else Preprocess.from_json(spec.preprocess)
+        model.metadata_props.clear()
+        model.metadata_props.update(GraphMetadata(
+            source=spec.source, target_layer=spec.target_layer, image_input=spec.image_input,
+            preprocess=preprocess or None, labels=tuple(spec.labels) if spec.labels else None,
+            head_piecewise_linear=is_piecewise_linear(path), head_input=HEAD_INPUT if has_head else None,
+            input_gradients=mode).to_props())
+        model.producer_name = "onnxcam"
 
 
 def _input_gradients(builder: GraphBuilder, graph: ir.Graph, facts: TensorFacts, image: ir.Value,
                      logits: ir.Value, seed: ir.Value, mode: str) -> dict[str, ir.Value]:
     """``input_gradients`` = ∂S/∂input (``mode`` "plain" or "both") and ``guided_gradients``
     (Guided Backpropagation; "guided" or "both"), each a reverse pass over the whole network, in
-    the image input's layout. Each pass costs about one forward pass: onnxruntime runs every node
-    of a graph whatever outputs are fetched, so a graph for one kind of map carries only its pass."""
+    the image input's layout (gated afterwards, see ``gating``)."""
     if not facts.is_float(image.name):
         raise ExportError(f"input gradients need a float image input; '{image.name}' is {facts.dtypes[image.name]}")
     path = find_path(graph, facts, image, logits)
     grads = {}
-    if mode in ("plain", "both"):
-        grads["input_gradients"] = differentiate(builder, path, image, logits, seed)
-    if mode in ("guided", "both"):
-        grads["guided_gradients"] = differentiate(builder, path, image, logits, seed, overrides=GUIDED_RULES)
+    for name in INPUT_GRADIENT_MODES[mode]:
+        overrides = GUIDED_RULES if name == GUIDED_GRADIENTS else None
+        grads[name] = differentiate(builder, path, image, logits, seed, overrides=overrides)
     if facts.dtypes[image.name] != np.float32:  # a gradient has its tensor's dtype
         grads = {name: builder.op("Cast", g, to=ir.DataType.FLOAT) for name, g in grads.items()}
     return grads
 
 
 def build_explanation_graph(spec: GraphSpec, facts: TensorFacts) -> onnx.ModelProto:
-    """The explanation graph of ``spec`` (see the module docstring)."""
-    opset = max(17, next((o.version for o in spec.model.opset_import if o.domain in ("", "ai.onnx")), 17))
-    model = ir.from_proto(spec.model)
-    graph = model.graph
-    values = values_by_name(graph)
-    logits, target = values[spec.logits], resolve_identity(values[spec.target])
-    builder = GraphBuilder(graph, facts, opset)
-    image = values[spec.image_input]
-    declared = image.shape[0] if image.shape is not None and len(image.shape) else None
-    symbol = declared.value if isinstance(declared, ir.SymbolicDim) and declared.value else "N"
-    batch: str | int = symbol if facts.batch_dynamic else facts.shape(image.name)[0]
-    if not facts.batch_dynamic:  # the source bakes its batch size into its shape arithmetic
-        image.shape = ir.Shape(list(facts.shape(image.name)))
+    """The explanation graph of ``spec`` as a proto (the classifier in ``spec.model`` is left as
+    it was): the passes of ``exporter.pipeline.explanation_passes`` without the optional ones."""
+    from onnxcam.exporter.pipeline import apply_passes, explanation_passes
 
-    target_shape = facts.shape(target.name)
-    if len(target_shape) != 4:
-        raise ExportError(
-            f"target '{spec.target_layer}' has shape {list(target_shape)}; a 4-D feature map is needed"
-        )
-    num_classes = facts.shape(logits.name)[1]
-
-    class_index = ir.Value(name="class_index", type=ir.TensorType(ir.DataType.INT64), shape=ir.Shape([batch]))
-    graph.inputs.append(class_index)
-    top1 = builder.op("ArgMax", logits, axis=1, keepdims=0)
-    chosen = builder.op("Where", builder.op("Less", class_index, builder.ints([0])), top1, class_index)
-    seed = builder.op("OneHot", chosen, builder.ints([num_classes]),
-                      builder.const(np.array([0, 1], builder.dtype(logits))), axis=-1)
-
-    path = find_path(graph, facts, target, logits)
-    gradient = differentiate(builder, path, target, logits, seed)
-
-    layout = feature_layout(target, facts)
-    activations: ir.Value = target
-    if builder.dtype(target) != np.float32:  # a gradient has its tensor's dtype
-        activations = builder.op("Cast", target, to=ir.DataType.FLOAT)
-        gradient = builder.op("Cast", gradient, to=ir.DataType.FLOAT)
-    if layout == "NHWC":
-        activations = builder.op("Transpose", activations, perm=[0, 3, 1, 2])
-        gradient = builder.op("Transpose", gradient, perm=[0, 3, 1, 2])
-        target_shape = (target_shape[0], target_shape[3], target_shape[1], target_shape[2])
-    gradient_pow2 = builder.op("Mul", gradient, gradient)
-    gradient_pow3 = builder.op("Mul", gradient_pow2, gradient)
-
-    has_head = add_head_path(builder, graph, facts, image, target, logits, layout)
-    mode = input_gradient_mode(spec.input_gradients)
-    input_outputs = _input_gradients(builder, graph, facts, image, logits, seed, mode) if mode else {}
-
-    # after all look-ups of probed facts by name; the source's logits may keep the name "logits"
-    _free_reserved_names(values, keep={image} | ({logits} if logits.name == "logits" else set()))
-    graph.outputs.clear()
-    fmap = [batch, *target_shape[1:]]
-    _set_output(graph, builder, _as_float32(builder, logits), "logits", ir.DataType.FLOAT, [batch, num_classes])
-    _set_output(graph, builder, chosen, "target", ir.DataType.INT64, [batch])
-    for value, name in ((activations, "activations"), (gradient, "gradients"),
-                        (gradient_pow2, "gradients_pow2"), (gradient_pow3, "gradients_pow3")):
-        _set_output(graph, builder, value, name, ir.DataType.FLOAT, fmap)
-    if has_head:
-        _set_output(graph, builder, has_head, "head_logits", ir.DataType.FLOAT, ["M", num_classes])
-    gated = [_set_output(graph, builder, value, name, ir.DataType.FLOAT, [batch, *facts.shape(image.name)[1:]])
-             for name, value in input_outputs.items()]
-
-    for value in values.values():  # a former output declared without an element type
-        if value.type is not None and value.dtype == ir.DataType.UNDEFINED and value not in graph.outputs:
-            value.type = None
-    ir_passes.RemoveUnusedNodesPass()(model)
-    ir_passes.TopologicalSortPass()(model)
-    switches = gate_outputs(graph, gated, facts.shape(image.name)[1:]) if gated else {}
-    preprocess = spec.preprocess if isinstance(spec.preprocess, Preprocess) or not spec.preprocess \
-        else Preprocess.from_json(spec.preprocess)
-    metadata = GraphMetadata(
-        source=spec.source, target_layer=spec.target_layer, image_input=spec.image_input,
-        preprocess=preprocess or None, labels=tuple(spec.labels) if spec.labels else None,
-        head_piecewise_linear=is_piecewise_linear(path), head_input=HEAD_INPUT if has_head else None,
-        input_gradients=mode if input_outputs else None, input_gradient_switches=switches,
-    ).to_props()
-    proto = ir.to_proto(model)
-    del proto.metadata_props[:]
-    for key, value in metadata.items():
-        proto.metadata_props.add(key=key, value=value)
-    proto.producer_name = "onnxcam"
-    return proto
+    copy = replace(spec, model=spec.model.clone())
+    apply_passes(copy.model, explanation_passes(copy, facts))
+    return ir.to_proto(copy.model)

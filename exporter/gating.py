@@ -17,6 +17,8 @@ from collections.abc import Iterable, Sequence
 import numpy as np
 import onnx_ir as ir
 
+from onnxcam.models.contract import INPUT_GRADIENT_MODES, GraphMetadata, switch_name
+
 ROWS = "input_gradient_rows"  # the outputs' first dimension: the batch, or 0 when switched off
 
 
@@ -46,11 +48,6 @@ def _needed(values: Iterable[ir.Value]) -> set[ir.Node]:
         needed.add(node)
         stack.extend(v.producer() for v in _inputs(node) if v is not None and v.producer() is not None)
     return needed
-
-
-def switch_name(output: str) -> str:
-    """The switch input of an input-gradient output: ``<output>_enabled``."""
-    return f"{output}_enabled"
 
 
 def gate_outputs(graph: ir.Graph, gated: Sequence[ir.Value], per_image_shape: Sequence[int]) -> dict[str, str]:
@@ -90,3 +87,19 @@ def gate_outputs(graph: ir.Graph, gated: Sequence[ir.Value], per_image_shape: Se
         out.shape = ir.Shape([ROWS, *per_image_shape])
         graph.outputs.insert(position, out)
     return switches
+
+
+class GateInputGradientsPass(ir.passes.InPlacePass):
+    """Put each input-gradient output the metadata lists (``onnxcam.input_gradients``) behind its
+    own switch (see the module docstring) and record the switches in the metadata. The graph
+    must be topologically sorted."""
+
+    def call(self, model: ir.Model) -> ir.passes.PassResult:
+        meta = GraphMetadata.from_props(model.metadata_props)
+        if meta.input_gradients is None:
+            return ir.passes.PassResult(model, modified=False)
+        names = INPUT_GRADIENT_MODES[meta.input_gradients]
+        gated = [v for v in model.graph.outputs if v.name in names]
+        switches = gate_outputs(model.graph, gated, list(gated[0].shape)[1:])
+        model.metadata_props.update(meta.replace(input_gradient_switches=switches).to_props())
+        return ir.passes.PassResult(model, modified=True)

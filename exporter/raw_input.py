@@ -24,52 +24,62 @@ import onnx_ir.passes.common as ir_passes
 from onnxcam.exporter.builder import GraphBuilder
 from onnxcam.exporter.errors import ExportError
 from onnxcam.exporter.probe import TensorFacts
+from onnxcam.exporter.graph_values import default_opset
 from onnxcam.models.contract import GraphMetadata, Key
+from onnxcam.models.errors import param
+from onnxcam.models.preprocess import Preprocess
 
-def raw_input(model: onnx.ModelProto) -> onnx.ModelProto:
-    """A copy of the explanation graph ``model`` whose image input takes uint8 NHWC RGB pixels
-    (see the module docstring)."""
-    meta = GraphMetadata.from_props({p.key: p.value for p in model.metadata_props})
-    if meta.raw_input:
-        raise ExportError("the graph already takes raw uint8 pixels")
-    if meta.input_gradients:
-        raise ExportError("--raw-input cannot be combined with --input-gradients "
-                          "(input gradients are taken w.r.t. the normalised float input)")
-    pre = meta.preprocess
-    if pre is None:
-        raise ExportError(f"--raw-input needs {Key.PREPROCESS} metadata")
-    if pre.channels != 3:
-        raise ExportError(f"--raw-input needs a 3-channel (RGB/BGR) model; this one takes {pre.channels} channel(s)")
-    ir_model = ir.from_proto(model)
-    graph = ir_model.graph
-    name = meta.image_input
-    index = next((i for i, v in enumerate(graph.inputs) if v.name == name), None)
-    if index is None:
-        raise ExportError(f"internal: image input {name!r} not found in the graph")
-    old = graph.inputs[index]
-    if old.dtype not in (ir.DataType.FLOAT, ir.DataType.FLOAT16, ir.DataType.DOUBLE):
-        raise ExportError(f"--raw-input needs a float image input; {name!r} is {old.dtype}")
-    batch = old.shape[0] if old.shape is not None and len(old.shape) == 4 else "N"
-    height, width = pre.size
-    pixels = ir.Value(name=name, type=ir.TensorType(ir.DataType.UINT8), shape=ir.Shape([batch, height, width, 3]))
-    old.name = "onnxcam/raw_input/normalised"
+class RawInputPass(ir.passes.InPlacePass):
+    """Make the explanation graph's image input (same name) uint8 NHWC RGB pixels of the model's
+    input size, normalised inside the graph (see the module docstring)."""
 
-    opset = next((v for d, v in ir_model.opset_imports.items() if d in ("", "ai.onnx")), 17)
-    b = GraphBuilder(graph, TensorFacts(), opset, prefix="onnxcam/raw_input")
+    def call(self, model: ir.Model) -> ir.passes.PassResult:
+        meta = GraphMetadata.from_props(model.metadata_props)
+        if meta.raw_input:
+            raise ExportError("the graph already takes raw uint8 pixels")
+        if meta.input_gradients:
+            raise ExportError(f"{param('raw_input', True)} cannot be combined with {param('input_gradients', True)} "
+                              "(input gradients are taken w.r.t. the normalised float input)")
+        pre = meta.preprocess
+        if pre is None:
+            raise ExportError(f"{param('raw_input', True)} needs {Key.PREPROCESS} metadata")
+        if pre.channels != 3:
+            raise ExportError(f"{param('raw_input', True)} needs a 3-channel (RGB/BGR) model; this one takes "
+                              f"{pre.channels} channel(s)")
+        graph = model.graph
+        index = next((i for i, v in enumerate(graph.inputs) if v.name == meta.image_input), None)
+        if index is None:
+            raise ExportError(f"internal: image input {meta.image_input!r} not found in the graph")
+        old = graph.inputs[index]
+        if old.dtype not in (ir.DataType.FLOAT, ir.DataType.FLOAT16, ir.DataType.DOUBLE):
+            raise ExportError(f"{param('raw_input', True)} needs a float image input; {old.name!r} is {old.dtype}")
+        batch = old.shape[0] if old.shape is not None and len(old.shape) == 4 else "N"
+        pixels = ir.Value(name=old.name, type=ir.TensorType(ir.DataType.UINT8),
+                          shape=ir.Shape([batch, pre.size[0], pre.size[1], 3]))
+        old.name = "onnxcam/raw_input/normalised"
+        old.replace_all_uses_with(_normalise(GraphBuilder(graph, TensorFacts(), default_opset(model),
+                                                          prefix="onnxcam/raw_input"), pixels, pre, old.dtype))
+        graph.inputs[index] = pixels
+        ir_passes.TopologicalSortPass()(model)
+        model.metadata_props[Key.RAW_INPUT] = "true"
+        return ir.passes.PassResult(model, modified=True)
+
+
+def _normalise(b: GraphBuilder, pixels: ir.Value, pre: Preprocess, dtype: ir.DataType) -> ir.Value:
+    """x = (float(pixels)[..., ::-1 if BGR] · scale − mean)/std, transposed to NCHW if needed."""
     x = b.op("Cast", pixels, to=ir.DataType.FLOAT)
     if pre.color == "BGR":
         x = b.op("Gather", x, b.ints([2, 1, 0]), axis=3)
-    scale = np.array(pre.scale, np.float32)
-    x = b.op("Mul", x, b.const(scale, "scale"))
+    x = b.op("Mul", x, b.const(np.array(pre.scale, np.float32), "scale"))
     x = b.op("Sub", x, b.const(np.asarray(pre.mean, np.float32), "mean"))
     x = b.op("Div", x, b.const(np.asarray(pre.std, np.float32), "std"))
     if pre.layout == "NCHW":
         x = b.op("Transpose", x, perm=[0, 3, 1, 2])
-    if old.dtype != ir.DataType.FLOAT:
-        x = b.op("Cast", x, to=old.dtype)
+    return x if dtype == ir.DataType.FLOAT else b.op("Cast", x, to=dtype)
 
-    old.replace_all_uses_with(x)
-    graph.inputs[index] = pixels
-    ir_passes.TopologicalSortPass()(ir_model)
-    ir_model.metadata_props[Key.RAW_INPUT] = "true"
+
+def raw_input(model: onnx.ModelProto) -> onnx.ModelProto:
+    """A copy of the explanation graph ``model`` that takes raw pixels (:class:`RawInputPass`)."""
+    ir_model = ir.from_proto(model)
+    RawInputPass()(ir_model)
     return ir.to_proto(ir_model)

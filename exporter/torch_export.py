@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import onnx
+import onnx_ir as ir
 import torch
 from torch import nn
 
@@ -124,27 +125,27 @@ def target_output_name(i: int) -> str:
     return TARGET if i == 0 else f"{TARGET}_{i}"
 
 
-def _dynamo_export(wrapper: nn.Module, example: torch.Tensor, opset: int, outputs: list[str]) -> onnx.ModelProto:
+def _dynamo_export(wrapper: nn.Module, example: torch.Tensor, opset: int, outputs: list[str]) -> ir.Model:
     batch = torch.export.Dim("batch", min=1, max=4096)
     program = torch.onnx.export(
         wrapper, (example,), dynamo=True, input_names=[IMAGE_INPUT], output_names=outputs,
         dynamic_shapes=({0: batch},), opset_version=opset, verbose=False,
     )
-    return program.model_proto
+    return program.model  # the onnx_ir model itself: no proto round trip
 
 
-def _torchscript_export(wrapper: nn.Module, example: torch.Tensor, opset: int, outputs: list[str]) -> onnx.ModelProto:
+def _torchscript_export(wrapper: nn.Module, example: torch.Tensor, opset: int, outputs: list[str]) -> ir.Model:
     buffer = io.BytesIO()
     torch.onnx.export(
         wrapper, (example,), buffer, dynamo=False, input_names=[IMAGE_INPUT], output_names=outputs,
         dynamic_axes={IMAGE_INPUT: {0: "N"}}, opset_version=opset, do_constant_folding=True,
     )
-    return onnx.load_from_string(buffer.getvalue())
+    return ir.from_proto(onnx.load_from_string(buffer.getvalue()))
 
 
 def export_with_targets(model: nn.Module, target_names: list[str], input_size: tuple[int, int, int],
-                        opset: int = 18, scores: str | None = None) -> tuple[onnx.ModelProto, list[TargetCall]]:
-    """ONNX graph of ``model`` with outputs ``logits`` (the scores, see :func:`score_selector`)
+                        opset: int = 18, scores: str | None = None) -> tuple[ir.Model, list[TargetCall]]:
+    """ONNX graph (an ``onnx_ir`` model) of ``model`` with outputs ``logits`` (the scores, see :func:`score_selector`)
     and, for each target module, its output (named by :func:`target_output_name`; the last call
     of a module that runs several times)."""
     modules = dict(model.named_modules())
@@ -178,7 +179,7 @@ def export_with_targets(model: nn.Module, target_names: list[str], input_size: t
 
 
 def export_with_target(model: nn.Module, target_name: str, input_size: tuple[int, int, int],
-                       opset: int = 18, scores: str | None = None) -> tuple[onnx.ModelProto, TargetCall]:
+                       opset: int = 18, scores: str | None = None) -> tuple[ir.Model, TargetCall]:
     """:func:`export_with_targets` for one target, exposed as ``onnxcam_target``."""
     proto, calls = export_with_targets(model, [target_name], input_size, opset, scores)
     return proto, calls[0]

@@ -1,38 +1,48 @@
-"""``Explainer``: heatmaps from an explanation graph with numpy + onnxruntime only (CONTRACT §3)."""
+"""``Explainer``: heatmaps from an explanation graph with numpy + onnxruntime only (docs/contract.md §3).
+
+The methods come from the registry (``runtime.registry``): one graph run per batch chunk gives
+every output the requested methods read; each method then computes its map from them (running
+the graph or its head again where it must).
+"""
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional, Sequence, Union
+from typing import Union
 
 import numpy as np
 from PIL import Image
 
-from onnxcam.runtime.ablation import ablationcam
+from onnxcam.models.contract import (CLASS_INPUT, HEAD_OUTPUT, HEATMAP, INPUT_GRADIENT_OUTPUTS, INPUT_GRADIENTS,
+                                     LOGITS, TARGET)
+from onnxcam.models.errors import param
 from onnxcam.runtime.errors import ClassIndexError, ModelError
 from onnxcam.runtime.images import (Geometry, ImageLike, heatmap_to_original, image_pixels, load_image, load_pixels,
-                                     preprocess, preprocess_image)
-from onnxcam.runtime.input_methods import (INPUT_METHODS, INPUT_OUTPUTS, NEEDS_INPUT_GRADIENTS, InputMethodOptions,
-                                           gradcam_counterfactual, missing_outputs_message, pixel_heatmaps,
-                                           run_input_method)
-from onnxcam.models.contract import CLASS_INPUT, HEAD_OUTPUT
+                                    preprocess, preprocess_image)
+from onnxcam.runtime.input_methods import InputMethodOptions, pixel_heatmaps
 from onnxcam.runtime.metadata import ModelInfo, read_model_info
-from onnxcam.runtime.methods import METHODS, REQUIRED_OUTPUTS
 from onnxcam.runtime.postprocess import postprocess
 from onnxcam.runtime.providers import ProviderSpec, Runner
-from onnxcam.runtime.scorecam import scorecam
+from onnxcam.runtime.registry import METHODS, MethodContext, MethodSpec, get_method, method_names
 
-CAM_METHODS = {**METHODS, "gradcam-counterfactual": gradcam_counterfactual}
-#: The CAM family (what ``--method all`` means).
-ALL_METHODS = tuple(METHODS) + ("scorecam", "ablationcam")
-#: Counterfactual Grad-CAM and the input-space methods (these need ``--input-gradients``).
-EXTRA_METHODS = ("gradcam-counterfactual",) + tuple(INPUT_METHODS)
-EVERY_METHOD = ALL_METHODS + EXTRA_METHODS
-_REQUIRED = {**REQUIRED_OUTPUTS, "gradcam-counterfactual": ("activations", "gradients"), **INPUT_METHODS}
 Inputs = Union[np.ndarray, str, Path, Image.Image, Sequence[Union[str, Path, Image.Image]]]
 ClassIndex = Union[None, int, Sequence[int], np.ndarray]
 log = logging.getLogger(__name__)
+_INT64 = np.iinfo(np.int64)
+
+
+def __getattr__(name: str) -> tuple[str, ...]:
+    """``ALL_METHODS`` (the CAM family, what ``--method all`` means), ``EXTRA_METHODS`` (the
+    others) and ``EVERY_METHOD``, read from the registry when asked for."""
+    if name == "ALL_METHODS":
+        return method_names(family=True)
+    if name == "EXTRA_METHODS":
+        return method_names(family=False)
+    if name == "EVERY_METHOD":
+        return method_names()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 @dataclass
@@ -52,14 +62,44 @@ class Explanation:
     logits: np.ndarray
     class_index: np.ndarray
     raw: np.ndarray
-    geometry: Optional[list[Geometry]] = field(default=None)
-    attributions: Optional[np.ndarray] = field(default=None)
+    geometry: list[Geometry] | None = field(default=None)
+    attributions: np.ndarray | None = field(default=None)
 
     def heatmaps_on_original(self) -> list[np.ndarray]:
         """Each heatmap mapped onto its original photo ([H0, W0], outside the crop = 0)."""
         if self.geometry is None:
             raise ValueError("inputs were a preprocessed batch: there is no original photo")
         return [heatmap_to_original(h, g) for h, g in zip(self.heatmaps, self.geometry)]
+
+
+def class_indices(value: ClassIndex, n: int, num_classes: int | None = None) -> np.ndarray:
+    """``class_index`` as int64 [n]: None → all −1 (top-1), one integer for every image, or one per
+    image (negative = top-1). Booleans, floats, strings, values outside int64 and classes the
+    model does not have are refused with a :class:`ClassIndexError`."""
+    if value is None:
+        return np.full(n, -1, np.int64)
+    if isinstance(value, np.ndarray):
+        if value.dtype.kind not in "iu":
+            raise ClassIndexError(f"{param('class_index')} must hold integers, got an array of {value.dtype}")
+        items = value.reshape(-1).tolist()
+    else:
+        items = [value] if np.ndim(value) == 0 else list(np.asarray(value, dtype=object).reshape(-1))
+    for item in items:
+        if isinstance(item, (bool, np.bool_)) or not isinstance(item, (int, np.integer)):
+            raise ClassIndexError(f"{param('class_index')} must be an integer or one integer per image, "
+                                  f"got {item!r}")
+        if not _INT64.min <= int(item) <= _INT64.max:
+            raise ClassIndexError(f"{param('class_index')} {item} is out of range")
+    classes = np.array([int(i) for i in items], np.int64)
+    if np.ndim(value) == 0:
+        classes = np.full(n, classes[0], np.int64)
+    elif len(classes) != n:
+        raise ClassIndexError(f"got {len(classes)} class indices for {n} images")
+    if num_classes is not None and (classes >= num_classes).any():
+        bad = int(classes[classes >= num_classes][0])
+        raise ClassIndexError(f"class index {bad} is out of range: the model has {num_classes} classes "
+                              f"(0..{num_classes - 1}; negative = top-1)")
+    return classes
 
 
 class Explainer:
@@ -71,9 +111,9 @@ class Explainer:
     copies at a time to the head-only path.
     """
 
-    def __init__(self, model_path: Union[str, Path], providers: Optional[Sequence[ProviderSpec]] = None,
-                 intra_op_threads: Optional[int] = None, batch_size: int = 16,
-                 head_batch_size: int = 128, io_binding: Optional[bool] = None) -> None:
+    def __init__(self, model_path: str | Path, providers: Sequence[ProviderSpec] | None = None,
+                 intra_op_threads: int | None = None, batch_size: int = 16,
+                 head_batch_size: int = 128, io_binding: bool | None = None) -> None:
         path = str(model_path)
         if not Path(path).is_file():
             raise ModelError(f"{path}: no such model file")
@@ -87,7 +127,7 @@ class Explainer:
         self.info: ModelInfo = read_model_info(self.runner.session, path)
         self.batch_size = int(batch_size if self.info.static_batch is None else self.info.static_batch)
         self.head_batch_size = int(head_batch_size)
-        self._head_batch: Optional[int] = None  # image batch fed alongside head_activations
+        self._head_batch: int | None = None  # image batch fed alongside head_activations
 
     @property
     def providers(self) -> list[str]:
@@ -95,53 +135,59 @@ class Explainer:
         return self.runner.providers
 
     @property
-    def labels(self) -> Optional[list[str]]:
+    def labels(self) -> list[str] | None:
         return self.info.labels
 
-    def prepare(self, images: Sequence[Union[str, Path, Image.Image]]) -> tuple[np.ndarray, list[Geometry]]:
+    # -- images ------------------------------------------------------------------------------------
+    def _preprocess_metadata(self):
+        if self.info.preprocess is None:
+            raise ModelError(f"{self.info.path} has no onnxcam.preprocess metadata; "
+                             "pass a preprocessed float32 batch instead of images")
+        return self.info.preprocess
+
+    def prepare(self, images: Sequence[str | Path | Image.Image]) -> tuple[np.ndarray, list[Geometry]]:
         """Load and preprocess images from the graph's ``onnxcam.preprocess`` metadata: a float
         batch in the model's layout, or for a raw-input graph the resized / cropped uint8 NHWC
         RGB pixels (the graph normalises them itself)."""
-        if self.info.preprocess is None:
-            raise ModelError(f"{self.info.path} has no onnxcam.preprocess metadata; "
-                             "pass a preprocessed float32 batch instead of images")
-        if self.info.raw_input:
-            return load_pixels(list(images), self.info.preprocess)
-        return preprocess(list(images), self.info.preprocess)
+        spec = self._preprocess_metadata()
+        return (load_pixels if self.info.raw_input else preprocess)(list(images), spec)
+
+    def prepare_image(self, image: Image.Image) -> tuple[np.ndarray, Geometry]:
+        """One RGB image as ``load_image`` returns it, preprocessed as ``prepare`` would:
+        [C, H, W] / [H, W, C] float32, or uint8 [H, W, 3] pixels for a raw-input graph."""
+        spec = self._preprocess_metadata()
+        return (image_pixels if self.info.raw_input else preprocess_image)(image, spec)
 
     def prepare_one(self, image: ImageLike) -> tuple[np.ndarray, Geometry]:
-        """One image (path or PIL image) as ``prepare`` would: [C, H, W] / [H, W, C] float32, or
-        uint8 [H, W, 3] pixels for a raw-input graph."""
-        if self.info.preprocess is None:
-            raise ModelError(f"{self.info.path} has no onnxcam.preprocess metadata; "
-                             "pass a preprocessed float32 batch instead of images")
-        img = load_image(image)
-        if self.info.raw_input:
-            return image_pixels(img, self.info.preprocess)
-        return preprocess_image(img, self.info.preprocess)
+        """``prepare_image`` of one path or PIL image (read with ``load_image``)."""
+        return self.prepare_image(load_image(image))
+
+    # -- methods -----------------------------------------------------------------------------------
+    @property
+    def available_methods(self) -> tuple[str, ...]:
+        """The methods this graph can run (input-space ones need ``--input-gradients``)."""
+        return tuple(m for m in METHODS if self.unavailable_reason(m) is None)
+
+    def unavailable_reason(self, method: str) -> str | None:
+        """Why this graph cannot run ``method`` (one line), or None when it can."""
+        spec, path = get_method(method), self.info.path
+        for output in spec.requires:
+            if output == HEAD_OUTPUT and self.info.head_input is None:
+                return (f"{path} has no head-only path (onnxcam.head_input / {HEAD_OUTPUT}) needed by {method}; "
+                        "re-export it with `onnxcam export`")
+            if output != HEAD_OUTPUT and output not in self.info.outputs:
+                mode = "plain" if output == INPUT_GRADIENTS else "guided"
+                return (f"{path} has no '{output}' output, needed by {method}; re-export it with "
+                        f"`onnxcam export ... --input-gradients {mode}` (or `both`)")
+        if spec.float_input and self.info.raw_input:
+            return (f"{path} takes raw uint8 pixels (exported with --raw-input) and {method} needs the "
+                    "normalised float input; use a graph exported without --raw-input")
+        return None
 
     def explain(self, x: Inputs, method: str = "gradcam", class_index: ClassIndex = None,
                 **options) -> Explanation:
         """Explain a batch with one method (see ``explain_many``)."""
         return self.explain_many(x, methods=[method], class_index=class_index, **options)[method]
-
-    @property
-    def available_methods(self) -> tuple[str, ...]:
-        """The methods this graph can run (input-space ones need ``--input-gradients``)."""
-        return tuple(m for m in EVERY_METHOD if self.unavailable_reason(m) is None)
-
-    def unavailable_reason(self, method: str) -> Optional[str]:
-        """Why this graph cannot run ``method`` (one line), or None when it can."""
-        need = NEEDS_INPUT_GRADIENTS.get(method)
-        if need is not None and need not in self.info.outputs:
-            return missing_outputs_message(self.info.path, method, need)
-        if method == "ablationcam" and self.info.head_input is None:
-            return (f"{self.info.path} has no head-only path (onnxcam.head_input / {HEAD_OUTPUT}) "
-                    "needed by ablationcam; re-export it with `onnxcam export`")
-        if method == "scorecam" and self.info.raw_input:
-            return (f"{self.info.path} takes raw uint8 pixels (exported with --raw-input) and scorecam "
-                    "needs to mask the normalised float input; use a graph exported without --raw-input")
-        return None
 
     def explain_many(self, x: Inputs, methods: Sequence[str] = ("gradcam",),
                      class_index: ClassIndex = None, **options) -> dict[str, Explanation]:
@@ -157,56 +203,60 @@ class Explainer:
         The method baked into the graph (``export --heatmap``) takes its heatmaps from the graph's
         ``heatmap`` output (equal to the numpy post-processing within 1e-4; ``raw`` is still computed).
         """
-        methods = list(dict.fromkeys([methods] if isinstance(methods, str) else methods))
-        unknown = [m for m in methods if m not in EVERY_METHOD]
-        if unknown or not methods:
-            raise ValueError(f"unknown method(s) {unknown}; choose from {', '.join(EVERY_METHOD)}")
-        for m in methods:
-            reason = self.unavailable_reason(m)
-            if reason is not None:
-                raise ModelError(reason)
+        specs = self.method_specs(methods)
         opts = InputMethodOptions.from_kwargs(**options)
         x, geometry = self._as_batch(x)
-        classes = self._classes(class_index, len(x))
-        names = ["logits", "target"] + sorted({o for m in methods for o in _REQUIRED[m]})
-        baked = self.info.heatmap_method if self.info.heatmap_method in methods else None
+        classes = class_indices(class_index, len(x), self.info.num_classes)
+        names = [LOGITS, TARGET] + sorted({o for s in specs for o in s.reads})
+        baked = self.info.heatmap_method if self.info.heatmap_method in [s.name for s in specs] else None
         if baked:  # the graph already computes this method's heatmap (export --heatmap)
-            names.append("heatmap")
-        out = dict(zip(names, self._run_graph(names, x, classes)))
-        logits, target = out["logits"].astype(np.float32), out["target"].astype(np.int64)
-        self._check_range(classes, logits.shape[1])
+            names.append(HEATMAP)
+        out = dict(zip(names, self.run_graph(names, x, classes)))
+        logits, target = out[LOGITS].astype(np.float32), out[TARGET].astype(np.int64)
+        class_indices(classes, len(x), logits.shape[1])
         size = x.shape[2:4] if self.info.layout == "NCHW" else x.shape[1:3]
+        context = MethodContext(out, x, target, logits, opts, self)
         results = {}
-        for m in methods:
-            if m in INPUT_METHODS:
-                attr, raw = run_input_method(m, out, x, target, self.info.layout, self._input_gradients, opts,
-                                             self.batch_size)
-                results[m] = Explanation(m, pixel_heatmaps(raw), logits, target, raw, geometry, attr)
-                continue
-            raw = self._raw(m, x, out, logits, target)
-            use_baked = m == baked and out["heatmap"].shape == (len(x), *size)
-            heatmaps = out["heatmap"].astype(np.float32) if use_baked else postprocess(raw, size)
-            results[m] = Explanation(m, heatmaps, logits, target, raw, geometry)
+        for spec in specs:
+            self._warn_if_reverse_passes_run(spec)
+            raw, attributions = spec.run(context)
+            if spec.kind == "input":
+                heatmaps = pixel_heatmaps(raw)
+            elif spec.name == baked and out[HEATMAP].shape == (len(x), *size):
+                heatmaps = out[HEATMAP].astype(np.float32)
+            else:
+                heatmaps = postprocess(raw, size)
+            results[spec.name] = Explanation(spec.name, heatmaps, logits, target, raw, geometry, attributions)
         return results
 
-    # -- internals -----------------------------------------------------------------------------
-    def _raw(self, method: str, x: np.ndarray, out: dict, logits: np.ndarray, target: np.ndarray) -> np.ndarray:
-        A = out["activations"]
-        if method == "scorecam":
-            carried = [name for name in INPUT_OUTPUTS
-                       if name in self.info.outputs and name not in self.info.input_gradient_switches]
-            if carried:  # onnxruntime runs every node, fetched or not
-                log.warning("%s carries reverse passes to the input (%s): Score-CAM pays them on every masked "
-                            "batch; re-export it with this version's `onnxcam export` (its input-gradient passes "
-                            "run only when fetched) or without --input-gradients",
-                            self.info.path, ", ".join(carried))
-            return scorecam(self._scores, x, A, target, self.info.layout, self.batch_size)
-        if method == "ablationcam":
-            y = logits[np.arange(len(target)), target]
-            return ablationcam(self._head, A, y, target, self.head_batch_size)
-        return CAM_METHODS[method](A, out.get("gradients"), out.get("gradients_pow2"), out.get("gradients_pow3"))
+    def method_specs(self, methods: Sequence[str] | str) -> list[MethodSpec]:
+        """The registry entries of ``methods``; ValueError for an unknown name, ModelError (with the
+        reason) for a method this graph cannot run."""
+        names = list(dict.fromkeys([methods] if isinstance(methods, str) else methods))
+        unknown = [m for m in names if m not in METHODS]
+        if unknown or not names:
+            raise ValueError(f"unknown method(s) {unknown}; choose from {', '.join(METHODS)}")
+        for name in names:
+            reason = self.unavailable_reason(name)
+            if reason is not None:
+                raise ModelError(reason)
+        return [METHODS[m] for m in names]
 
-    def _as_batch(self, x: Inputs) -> tuple[np.ndarray, Optional[list[Geometry]]]:
+    def _warn_if_reverse_passes_run(self, spec: MethodSpec) -> None:
+        """A method that runs the whole graph again pays, on every run, each reverse pass to the
+        input that it does not read and the graph cannot switch off (graphs made before the
+        switches)."""
+        if not (spec.reruns and spec.float_input):
+            return
+        carried = [o for o in INPUT_GRADIENT_OUTPUTS if o in self.info.outputs
+                   and o not in self.info.input_gradient_switches and o not in spec.requires]
+        if carried:  # onnxruntime runs every node, fetched or not
+            log.warning("%s carries reverse passes to the input (%s): %s pays them on every run; re-export it with "
+                        "this version's `onnxcam export` (its input-gradient passes run only when fetched) or "
+                        "without --input-gradients", self.info.path, ", ".join(carried), spec.name)
+
+    # -- running the graph -------------------------------------------------------------------------
+    def _as_batch(self, x: Inputs) -> tuple[np.ndarray, list[Geometry] | None]:
         if isinstance(x, (str, Path, Image.Image)):
             x = [x]
         if not isinstance(x, np.ndarray):
@@ -225,6 +275,8 @@ class Explainer:
         if bad:
             raise ValueError(f"x has shape {x.shape}, the model's input '{self.info.image_input}' "
                              f"expects {list(want)}")
+        if not np.isfinite(x).all():
+            raise ValueError("x contains NaN or infinite values; explanations need finite inputs")
         return x.astype(self.info.image_dtype, copy=False), geometry
 
     def _as_pixels(self, x: np.ndarray) -> np.ndarray:
@@ -238,44 +290,21 @@ class Explainer:
             raise ValueError(f"x has shape {x.shape}; {self.info.path} takes uint8 RGB pixels [N, {H}, {W}, 3]")
         return x
 
-    def _classes(self, class_index: ClassIndex, n: int) -> np.ndarray:
-        if class_index is None:
-            return np.full(n, -1, np.int64)
-        if isinstance(class_index, (bool, np.bool_)):
-            raise ClassIndexError(f"class_index must be an int or a list of ints, got {class_index!r}")
-        if np.ndim(class_index) == 0:
-            classes = np.full(n, int(class_index), np.int64)
-        else:
-            classes = np.asarray(list(class_index), dtype=np.int64).reshape(-1)
-            if len(classes) != n:
-                raise ClassIndexError(f"got {len(classes)} class indices for {n} images")
-        if self.info.num_classes is not None:
-            self._check_range(classes, self.info.num_classes)
-        return classes
-
-    @staticmethod
-    def _check_range(classes: np.ndarray, num_classes: int) -> None:
-        bad = classes[classes >= num_classes]
-        if len(bad):
-            raise ClassIndexError(f"class index {int(bad[0])} is out of range: the model has "
-                                  f"{num_classes} classes (0..{num_classes - 1}; negative = top-1)")
-
-    def _chunks(self, n: int, size: int):
-        for start in range(0, n, size):
-            yield start, min(start + size, n)
-
-    def _run_graph(self, names: list[str], x: np.ndarray, classes: np.ndarray) -> list[np.ndarray]:
-        """Run the graph over ``x`` in chunks; a static batch axis gets its last chunk padded."""
+    def run_graph(self, names: Sequence[str], x: np.ndarray, classes: np.ndarray) -> list[np.ndarray]:
+        """The graph's outputs ``names`` for the batch ``x`` (in the model's input form) and the
+        classes to explain, run ``batch_size`` images at a time (a static batch axis gets its last
+        chunk padded); every reverse pass to the input that ``names`` does not need is switched off."""
         parts: list[list[np.ndarray]] = [[] for _ in names]
         static = self.info.static_batch
-        for s, e in self._chunks(len(x), self.batch_size):
+        for s in range(0, len(x), self.batch_size):
+            e = min(s + self.batch_size, len(x))
             xb, cb = x[s:e], classes[s:e]
             if static is not None and e - s < static:  # pad by repeating the last image
                 pad = static - (e - s)
                 xb = np.concatenate([xb, np.repeat(xb[-1:], pad, axis=0)])
                 cb = np.concatenate([cb, np.repeat(cb[-1:], pad)])
             feeds = {self.info.image_input: xb, CLASS_INPUT: cb, **self._switch(names)}
-            for part, arr in zip(parts, self.runner.run(names, feeds)):
+            for part, arr in zip(parts, self.runner.run(list(names), feeds)):
                 part.append(arr[: e - s])
         return [np.concatenate(p) for p in parts]
 
@@ -287,19 +316,21 @@ class Explainer:
         return {switch: np.array(False) for output, switch in self.info.input_gradient_switches.items()
                 if output not in names}
 
-    def _input_gradients(self, xb: np.ndarray, classes: np.ndarray) -> np.ndarray:
-        """∂S/∂x for a batch of (SmoothGrad / IG) inputs and their explicit classes."""
-        return self._run_graph(["input_gradients"], xb, classes)[0]
+    def scores(self, x: np.ndarray) -> np.ndarray:
+        """Logits [N, C] of a batch in the model's input form (no class to explain)."""
+        return self.run_graph([LOGITS], x, np.full(len(x), -1, np.int64))[0]
 
-    def _scores(self, xb: np.ndarray) -> np.ndarray:
-        """Logits of a batch (Score-CAM's masked inputs); the class input is all −1."""
-        return self._run_graph(["logits"], xb, np.full(len(xb), -1, np.int64))[0]
+    def input_gradients(self, x: np.ndarray, classes: np.ndarray) -> np.ndarray:
+        """∂S/∂x for a batch of inputs and their explicit classes (``--input-gradients`` graphs)."""
+        return self.run_graph([INPUT_GRADIENTS], x, classes)[0]
 
-    def _head(self, acts: np.ndarray) -> np.ndarray:
-        """Head-only path: ``head_logits`` for activations [M, K, h, w]. The image input is
-        required but unused there: it gets an empty batch (zeros of one batch when the graph
-        rejects that or its batch axis is static)."""
-        feeds = {self.info.head_input: acts.astype(np.float32)}
+    def head_logits(self, activations: np.ndarray) -> np.ndarray:
+        """The head alone: ``head_logits`` [M, C] for target-layer activations [M, K, h, w]. The
+        image input is required but unused there: it gets an empty batch (zeros of one batch
+        when the graph rejects that or its batch axis is static)."""
+        if self.info.head_input is None:
+            raise ModelError(f"{self.info.path} has no head-only path (onnxcam.head_input / {HEAD_OUTPUT})")
+        feeds = {self.info.head_input: activations.astype(np.float32)}
         if self._head_batch is None:
             self._head_batch = self.info.static_batch or 0
             try:

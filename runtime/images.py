@@ -25,6 +25,10 @@ from onnxcam.runtime.resize import resize_bilinear
 
 ImageLike = Union[str, Path, Image.Image]
 
+#: File name endings taken for images when a directory is listed (case-insensitive).
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp",
+                    ".ppm", ".pgm", ".pbm", ".pnm")
+
 #: Refuse images above this many pixels (Pillow's own bomb threshold, ≈ 89.5 Mpx).
 MAX_PIXELS = 89_478_485
 

@@ -14,37 +14,18 @@ explained class's pre-softmax score. Every method returns
 | ``smoothgrad`` (Smilkov et al. 2017) | (1/n) Σ_s g_x(x + ε_s), ε_s ~ N(0, σ²) | max_c abs(·) |
 | ``integrated-gradients`` (Sundararajan et al. 2017) | (x − x')·Σ_k w_k g_x(x' + α_k(x − x')) | Σ_c |
 
-``gradcam-counterfactual`` (Selvaraju et al. §5) is a CAM method: Grad-CAM with negated
-gradients, w_k = mean_ij(−g_kij), map = Σ_k w_k A_k (then the usual ReLU post-processing):
-the regions whose removal would raise the score.
+The method registry (``runtime.registry``) says which graph outputs each method reads.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, fields
-from typing import Callable, Optional
+from collections.abc import Callable
 
 import numpy as np
 
 from onnxcam.runtime.resize import resize_bilinear
 
 Array = np.ndarray
-
-#: graph outputs that only a graph exported with ``--input-gradients`` has
-INPUT_OUTPUTS = ("input_gradients", "guided_gradients")
-
-#: Methods computed here, with the graph outputs each reads in the explainer's one graph run
-#: (smoothgrad and integrated-gradients run the graph again on their own inputs).
-INPUT_METHODS: dict[str, tuple[str, ...]] = {
-    "saliency": ("input_gradients",),
-    "guided-backprop": ("guided_gradients",),
-    "guided-gradcam": ("activations", "gradients", "guided_gradients"),
-    "smoothgrad": (),
-    "integrated-gradients": (),
-}
-#: Methods that need the ``input_gradients`` / ``guided_gradients`` outputs.
-NEEDS_INPUT_GRADIENTS = {"saliency": "input_gradients", "guided-backprop": "guided_gradients",
-                         "guided-gradcam": "guided_gradients", "smoothgrad": "input_gradients",
-                         "integrated-gradients": "input_gradients"}
 
 #: Integration rules of ``integrated-gradients``, as Captum's ``approximation_methods``.
 INTEGRATION_METHODS = ("gausslegendre", "riemann_trapezoid", "riemann_left", "riemann_right", "riemann_middle")
@@ -93,14 +74,6 @@ class InputMethodOptions:
 # -- helpers ----------------------------------------------------------------------------------
 def channel_axis(layout: str) -> int:
     return 1 if layout == "NCHW" else 3
-
-
-def to_nchw(x: Array, layout: str) -> Array:
-    return x if layout == "NCHW" else np.moveaxis(x, 3, 1)
-
-
-def from_nchw(x: Array, layout: str) -> Array:
-    return x if layout == "NCHW" else np.moveaxis(x, 1, 3)
 
 
 def abs_max_channels(attr: Array, layout: str) -> Array:
@@ -162,11 +135,6 @@ def guided_gradcam(guided_gradients: Array, A: Array, g: Array, layout: str = "N
     cam = upsample(gradcam_map(A, g), size, upsample_mode)
     attr = G * np.expand_dims(cam, channel_axis(layout))
     return attr, sum_channels(attr, layout)
-
-
-def gradcam_counterfactual(A: Array, g: Array, g2: Array = None, g3: Array = None) -> Array:
-    """Counterfactual Grad-CAM: w_k = mean_ij(−g_kij);  map = Σ_k w_k A_k."""
-    return np.einsum("nk,nkij->nij", -np.asarray(g, np.float32).mean(axis=(2, 3)), np.asarray(A, np.float32))
 
 
 # -- sampling methods: many graph runs, memory-bounded ----------------------------------------
@@ -249,29 +217,3 @@ def integrated_gradients(grad_fn: GradientFn, x: Array, classes: Array, layout: 
     summed = _accumulate(grad_fn, len(x), n_steps, make, weights, classes, x.shape[1:], batch_size)
     attr = (delta * summed).astype(np.float32)
     return attr, sum_channels(attr, layout)
-
-
-def missing_outputs_message(path: str, method: str, output: str) -> str:
-    mode = "guided" if output == "guided_gradients" else "plain"
-    return (f"{path} has no '{output}' output, needed by {method}; re-export it with "
-            f"`onnxcam export ... --input-gradients {mode}` (or `both`)")
-
-
-def run_input_method(method: str, out: dict, x: Array, target: Array, layout: str,
-                     grad_fn: Optional[GradientFn], options: InputMethodOptions,
-                     batch_size: int) -> tuple[Array, Array]:
-    """(attributions, raw) of one input-space method from the graph run's outputs ``out``."""
-    if method == "saliency":
-        return saliency(out["input_gradients"], layout)
-    if method == "guided-backprop":
-        return guided_backprop(out["guided_gradients"], layout)
-    if method == "guided-gradcam":
-        return guided_gradcam(out["guided_gradients"], out["activations"], out["gradients"], layout,
-                              options.cam_upsample)
-    if method == "smoothgrad":
-        return smoothgrad(grad_fn, x, target, layout, options.n_samples, options.noise_level, options.seed,
-                          batch_size)
-    if method == "integrated-gradients":
-        return integrated_gradients(grad_fn, x, target, layout, options.baseline, options.n_steps,
-                                    options.integration, batch_size)
-    raise ValueError(f"not an input-space method: {method}")

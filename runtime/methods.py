@@ -1,71 +1,69 @@
-"""CAM methods as pure numpy functions of the explanation graph's outputs.
+"""CAM methods on the explanation graph's outputs, in numpy.
 
-Every function takes A = ``activations``, g = ``gradients``, g2 = ``gradients_pow2`` and
-g3 = ``gradients_pow3`` (each float32 [N, K, h, w]; unused ones may be None) and returns the
-raw map float32 [N, h, w] *before* post-processing (see ``postprocess``). The formulas follow
-pytorch-grad-cam 1.5.7 exactly, including its epsilons; sums over i, j run over space,
-Σ_k over channels.
+The closed-form methods are the formulas of ``onnxcam.models.formulas`` evaluated with
+:data:`NUMPY` (the numpy form of their array vocabulary); Eigen-CAM and Eigen-Grad-CAM (an SVD)
+are here. Every method takes A = ``activations``, g = ``gradients``, g2 = ``gradients_pow2``,
+g3 = ``gradients_pow3`` (float32 [N, K, h, w]; unused ones may be None) and returns the raw map
+float32 [N, h, w] *before* post-processing (``postprocess``), as pytorch-grad-cam 1.5.7.
 """
 from __future__ import annotations
 
-from typing import Callable, Optional
+from collections.abc import Callable
 
 import numpy as np
 
+from onnxcam.models.formulas import FORMULAS
+
 Array = np.ndarray
-Method = Callable[[Array, Optional[Array], Optional[Array], Optional[Array]], Array]
+Method = Callable[[Array, "Array | None", "Array | None", "Array | None"], Array]
 
 
 def _f32(x: Array) -> Array:
     return np.asarray(x, dtype=np.float32)
 
 
-def _weighted_sum(weights: Array, A: Array) -> Array:
-    """Σ_k w_k A_k for weights [N, K] and A [N, K, h, w]."""
-    return np.einsum("nk,nkij->nij", _f32(weights), _f32(A))
+class NumpyArrays:
+    """The formulas' array vocabulary (see ``onnxcam.models.formulas``) for float32 numpy arrays."""
+
+    @staticmethod
+    def relu(x: Array) -> Array:
+        return np.maximum(x, np.float32(0))
+
+    @staticmethod
+    def nonzero_or_zero(c: Array, x: Array) -> Array:
+        return np.where(c != 0, x, np.float32(0))
+
+    @staticmethod
+    def sum_hw(x: Array) -> Array:
+        return x.sum(axis=(2, 3), keepdims=True)
+
+    @staticmethod
+    def mean_hw(x: Array) -> Array:
+        return x.mean(axis=(2, 3), keepdims=True)
+
+    @staticmethod
+    def sum_k(x: Array) -> Array:
+        return x.sum(axis=1)
+
+    @staticmethod
+    def weighted(w: Array, A: Array) -> Array:
+        """Σ_k w_k A_k for weights [N, K] or [N, K, 1, 1] and A [N, K, h, w]."""
+        return np.einsum("nk,nkij->nij", _f32(w).reshape(w.shape[:2]), _f32(A))
 
 
-def gradcam(A: Array, g: Array, g2: Array = None, g3: Array = None) -> Array:
-    """Grad-CAM: w_k = mean_ij g_kij;  map = Σ_k w_k A_k."""
-    return _weighted_sum(_f32(g).mean(axis=(2, 3)), A)
+NUMPY = NumpyArrays()
 
 
-def gradcam_plusplus(A: Array, g: Array, g2: Array, g3: Array) -> Array:
-    """Grad-CAM++ (Chattopadhay et al. 2018, Eq. 19), as pytorch-grad-cam:
-
-    α_kij = g2 / (2·g2 + (Σ_ab A_kab)·g3 + 1e-6), α = 0 where g = 0;
-    w_k = Σ_ij α_kij · ReLU(g_kij);  map = Σ_k w_k A_k.
-    g2, g3 are the graph's exponential-score terms (= g², g³ for piecewise-linear heads).
-    """
-    A, g, g2, g3 = _f32(A), _f32(g), _f32(g2), _f32(g3)
-    sum_a = A.sum(axis=(2, 3), keepdims=True)
-    alpha = g2 / (2 * g2 + sum_a * g3 + np.float32(1e-6))
-    alpha = np.where(g != 0, alpha, np.float32(0))
-    weights = (np.maximum(g, 0) * alpha).sum(axis=(2, 3))
-    return _weighted_sum(weights, A)
+def closed_form(name: str, A: Array, g: Array | None = None, g2: Array | None = None,
+                g3: Array | None = None) -> Array:
+    """The raw map of closed-form method ``name`` (a formula of ``onnxcam.models.formulas``)."""
+    as32 = [None if t is None else _f32(t) for t in (A, g, g2, g3)]
+    return _f32(FORMULAS[name](NUMPY, *as32))
 
 
-def xgradcam(A: Array, g: Array, g2: Array = None, g3: Array = None) -> Array:
-    """XGrad-CAM: w_k = Σ_ij (g·A)_kij / (Σ_ij A_kij + 1e-7);  map = Σ_k w_k A_k."""
-    A, g = _f32(A), _f32(g)
-    sum_a = A.sum(axis=(2, 3), keepdims=True)
-    weights = (g * A / (sum_a + np.float32(1e-7))).sum(axis=(2, 3))
-    return _weighted_sum(weights, A)
-
-
-def hirescam(A: Array, g: Array, g2: Array = None, g3: Array = None) -> Array:
-    """HiResCAM: map = Σ_k g_k ⊙ A_k (element-wise, no pooling)."""
-    return (_f32(g) * _f32(A)).sum(axis=1)
-
-
-def gradcam_elementwise(A: Array, g: Array, g2: Array = None, g3: Array = None) -> Array:
-    """Grad-CAM element-wise: map = Σ_k ReLU(g_k ⊙ A_k)."""
-    return np.maximum(_f32(g) * _f32(A), 0).sum(axis=1)
-
-
-def layercam(A: Array, g: Array, g2: Array = None, g3: Array = None) -> Array:
-    """LayerCAM: map = Σ_k ReLU(g_k) ⊙ A_k."""
-    return (np.maximum(_f32(g), 0) * _f32(A)).sum(axis=1)
+def weighted_activations(weights: Array, A: Array) -> Array:
+    """Map of channel-weight methods (Score-CAM, Ablation-CAM): Σ_k w_k A_k."""
+    return NUMPY.weighted(_f32(weights), A)
 
 
 def first_component_projection(M: Array) -> Array:
@@ -94,38 +92,12 @@ def first_component_projection(M: Array) -> Array:
     return p.reshape(n, h, w).astype(np.float32)
 
 
-def eigencam(A: Array, g: Array = None, g2: Array = None, g3: Array = None) -> Array:
+def eigencam(A: Array, g: Array | None = None, g2: Array | None = None, g3: Array | None = None) -> Array:
     """Eigen-CAM: map = first-principal-component projection of A (see
     ``first_component_projection`` for the centring and the sign convention)."""
     return first_component_projection(A)
 
 
-def eigengradcam(A: Array, g: Array, g2: Array = None, g3: Array = None) -> Array:
+def eigengradcam(A: Array, g: Array, g2: Array | None = None, g3: Array | None = None) -> Array:
     """Eigen-Grad-CAM: map = first-principal-component projection of g ⊙ A."""
     return first_component_projection(_f32(g) * _f32(A))
-
-
-def weighted_activations(weights: Array, A: Array) -> Array:
-    """Map of channel-weight methods (Score-CAM, Ablation-CAM): Σ_k w_k A_k."""
-    return _weighted_sum(weights, A)
-
-
-METHODS: dict[str, Method] = {
-    "gradcam": gradcam,
-    "gradcam++": gradcam_plusplus,
-    "xgradcam": xgradcam,
-    "hirescam": hirescam,
-    "layercam": layercam,
-    "gradcam-elementwise": gradcam_elementwise,
-    "eigencam": eigencam,
-    "eigengradcam": eigengradcam,
-}
-
-#: Graph outputs each method reads (besides ``logits`` and ``target``).
-REQUIRED_OUTPUTS: dict[str, tuple[str, ...]] = {
-    name: ("activations", "gradients") for name in METHODS
-}
-REQUIRED_OUTPUTS["gradcam++"] = ("activations", "gradients", "gradients_pow2", "gradients_pow3")
-REQUIRED_OUTPUTS["eigencam"] = ("activations",)
-REQUIRED_OUTPUTS["scorecam"] = ("activations",)
-REQUIRED_OUTPUTS["ablationcam"] = ("activations",)

@@ -16,10 +16,6 @@ from PIL import Image
 _DIVERGING_KNOTS = (0.0, 0.25, 0.5, 0.75, 1.0)
 _DIVERGING_RGB = ((5, 48, 97), (67, 147, 195), (247, 247, 247), (214, 96, 77), (103, 0, 31))
 
-#: methods drawn as the deprocessed guided image; the other input-space methods as signed maps
-GUIDED_PICTURE_METHODS = ("guided-backprop", "guided-gradcam")
-
-
 def diverging_lut() -> np.ndarray:
     """uint8 [256, 3]: entry i is the colour of t = i/255 (t = 0.5 ↔ value 0, white)."""
     t = np.linspace(0.0, 1.0, 256)
@@ -57,7 +53,10 @@ def deprocess_guided(attributions: np.ndarray, layout: str = "NCHW", color: str 
 
 def input_space_picture(method: str, attributions: np.ndarray, layout: str = "NCHW", color: str = "RGB",
                         percentile: float = 99.0) -> Image.Image:
-    """The picture ``onnxcam explain`` writes for an input-space method (model input resolution)."""
-    if method in GUIDED_PICTURE_METHODS:
+    """The picture ``onnxcam explain`` writes for an input-space method (model input resolution):
+    the deprocessed guided image or the signed map, as the method registry says."""
+    from onnxcam.runtime.registry import get_method
+
+    if get_method(method).picture == "guided":
         return deprocess_guided(attributions, layout, color)
     return signed_picture(attributions, layout, percentile)

@@ -39,3 +39,10 @@ def postprocess(raw: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     cam = minmax_per_image(np.maximum(raw, 0))
     cam = resize_bilinear(cam, size)
     return minmax_per_image(np.maximum(cam, 0))
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    """Row-wise softmax of [N, C] logits: the class probabilities (float32, computed in float64)."""
+    z = np.asarray(logits, np.float64)
+    z = np.exp(z - z.max(axis=-1, keepdims=True))
+    return (z / z.sum(axis=-1, keepdims=True)).astype(np.float32)

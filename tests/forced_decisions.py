@@ -16,6 +16,7 @@ import copy
 
 import numpy as np
 import onnx
+import onnx_ir as ir
 import onnxruntime as ort
 import torch
 import torch.nn.functional as F
@@ -25,11 +26,11 @@ _RELUS = {F.relu, torch.relu, torch.relu_, torch.Tensor.relu, torch.Tensor.relu_
 _MAXPOOLS = {F.max_pool2d, F._max_pool2d, torch.max_pool2d}
 
 
-def onnx_decisions(model: onnx.ModelProto, x: np.ndarray) -> list[tuple[str, np.ndarray]]:
+def onnx_decisions(model: onnx.ModelProto | ir.Model, x: np.ndarray) -> list[tuple[str, np.ndarray]]:
     """("relu", output) and ("maxpool", flat arg-max indices) for each Relu / MaxPool node of
     the ONNX classifier ``model`` on input ``x``, in graph order."""
     probe = onnx.ModelProto()
-    probe.CopyFrom(model)
+    probe.CopyFrom(model if isinstance(model, onnx.ModelProto) else ir.to_proto(model))
     wanted = []
     for node in probe.graph.node:
         if node.op_type == "Relu":
@@ -72,7 +73,7 @@ class _Forced(TorchFunctionMode):
         return func(*args, **kwargs)
 
 
-def forced_reference(module: torch.nn.Module, classifier: onnx.ModelProto, x: np.ndarray,
+def forced_reference(module: torch.nn.Module, classifier: onnx.ModelProto | ir.Model, x: np.ndarray,
                      classes: np.ndarray) -> np.ndarray:
     """∂S_classes/∂x by float64 torch.autograd at the ONNX classifier's own ReLU / max-pool decisions."""
     decisions = onnx_decisions(classifier, x)

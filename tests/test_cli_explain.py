@@ -225,7 +225,7 @@ def test_class_index_out_of_range_is_a_usage_error(tmp_path, photos) -> None:
     result = run("explain", TINY, *photos, "--out", out, "--class", "10")
     assert result.exit_code == 2
     assert result.stderr.strip().splitlines() == [
-        "error: class index 10 is out of range: the model has 10 classes (0..9)"]
+        "error: class index 10 is out of range: the model has 10 classes (0..9; negative = top-1)"]
     assert not out.exists() or not any(out.iterdir())
 
 

@@ -174,9 +174,10 @@ def test_missing_file(tmp_path):
 def test_existing_output_is_not_overwritten(files, tmp_path):
     out = tmp_path / "taken.cam.onnx"
     out.write_bytes(b"precious")
-    for message in _both(files["good"], out, target="conv2"):
-        assert "exists" in message and "--overwrite" in message
-        assert out.read_bytes() == b"precious"
+    cli, api = _both(files["good"], out, target="conv2")
+    assert "exists" in cli and "--overwrite" in cli  # the CLI names its flag,
+    assert "exists" in api and "overwrite=True" in api and "--" not in api  # Python its parameter
+    assert out.read_bytes() == b"precious"
     # a failing export with --overwrite does not destroy it either
     _cli_error([str(files["Cos"]), "-o", str(out), "--target-layer", "conv1", "--overwrite"])
     assert out.read_bytes() == b"precious"
@@ -215,8 +216,9 @@ def test_symbolic_spatial_axes_need_input_shape(tmp_path):
         dim.dim_param = "side"
     source = tmp_path / "symbolic.onnx"
     onnx.save(model, str(source))
-    for message in _both(source, tmp_path / "x.cam.onnx"):
-        assert "--input-shape" in message and "image" in message
+    cli, api = _both(source, tmp_path / "x.cam.onnx")
+    assert "--input-shape C,H,W" in cli and "image" in cli
+    assert "input_shape=C,H,W" in api and "image" in api
     result = CliRunner().invoke(main, ["export", str(source), "-o", str(tmp_path / "ok.cam.onnx"),
                                        "--input-shape", "3,8,8"])
     assert result.exit_code == 0, result.stderr

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 onnx = pytest.importorskip("onnx")
+import onnx_ir as ir  # noqa: E402
 import onnxruntime as ort  # noqa: E402
 
 from onnxcam.exporter import export  # noqa: E402
@@ -56,11 +57,12 @@ def test_fixture_exports_and_gradients_match_finite_differences(filename: str, n
 
     explained = dict(zip([o.name for o in graph.graph.output],
                          _session(graph).run(None, {classifier.image_input: x, "class_index": class_index})))
-    source_logits = _session(classifier.model).run(None, {classifier.image_input: x})[0]  # no Softmax in these
+    source = ir.to_proto(classifier.model)
+    source_logits = _session(source).run(None, {classifier.image_input: x})[0]  # no Softmax in these
     np.testing.assert_allclose(explained["logits"], source_logits, rtol=1e-4, atol=1e-4 * np.abs(source_logits).max())
 
     # the head, target tensor -> logits, cut out of the source model
-    onnx.save(classifier.model, str(tmp_path / "source.onnx"))
+    onnx.save(source, str(tmp_path / "source.onnx"))
     onnx.utils.extract_model(str(tmp_path / "source.onnx"), str(tmp_path / "head.onnx"), [target_name], [classifier.logits])
     head = _session(onnx.load(str(tmp_path / "head.onnx")))
     activations, gradients = explained["activations"], explained["gradients"]

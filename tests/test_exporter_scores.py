@@ -71,7 +71,8 @@ def test_two_score_shaped_outputs_are_refused_with_both_listed(export_model) -> 
     with pytest.raises(ExportError) as err:
         export_model(model)
     message = str(err.value)
-    assert "output_0 [2, 4]" in message and "output_1 [2, 5]" in message and "--scores" in message
+    assert "output_0 [2, 4]" in message and "output_1 [2, 5]" in message and "scores=OUTPUT" in message
+    assert "--scores OUTPUT" in err.value.for_cli()
 
 
 @pytest.mark.parametrize("names", [("output_0", "output_1"), ("embedding", "logits")])

@@ -222,7 +222,7 @@ def test_integrated_gradients_is_the_weighted_path_sum(resnet) -> None:
     expected = np.zeros(x.shape)
     for i in range(len(x)):
         points = (baseline + a.reshape(-1, 1, 1, 1) * (x[i:i + 1] - baseline)).astype(np.float32)
-        grads = explainer._input_gradients(points, np.full(50, res.class_index[i]))
+        grads = explainer.input_gradients(points, np.full(50, res.class_index[i]))
         expected[i] = (x[i] - baseline) * np.tensordot(w, grads.astype(np.float64), axes=1)
     _check(res.attributions, expected, "integrated-gradients vs its path sum")
     small = Explainer(explainer.info.path, providers=["CPUExecutionProvider"], batch_size=7)
@@ -249,7 +249,7 @@ def test_smoothgrad(resnet) -> None:
     sigma = 0.15 * (x.reshape(3, -1).max(1) - x.reshape(3, -1).min(1))
     samples = np.repeat(x, 4, axis=0) + rng.standard_normal((12, *x.shape[1:])).astype(np.float32) \
         * np.repeat(sigma, 4).reshape(-1, 1, 1, 1).astype(np.float32)
-    grads = explainer._input_gradients(samples.astype(np.float32), np.repeat(plain.class_index, 4))
+    grads = explainer.input_gradients(samples.astype(np.float32), np.repeat(plain.class_index, 4))
     expected = grads.reshape(3, 4, *x.shape[1:]).mean(1)
     np.testing.assert_allclose(noisy.attributions, expected, rtol=1e-4, atol=1e-6 * np.abs(expected).max())
     assert not np.allclose(noisy.attributions, plain.attributions, rtol=0.1)
@@ -305,7 +305,7 @@ def test_one_reverse_pass_modes(resnet, tmp_path) -> None:
     from onnxcam.cli.main import main
 
     explainer, _, x = resnet
-    both = explainer._run_graph(["input_gradients", "guided_gradients"], x, np.array(CLASS_INDEX))
+    both = explainer.run_graph(["input_gradients", "guided_gradients"], x, np.array(CLASS_INDEX))
     weights = Path(explainer.info.path).with_suffix("").with_suffix(".pth")
     for mode, kept, dropped, method in (("plain", "input_gradients", "guided_gradients", "saliency"),
                                         ("guided", "guided_gradients", "input_gradients", "guided-backprop")):
@@ -319,7 +319,7 @@ def test_one_reverse_pass_modes(resnet, tmp_path) -> None:
         other = "guided-gradcam" if mode == "plain" else "integrated-gradients"
         assert other not in single.available_methods
         assert f"--input-gradients {'guided' if mode == 'plain' else 'plain'}" in single.unavailable_reason(other)
-        got = single._run_graph([kept], x, np.array(CLASS_INDEX))[0]
+        got = single.run_graph([kept], x, np.array(CLASS_INDEX))[0]
         want = both[0 if kept == "input_gradients" else 1]
         np.testing.assert_allclose(got, want, rtol=0, atol=1e-6 * np.abs(want).max())
     result = CliRunner().invoke(main, ["export", "torchvision:resnet18", "-o", str(tmp_path / "x.cam.onnx"),
@@ -408,5 +408,5 @@ def test_scorecam_on_an_input_gradient_graph(resnet, tmp_path, caplog) -> None:
         slow = always_on.explain(x[:1], method="scorecam", class_index=7)
     assert res.heatmaps.shape == (1, 64, 64)
     np.testing.assert_allclose(res.heatmaps, slow.heatmaps, rtol=0, atol=1e-6)
-    assert any("Score-CAM pays them" in r.getMessage() and "input_gradients" in r.getMessage()
+    assert any("scorecam pays them" in r.getMessage() and "input_gradients" in r.getMessage()
                for r in caplog.records)

@@ -32,6 +32,7 @@ onnx = pytest.importorskip("onnx")
 captum_attr = pytest.importorskip("captum.attr")
 pytest.importorskip("pytorch_grad_cam")
 
+import onnx_ir as ir  # noqa: E402
 import onnxruntime as ort  # noqa: E402
 from pytorch_grad_cam.guided_backprop import GuidedBackpropReLUModel  # noqa: E402
 
@@ -240,7 +241,7 @@ def test_fixture_input_gradients_match_finite_differences(filename: str) -> None
     gradient = out["input_gradients"].astype(np.float64)
     assert gradient.shape == x.shape and out["guided_gradients"].shape == x.shape
     chosen = out["target"]
-    source = _session(classifier.model)
+    source = _session(ir.to_proto(classifier.model))
 
     def score(z: np.ndarray) -> np.ndarray:
         return source.run(None, {classifier.image_input: z.astype(np.float32)})[0][np.arange(batch), chosen]

@@ -207,7 +207,7 @@ def test_curves_batch_across_images_and_check_classes(tiny, batch):
 
     def counting(xb):
         calls.append(len(xb))
-        return tiny._scores(xb)
+        return tiny.scores(xb)
 
     curves = deletion_curve(counting, x[:3], maps[:3], class_index=[1, 2, 3], step=256, batch_size=8)
     assert curves.shape == (3, 5) and calls == [8, 7]  # 15 points in two runs, no run on x itself

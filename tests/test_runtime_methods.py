@@ -11,7 +11,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from onnxcam.runtime.methods import METHODS, REQUIRED_OUTPUTS, first_component_projection
+from onnxcam.runtime.methods import first_component_projection
+from onnxcam.runtime.registry import METHODS
 from onnxcam.runtime.postprocess import postprocess
 
 TOL = 1e-4
@@ -91,7 +92,7 @@ def reference(case, method: str) -> np.ndarray:
 
 
 def ours(case, method: str, sign: float = 1.0) -> np.ndarray:
-    raw = METHODS[method](case["A"], case["g"], case["g2"], case["g3"])
+    raw = METHODS[method].cam(case["A"], case["g"], case["g2"], case["g3"])
     assert raw.shape == case["A"].shape[:1] + case["A"].shape[2:] and raw.dtype == np.float32
     return postprocess(sign * raw, case["x"].shape[-2:])
 
@@ -102,7 +103,7 @@ def ours(case, method: str, sign: float = 1.0) -> np.ndarray:
 def test_every_method_matches_pytorch_grad_cam(arch):
     case = torch_case(arch)
     errors = {}
-    for method in METHODS:
+    for method in REFERENCE_CLASSES:
         ref = reference(case, method)
         assert ref.shape == (3, 224, 224) and ref.max() > 0.99, f"{method}: degenerate reference map"
         ours_map = ours(case, method)
@@ -147,12 +148,105 @@ def test_gradcam_plusplus_zero_where_gradient_zero():
     A = np.ones((1, 2, 2, 2), np.float32)
     g = np.zeros_like(A)
     g[0, 0] = 1.0
-    raw = METHODS["gradcam++"](A, g, g**2, g**3)
+    raw = METHODS["gradcam++"].cam(A, g, g**2, g**3)
     # channel 0: α = 1/(2 + 4·1 + 1e-6), w0 = 4α; channel 1 has g = 0 → w1 = 0
     np.testing.assert_allclose(raw, np.full((1, 2, 2), 4 / (6 + 1e-6)), rtol=1e-6)
 
 
-def test_required_outputs_cover_every_method():
-    assert set(METHODS) <= set(REQUIRED_OUTPUTS)
-    assert "gradients_pow3" in REQUIRED_OUTPUTS["gradcam++"]
-    assert REQUIRED_OUTPUTS["eigencam"] == ("activations",)
+def test_registry_says_what_each_method_reads():
+    assert "gradients_pow3" in METHODS["gradcam++"].reads
+    assert METHODS["eigencam"].reads == ("activations",)
+    assert all(METHODS[m].cam is not None for m in REFERENCE_CLASSES)
+
+
+# -- every method on hand-made numbers (no torch): the formulas pinned by values worked out by hand ---
+A_HAND = np.array([[[[1, 2], [3, 4]], [[0, 1], [1, 0]]]], np.float32)    # [1, 2, 2, 2]
+G_HAND = np.array([[[[1, -1], [2, 0]], [[-2, 1], [0, 1]]]], np.float32)
+EXPECTED = {
+    # w = mean g = (0.5, 0)
+    "gradcam": [[0.5, 1.0], [1.5, 2.0]],
+    # w_k = Σ g·A / Σ A = (5/10, 1/2)
+    "xgradcam": [[0.5, 1.5], [2.0, 2.0]],
+    # Σ_k g·A
+    "hirescam": [[1.0, -1.0], [6.0, 0.0]],
+    # Σ_k ReLU(g·A)
+    "gradcam-elementwise": [[1.0, 1.0], [6.0, 0.0]],
+    # Σ_k ReLU(g)·A
+    "layercam": [[1.0, 1.0], [6.0, 0.0]],
+    # α = g²/(2g² + ΣA·g³): channel 0 (ΣA = 10): 1/12 at g=1, 1/22 at g=2 (×2), 0 where g ≤ 0 → w0 = 23/132;
+    # channel 1 (ΣA = 2): 1/4 at both g=1 → w1 = 1/2
+    "gradcam++": (23 / 132 * A_HAND[0, 0] + 0.5 * A_HAND[0, 1]).tolist(),
+    # w = mean(−g) = (−0.5, 0)
+    "gradcam-counterfactual": [[-0.5, -1.0], [-1.5, -2.0]],
+    # positions × channels centred: [(−1.5,−.5), (−.5,.5), (.5,.5), (1.5,−.5)]; XᵀX = diag(5, 1) → v₁ = e₁;
+    # p = (−1.5, −.5, .5, 1.5) correlates positively with Σ_k A = (1, 3, 4, 4): sign kept
+    "eigencam": [[-1.5, -0.5], [0.5, 1.5]],
+}
+
+
+@pytest.mark.parametrize("method", sorted(EXPECTED))
+def test_method_on_hand_made_numbers(method):
+    raw = METHODS[method].cam(A_HAND, G_HAND, G_HAND ** 2, G_HAND ** 3)
+    assert raw.dtype == np.float32 and raw.shape == (1, 2, 2)
+    np.testing.assert_allclose(raw[0], EXPECTED[method], rtol=1e-5, atol=1e-6)
+
+
+def test_eigengradcam_is_eigencam_of_gradient_times_activation():
+    np.testing.assert_allclose(METHODS["eigengradcam"].cam(A_HAND, G_HAND),
+                               METHODS["eigencam"].cam(A_HAND * G_HAND), atol=1e-6)
+
+
+def test_scorecam_weights_on_hand_made_numbers():
+    """Masks = per-channel min-max of A (here at input size): (·, 1; ·, ·) and (1, 1; 1, ·); the
+    score of class 0 is Σ x·mask = 1 and 3; w = softmax(1, 3) = (1, e²)/(1 + e²)."""
+    from onnxcam.runtime.scorecam import scorecam_weights
+
+    A = np.array([[[[0, 1], [0, 0]], [[1, 1], [1, 0]]]], np.float32)
+    x = np.ones((1, 1, 2, 2), np.float32)
+
+    def score(xb: np.ndarray) -> np.ndarray:
+        return np.stack([xb.sum(axis=(1, 2, 3)), np.zeros(len(xb))], axis=1)
+
+    w = scorecam_weights(score, x, A, np.array([0]))
+    e2 = np.exp(2.0)
+    np.testing.assert_allclose(w[0], [1 / (1 + e2), e2 / (1 + e2)], rtol=1e-5)
+
+
+def test_ablation_weights_on_hand_made_numbers():
+    """A linear head S_c = Σ_k v_ck·mean(A_k): zeroing channel k lowers S_c by v_ck·mean(A_k), so
+    w_k = v_ck·mean(A_k)/S_c."""
+    from onnxcam.runtime.ablation import ablation_weights
+
+    v = np.array([[2.0, 1.0], [0.0, 3.0]], np.float32)     # [classes, channels]
+
+    def head(acts: np.ndarray) -> np.ndarray:
+        return acts.mean(axis=(2, 3)) @ v.T
+
+    means = A_HAND.mean(axis=(2, 3))[0]                     # (2.5, 0.5)
+    y = head(A_HAND)[0, 0]                                  # 2·2.5 + 0.5 = 5.5
+    w = ablation_weights(head, A_HAND, np.array([y]), np.array([0]))
+    np.testing.assert_allclose(w[0], [2 * means[0] / y, 1 * means[1] / y], rtol=1e-6)
+
+
+def test_input_space_methods_on_a_linear_score():
+    """S = Σ w·x: ∂S/∂x = w everywhere, so SmoothGrad = w and Integrated Gradients from a zero
+    baseline = x·w (completeness: Σ = S(x) − S(0)) for every integration rule."""
+    from onnxcam.runtime import input_methods as im
+
+    rng = np.random.default_rng(0)
+    w = rng.standard_normal((3, 4, 5)).astype(np.float32)
+    x = rng.standard_normal((2, 3, 4, 5)).astype(np.float32)
+
+    def grad(xb: np.ndarray, classes: np.ndarray) -> np.ndarray:
+        return np.broadcast_to(w, xb.shape).copy()
+
+    smooth, _ = im.smoothgrad(grad, x, np.array([0, 0]), n_samples=4, batch_size=3)
+    np.testing.assert_allclose(smooth, np.broadcast_to(w, x.shape), rtol=1e-6)
+    for rule in ("gausslegendre", "riemann_middle", "riemann_right"):
+        attr, raw = im.integrated_gradients(grad, x, np.array([0, 0]), n_steps=6, integration=rule, batch_size=5)
+        np.testing.assert_allclose(attr, x * w, rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(raw, (x * w).sum(axis=1), rtol=1e-5, atol=1e-5)
+    attr, raw = im.saliency(np.stack([w, -2 * w]))
+    np.testing.assert_allclose(raw[1], 2 * np.abs(w).max(axis=0))
+    attr, raw = im.guided_backprop(np.stack([w, w]))
+    np.testing.assert_allclose(raw[0], w.sum(axis=0), rtol=1e-6)

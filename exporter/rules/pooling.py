@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 import onnx_ir as ir
@@ -11,24 +12,42 @@ from onnxcam.exporter.errors import ExportError
 from onnxcam.exporter.rules import rule
 from onnxcam.exporter.rules.linear import conv_geometry
 
+if TYPE_CHECKING:  # pragma: no cover
+    from onnxcam.exporter.autodiff import Path
+
 Grads = Sequence["ir.Value | None"]
+
+
+class MaxPoolIndicesPass(ir.passes.InPlacePass):
+    """Give every MaxPool on a differentiated path its ``Indices`` output (flat, row-major),
+    which the MaxPool rule scatters the gradient to: preparation, so that every rule only adds
+    nodes. ``paths`` are the differentiated paths (``autodiff.find_path``)."""
+
+    def __init__(self, paths: Sequence["Path"]) -> None:
+        super().__init__()
+        self.nodes = {n for path in paths for n in path.nodes if n.op_type == "MaxPool"}
+
+    def call(self, model: ir.Model) -> ir.passes.PassResult:
+        for node in self.nodes:
+            if len(node.outputs) < 2:
+                node.resize_outputs(2)
+                node.outputs[1].name = f"{node.outputs[0].name}/indices"
+                node.outputs[1].dtype = ir.DataType.INT64
+                node.attributes.pop("storage_order", None)  # row-major indices, as the rule expects
+            elif node.attributes.get_int("storage_order", 0):
+                raise ExportError(f"MaxPool node '{node.name}': column-major Indices (storage_order=1) "
+                                  "are not supported")
+        return ir.passes.PassResult(model, modified=bool(self.nodes))
 
 
 @rule("MaxPool", piecewise_linear=True)
 def max_pool(b: GraphBuilder, node: ir.Node, dys: Grads, needs: Sequence[bool]) -> Grads:
-    """y_o = x_{i(o)} with i(o) the arg-max of window o:  dx_i = Σ_{o: i(o) = i} dy_o.
-
-    The forward node is given its ``Indices`` output (flat indices into x) and the gradient is
-    ``ScatterElements(zeros, indices, dy, reduction="add")``.
-    """
+    """y_o = x_{i(o)} with i(o) the arg-max of window o:  dx_i = Σ_{o: i(o) = i} dy_o, i.e.
+    ``ScatterElements(zeros, Indices, dy, reduction="add")`` at the node's flat ``Indices``
+    (given to it by :class:`MaxPoolIndicesPass`)."""
     x = node.inputs[0]
-    if len(node.outputs) < 2:
-        node.resize_outputs(2)
-        node.outputs[1].name = f"{node.outputs[0].name}/indices"
-        node.outputs[1].dtype = ir.DataType.INT64
-        node.attributes.pop("storage_order", None)  # row-major indices, as the scatter below expects
-    elif node.attributes.get_int("storage_order", 0):
-        raise ExportError(f"MaxPool node '{node.name}': column-major Indices (storage_order=1) are not supported")
+    if len(node.outputs) < 2 or node.outputs[1] is None:
+        raise ExportError(f"internal: MaxPool node '{node.name}' has no Indices output (MaxPoolIndicesPass)")
     indices = node.outputs[1]
     flat = b.ints([-1])
     zeros = b.op("ConstantOfShape", b.op("Reshape", b.op("Size", x), flat), value=ir.tensor(np.zeros(1, b.dtype(x))))

@@ -10,6 +10,8 @@ from typing import Callable, Iterator, Optional, Sequence, Union
 
 import numpy as np
 
+from onnxcam.runtime.postprocess import softmax
+
 Model = Union["Explainer", Callable[[np.ndarray], np.ndarray]]  # noqa: F821
 SCORES = ("probability", "logit")
 
@@ -21,7 +23,7 @@ class Scorer:
         from onnxcam.runtime.explainer import Explainer
 
         if isinstance(model, Explainer):
-            self._fn = model._scores
+            self._fn = model.scores
             self.layout = layout or model.info.layout
             self.batch_size = int(batch_size or model.batch_size)
         elif callable(model):
@@ -51,12 +53,6 @@ class Scorer:
     def spatial(self, maps: np.ndarray) -> np.ndarray:
         """Per-pixel maps [..., H, W] → broadcastable against images [..., C, H, W] / [..., H, W, C]."""
         return maps[..., None, :, :] if self.layout == "NCHW" else maps[..., None]
-
-
-def softmax(logits: np.ndarray) -> np.ndarray:
-    z = np.asarray(logits, np.float64)
-    z = np.exp(z - z.max(axis=-1, keepdims=True))
-    return (z / z.sum(axis=-1, keepdims=True)).astype(np.float32)
 
 
 def class_score(logits: np.ndarray, classes: np.ndarray, score: str = "probability") -> np.ndarray:

@@ -45,7 +45,7 @@ class ServedModel:
     def __init__(self, name: str, explainer: Any) -> None:
         self.name, self.explainer = name, explainer
         info = explainer.info
-        node = next(i for i in explainer.runner.session.get_inputs() if i.name == info.image_input)
+        node = next(i for i in info.inputs if i.name == info.image_input)
         datatype = ORT_TO_V2.get(node.type)
         if datatype is None:
             raise OnnxcamError(f"{info.path}: image input type {node.type} cannot be served")
