@@ -6,7 +6,7 @@ import os
 import signal
 import socket
 import sys
-from typing import Any, Optional
+from typing import Any
 
 import click
 
@@ -45,7 +45,7 @@ def _bind(host: str, port: int) -> socket.socket:
               help="Images per graph run (larger requests run in chunks).")
 @providers_option
 @click.option("--debug", is_flag=True, help="Show tracebacks.")
-def serve_command(models: tuple[str, ...], host: str, port: int, workers: int, threads: Optional[int],
+def serve_command(models: tuple[str, ...], host: str, port: int, workers: int, threads: int | None,
                   max_request_mb: float, max_queue: int, batch_size: int, providers: Any, debug: bool) -> None:
     """Serve explanation graphs over the Open Inference Protocol (KServe "V2") HTTP/REST API.
 

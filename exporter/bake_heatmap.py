@@ -44,10 +44,10 @@ def check_method(method: str) -> str:
 class Symbol:
     """A float32 tensor of the graph being built; arithmetic operators append ONNX nodes."""
 
-    def __init__(self, arrays: "OnnxArrays", value: ir.Value) -> None:
+    def __init__(self, arrays: OnnxArrays, value: ir.Value) -> None:
         self.arrays, self.value = arrays, value
 
-    def _op(self, op_type: str, *operands: "Symbol | float") -> "Symbol":
+    def _op(self, op_type: str, *operands: Symbol | float) -> Symbol:
         return self.arrays.symbol(self.arrays.b.op(op_type, *(self.arrays.lift(o) for o in operands)))
 
     def __add__(self, other): return self._op("Add", self, other)          # noqa: E704
@@ -71,7 +71,7 @@ class OnnxArrays:
     def symbol(self, value: ir.Value) -> Symbol:
         return Symbol(self, value)
 
-    def lift(self, operand: "Symbol | float") -> ir.Value:
+    def lift(self, operand: Symbol | float) -> ir.Value:
         if isinstance(operand, Symbol):
             return operand.value
         return self.b.const(np.array(operand, np.float32), "scalar")

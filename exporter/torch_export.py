@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from onnxcam.exporter.errors import ExportError
+from onnxcam.models.errors import param
 
 IMAGE_INPUT, LOGITS, TARGET = "input", "logits", "onnxcam_target"
 
@@ -89,7 +90,7 @@ def score_selector(output: Any, scores: str | None = None) -> Callable[[Any], to
         if key not in output:
             entries = ", ".join(f"{k} {_describe(v)}" for k, v in output.items())
             raise ExportError(f"the model returns {type(output).__name__} without {key!r} ({entries}); "
-                              "say which entry holds the class scores with --scores NAME")
+                              f"say which entry holds the class scores with {param('scores', 'NAME')}")
         return lambda out: out[key]
     if isinstance(output, (tuple, list)):
         items = ", ".join(f"{i}: {_describe(v)}" for i, v in enumerate(output))
@@ -102,7 +103,7 @@ def score_selector(output: Any, scores: str | None = None) -> Callable[[Any], to
             matrices = [i for i, v in enumerate(output) if isinstance(v, torch.Tensor) and v.dim() == 2]
             if len(matrices) != 1:
                 raise ExportError(f"the model returns a {type(output).__name__} ({items}); say which item holds "
-                                  "the class scores with --scores INDEX")
+                                  f"the class scores with {param('scores', 'INDEX')}")
             index = matrices[0]
         return lambda out: out[index]
     raise ExportError(f"the model returns a {type(output).__name__}, not class scores")

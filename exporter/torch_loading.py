@@ -15,13 +15,15 @@ import re
 import sys
 import warnings
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Callable, Sequence
+from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Sequence
 
 from onnxcam.exporter.errors import ExportError
 from onnxcam.models import registry
 from onnxcam.models.labels import imagenet_labels
 from onnxcam.models.preprocess import IMAGENET, Preprocess, imagenet
 from onnxcam.models.weights import WeightsError, head_classes, load_state_dict_strict, read_state_dict
+from onnxcam.models.errors import param
 
 if TYPE_CHECKING:  # pragma: no cover
     from torch import nn
@@ -40,12 +42,12 @@ class TorchSource:
     pays for, or fails on, the search; change ``input_size`` before reading it if needed.
     """
 
-    module: "nn.Module"
+    module: nn.Module
     source: str
     preprocess: Preprocess
     labels: list[str] | None
     input_size: tuple[int, int, int]
-    _find_target: Callable[["nn.Module", tuple[int, int, int]], str] = field(repr=False)
+    _find_target: Callable[[nn.Module, tuple[int, int, int]], str] = field(repr=False)
     _target: str | None = field(default=None, repr=False)
 
     @property
@@ -59,7 +61,7 @@ class TorchSource:
             except Exception as e:
                 raise ExportError(
                     f"cannot find a default target layer for {self.source} with input "
-                    f"{self.input_size}: {_one_line(e)}; pass --target-layer"
+                    f"{self.input_size}: {_one_line(e)}; pass {param('target_layer')}"
                 ) from None
         return self._target
 
@@ -96,8 +98,8 @@ def load_torch_source(source: str, weights: str | None = None) -> TorchSource:
 
 
 def resolve_target_module(
-    model: "nn.Module", name: str, input_size: Sequence[int] = (3, 224, 224)
-) -> "nn.Module":
+    model: nn.Module, name: str, input_size: Sequence[int] = (3, 224, 224)
+) -> nn.Module:
     """The sub-module called ``name`` (as in ``model.named_modules()``).
 
     Raises:
@@ -141,7 +143,7 @@ def _from_torchvision(src: str, name: str, weights: str | None) -> TorchSource:
         hint = f"; did you mean {', '.join(close)}?" if close else ""
         raise ExportError(f"unknown torchvision model {name!r}{hint}")
 
-    def build(**kwargs: Any) -> "nn.Module":
+    def build(**kwargs: Any) -> nn.Module:
         with warnings.catch_warnings():  # googlenet/inception_v3 notice about their random init
             warnings.filterwarnings("ignore", "The default weight initialization", FutureWarning)
             return tv.models.get_model(name, weights=None, **kwargs)
@@ -167,7 +169,7 @@ def _from_timm(src: str, name: str, weights: str | None) -> TorchSource:
         hint = f"; did you mean {', '.join(close)}?" if close else ""
         raise ExportError(f"unknown timm model {name!r}{hint}")
 
-    def build(**kwargs: Any) -> "nn.Module":
+    def build(**kwargs: Any) -> nn.Module:
         return timm.create_model(name, pretrained=False, **kwargs)
 
     default_classes = int(timm.get_pretrained_cfg_value(name, "num_classes") or 1000)
@@ -243,7 +245,7 @@ def _from_callable(src: str, weights: str | None) -> TorchSource:
     )
 
 
-def _timm_preprocess(model: "nn.Module") -> Preprocess:
+def _timm_preprocess(model: nn.Module) -> Preprocess:
     """Preprocess from a timm model's ``pretrained_cfg`` (resize = floor(size / crop_pct), as timm)."""
     cfg = model.pretrained_cfg  # type: ignore[attr-defined]
     _, h, w = cfg.get("input_size", (3, 224, 224))
@@ -254,8 +256,8 @@ def _timm_preprocess(model: "nn.Module") -> Preprocess:
 
 
 def _build_with_weights(
-    build: Callable[..., "nn.Module"], weights: str | None, src: str, default_classes: int
-) -> tuple["nn.Module", int]:
+    build: Callable[..., nn.Module], weights: str | None, src: str, default_classes: int
+) -> tuple[nn.Module, int]:
     """Build, then load ``weights``; a checkpoint whose only difference is the number of
     classes (a fine-tuned head) rebuilds the model with that many classes first."""
     try:
@@ -272,7 +274,7 @@ def _build_with_weights(
     return model, n if n is not None else default_classes
 
 
-def _load_weights(model: "nn.Module", weights: str, src: str) -> None:
+def _load_weights(model: nn.Module, weights: str, src: str) -> None:
     _apply_weights(model, _read_weights(weights), weights, src)
 
 
@@ -283,7 +285,7 @@ def _read_weights(weights: str) -> dict[str, Any]:
         raise ExportError(str(e)) from None
 
 
-def _apply_weights(model: "nn.Module", state: dict[str, Any], weights: str, src: str) -> None:
+def _apply_weights(model: nn.Module, state: dict[str, Any], weights: str, src: str) -> None:
     try:
         load_state_dict_strict(model, state, f"weights {weights} for {src}")
     except WeightsError as e:

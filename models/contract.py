@@ -127,7 +127,7 @@ class GraphMetadata:
     heatmap_method: str | None = None
     format: str = FORMAT_VERSION
 
-    def replace(self, **changes: Any) -> "GraphMetadata":
+    def replace(self, **changes: Any) -> GraphMetadata:
         return replace(self, **changes)
 
     def to_props(self) -> dict[str, str]:
@@ -150,7 +150,7 @@ class GraphMetadata:
         return props
 
     @classmethod
-    def from_props(cls, props: Mapping[str, str]) -> "GraphMetadata":
+    def from_props(cls, props: Mapping[str, str]) -> GraphMetadata:
         """Read and validate ``metadata_props``; unknown ``onnxcam.*`` keys are ignored.
 
         Raises:

@@ -9,7 +9,8 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import asdict, dataclass
-from typing import Any, Sequence
+from typing import Any
+from collections.abc import Sequence
 
 __all__ = ["IMAGENET", "IMAGENET_MEAN", "IMAGENET_STD", "MAX_SIDE", "Preprocess", "imagenet"]
 
@@ -104,7 +105,7 @@ class Preprocess:
         return json.dumps(self.to_dict())
 
     @classmethod
-    def from_json(cls, text: str | dict[str, Any]) -> "Preprocess":
+    def from_json(cls, text: str | dict[str, Any]) -> Preprocess:
         """Parse an ``onnxcam.preprocess`` JSON string (or decoded dict). ``size``, ``mean`` and
         ``std`` are required; absent other keys take the defaults above.
 

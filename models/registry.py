@@ -6,7 +6,8 @@ imports what it needs when called.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING
+from collections.abc import Callable
 
 from onnxcam.models.labels import imagenet_labels
 from onnxcam.models.preprocess import Preprocess
@@ -33,7 +34,7 @@ class ModelSpec:
 
     name: str
     description: str
-    build: Callable[[], "nn.Module"]
+    build: Callable[[], nn.Module]
     default_target_layer: str
     preprocess: Preprocess
     labels: list[str] | None
@@ -75,7 +76,7 @@ def get_model(name: str) -> ModelSpec:
         ) from None
 
 
-def _build_efficientnet_lite0() -> "nn.Module":
+def _build_efficientnet_lite0() -> nn.Module:
     from onnxcam.models.efficientnet_lite import build_efficientnet_lite0
 
     return build_efficientnet_lite0()

@@ -13,7 +13,10 @@ embedding): the last block's first LayerNorm, as pytorch-grad-cam recommends.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Sequence
+from typing import TYPE_CHECKING
+from collections.abc import Sequence
+
+from onnxcam.models.errors import param
 
 if TYPE_CHECKING:  # pragma: no cover
     from torch import nn
@@ -36,7 +39,7 @@ class LayerOutput:
         return self.shape is not None and len(self.shape) == 4 and self.shape[2] > 1 and self.shape[3] > 1
 
 
-def trace_layer_outputs(model: "nn.Module", input_size: Sequence[int] = (3, 224, 224)) -> list[LayerOutput]:
+def trace_layer_outputs(model: nn.Module, input_size: Sequence[int] = (3, 224, 224)) -> list[LayerOutput]:
     """Run ``model`` once on zeros ``[1, *input_size]`` and list every sub-module's output.
 
     The list is in finishing order, one entry per module (its last call's shape and its call
@@ -44,9 +47,9 @@ def trace_layer_outputs(model: "nn.Module", input_size: Sequence[int] = (3, 224,
     """
     import torch
 
-    param = next(iter(model.parameters()), None)
-    device = param.device if param is not None else torch.device("cpu")  # "meta" works too
-    dtype = param.dtype if param is not None and param.is_floating_point() else torch.float32
+    first = next(iter(model.parameters()), None)
+    device = first.device if first is not None else torch.device("cpu")  # "meta" works too
+    dtype = first.dtype if first is not None and first.is_floating_point() else torch.float32
     order: list[str] = []
     shapes: dict[str, tuple[int, ...] | None] = {}
     calls: dict[str, int] = {}
@@ -76,7 +79,7 @@ def trace_layer_outputs(model: "nn.Module", input_size: Sequence[int] = (3, 224,
 
 
 def spatial_layers(
-    model: "nn.Module", input_size: Sequence[int] = (3, 224, 224), outermost: bool = False
+    model: nn.Module, input_size: Sequence[int] = (3, 224, 224), outermost: bool = False
 ) -> list[str]:
     """Names of modules that ran once and output a spatial map, last-finishing first.
 
@@ -94,7 +97,7 @@ def spatial_layers(
     return names
 
 
-def vit_target_layer(model: "nn.Module") -> str | None:
+def vit_target_layer(model: nn.Module) -> str | None:
     """Last transformer block's first LayerNorm for torchvision/timm ViT-style models, else None.
 
     torchvision ``VisionTransformer``: ``encoder.layers.<last>.ln_1``; timm ViT/DeiT/BEiT/EVA
@@ -115,7 +118,7 @@ def vit_target_layer(model: "nn.Module") -> str | None:
     return None
 
 
-def search_target_layer(model: "nn.Module", input_size: Sequence[int] = (3, 224, 224)) -> str:
+def search_target_layer(model: nn.Module, input_size: Sequence[int] = (3, 224, 224)) -> str:
     """A sensible default Grad-CAM target for any classifier (see the module docstring).
 
     Raises:
@@ -128,6 +131,6 @@ def search_target_layer(model: "nn.Module", input_size: Sequence[int] = (3, 224,
     if not candidates:
         raise ValueError(
             f"no module outputs a spatial feature map for input {tuple(input_size)}; "
-            "pass --target-layer"
+            f"pass {param('target_layer')}"
         )
     return candidates[0]

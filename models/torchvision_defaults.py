@@ -7,7 +7,8 @@ models whose rule's module is missing (e.g. a user's modified network), fall bac
 """
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Callable, Sequence
+from typing import TYPE_CHECKING
+from collections.abc import Callable, Sequence
 
 from onnxcam.models.preprocess import Preprocess, imagenet
 from onnxcam.models.target_search import search_target_layer, vit_target_layer
@@ -18,10 +19,10 @@ if TYPE_CHECKING:  # pragma: no cover
 __all__ = ["family_target_layer", "default_target_layer", "default_preprocess"]
 
 
-def _last_index(attr: str) -> Callable[["nn.Module"], str | None]:
+def _last_index(attr: str) -> Callable[[nn.Module], str | None]:
     """Rule: the last child of ``model.<attr>`` (pytorch-grad-cam's ``model.<attr>[-1]``)."""
 
-    def rule(model: "nn.Module") -> str | None:
+    def rule(model: nn.Module) -> str | None:
         seq = getattr(model, attr, None)
         children = list(seq.named_children()) if seq is not None else []
         return f"{attr}.{children[-1][0]}" if children else None
@@ -29,12 +30,12 @@ def _last_index(attr: str) -> Callable[["nn.Module"], str | None]:
     return rule
 
 
-def _fixed(name: str) -> Callable[["nn.Module"], str | None]:
+def _fixed(name: str) -> Callable[[nn.Module], str | None]:
     return lambda _model: name
 
 
 # (arch-name prefix, rule) — first match wins, so longer prefixes come first.
-_FAMILY_RULES: list[tuple[str, Callable[["nn.Module"], str | None]]] = [
+_FAMILY_RULES: list[tuple[str, Callable[[nn.Module], str | None]]] = [
     ("resnet", _fixed("layer4")),
     ("resnext", _fixed("layer4")),
     ("wide_resnet", _fixed("layer4")),
@@ -57,7 +58,7 @@ _FAMILY_RULES: list[tuple[str, Callable[["nn.Module"], str | None]]] = [
 ]
 
 
-def family_target_layer(arch_name: str, model: "nn.Module") -> str | None:
+def family_target_layer(arch_name: str, model: nn.Module) -> str | None:
     """The family rule's target for ``arch_name`` if one applies and the module exists, else None."""
     arch = arch_name.strip().lower()
     modules = dict(model.named_modules())
@@ -69,7 +70,7 @@ def family_target_layer(arch_name: str, model: "nn.Module") -> str | None:
 
 
 def default_target_layer(
-    arch_name: str, model: "nn.Module", input_size: Sequence[int] | None = None
+    arch_name: str, model: nn.Module, input_size: Sequence[int] | None = None
 ) -> str:
     """Default Grad-CAM target layer for a torchvision classifier.
 
@@ -90,7 +91,7 @@ def default_target_layer(
     return search_target_layer(model, input_size)
 
 
-def default_preprocess(arch_name: str, model: "nn.Module | None" = None) -> Preprocess:
+def default_preprocess(arch_name: str, model: nn.Module | None = None) -> Preprocess:
     """Evaluation preprocessing torchvision documents for ``arch_name``'s ImageNet weights.
 
     Reads the resize/crop/mean/std of the architecture's weight enum (no download), preferring

@@ -26,7 +26,7 @@ class WeightsError(ValueError):
     """A weights file that cannot be read or does not fit the model (one-line message)."""
 
 
-def read_state_dict(path: str | Path) -> dict[str, "torch.Tensor"]:
+def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     """Read a ``.pt``/``.pth`` file into a flat ``{name: tensor}`` dict on the CPU.
 
     Accepts a plain state_dict, one wrapped under ``state_dict``/``model``/``model_state_dict``/
@@ -81,7 +81,7 @@ def read_state_dict(path: str | Path) -> dict[str, "torch.Tensor"]:
     return with_metadata(state, metadata)
 
 
-def with_metadata(state: Mapping[str, "torch.Tensor"], metadata: Mapping[str, Any] | None) -> dict:
+def with_metadata(state: Mapping[str, torch.Tensor], metadata: Mapping[str, Any] | None) -> dict:
     """``state`` as an ordered dict carrying ``metadata`` as its ``_metadata`` attribute, the form
     ``nn.Module.load_state_dict`` reads module versions from."""
     out = OrderedDict(state)
@@ -90,7 +90,7 @@ def with_metadata(state: Mapping[str, "torch.Tensor"], metadata: Mapping[str, An
     return out
 
 
-def head_classes(model: "nn.Module", state: Mapping[str, "torch.Tensor"], num_classes: int) -> int | None:
+def head_classes(model: nn.Module, state: Mapping[str, torch.Tensor], num_classes: int) -> int | None:
     """The class count of a fine-tuned checkpoint, if that is its only difference from ``model``.
 
     Returns ``n`` when every key matches except tensors whose first dimension is
@@ -111,7 +111,7 @@ def head_classes(model: "nn.Module", state: Mapping[str, "torch.Tensor"], num_cl
     return counts.pop() if len(counts) == 1 else None
 
 
-def load_state_dict_strict(model: "nn.Module", state: Mapping[str, "torch.Tensor"], label: str) -> None:
+def load_state_dict_strict(model: nn.Module, state: Mapping[str, torch.Tensor], label: str) -> None:
     """``model.load_state_dict(state, strict=True)``, reporting mismatches in one line.
 
     Args:

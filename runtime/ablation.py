@@ -14,7 +14,7 @@ zeroes, as the Ablation-CAM paper does. When y = 0 the weights are set to 0 (no 
 """
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 

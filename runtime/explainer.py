@@ -10,7 +10,6 @@ import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Union
 
 import numpy as np
 from PIL import Image
@@ -27,8 +26,8 @@ from onnxcam.runtime.postprocess import postprocess
 from onnxcam.runtime.providers import ProviderSpec, Runner
 from onnxcam.runtime.registry import METHODS, MethodContext, MethodSpec, get_method, method_names
 
-Inputs = Union[np.ndarray, str, Path, Image.Image, Sequence[Union[str, Path, Image.Image]]]
-ClassIndex = Union[None, int, Sequence[int], np.ndarray]
+Inputs = np.ndarray | str | Path | Image.Image | Sequence[str | Path | Image.Image]
+ClassIndex = int | Sequence[int] | np.ndarray | None
 log = logging.getLogger(__name__)
 _INT64 = np.iinfo(np.int64)
 
@@ -180,8 +179,8 @@ class Explainer:
                 return (f"{path} has no '{output}' output, needed by {method}; re-export it with "
                         f"`onnxcam export ... --input-gradients {mode}` (or `both`)")
         if spec.float_input and self.info.raw_input:
-            return (f"{path} takes raw uint8 pixels (exported with --raw-input) and {method} needs the "
-                    "normalised float input; use a graph exported without --raw-input")
+            return (f"{path} takes raw uint8 pixels (exported with {param('raw_input', True)}) and {method} needs "
+                    "the normalised float input; use a graph exported without it")
         return None
 
     def explain(self, x: Inputs, method: str = "gradcam", class_index: ClassIndex = None,
@@ -284,7 +283,7 @@ class Explainer:
         H, W = self.info.input_size
         if x.dtype != np.uint8:
             raise ValueError(f"{self.info.path} takes raw uint8 RGB pixels [N, {H}, {W}, 3] (exported with "
-                             f"--raw-input), got a {x.dtype} batch; pass uint8 pixels or image files, "
+                             f"raw_input=True), got a {x.dtype} batch; pass uint8 pixels or image files, "
                              "not a preprocessed float batch")
         if x.ndim != 4 or len(x) == 0 or x.shape[1:] != (H, W, 3):
             raise ValueError(f"x has shape {x.shape}; {self.info.path} takes uint8 RGB pixels [N, {H}, {W}, 3]")

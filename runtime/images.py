@@ -13,7 +13,6 @@ from __future__ import annotations
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Union
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -23,7 +22,7 @@ from onnxcam.runtime.colormap import overlay  # noqa: F401  (re-exported: images
 from onnxcam.runtime.errors import ImageError
 from onnxcam.runtime.resize import resize_bilinear
 
-ImageLike = Union[str, Path, Image.Image]
+ImageLike = str | Path | Image.Image
 
 #: File name endings taken for images when a directory is listed (case-insensitive).
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp",

@@ -54,7 +54,7 @@ class InputMethodOptions:
     cam_upsample: str = "bilinear"
 
     @classmethod
-    def from_kwargs(cls, **kwargs) -> "InputMethodOptions":
+    def from_kwargs(cls, **kwargs) -> InputMethodOptions:
         names = {f.name for f in fields(cls)}
         unknown = sorted(set(kwargs) - names)
         if unknown:

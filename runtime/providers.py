@@ -13,7 +13,8 @@ import contextlib
 import functools
 import io
 import logging
-from typing import Any, Optional, Sequence, Union
+from typing import Any
+from collections.abc import Sequence
 
 import numpy as np
 import onnxruntime as ort
@@ -21,7 +22,7 @@ import onnxruntime as ort
 log = logging.getLogger("onnxcam")
 
 CPU, CUDA = "CPUExecutionProvider", "CUDAExecutionProvider"
-ProviderSpec = Union[str, tuple[str, dict[str, Any]]]
+ProviderSpec = str | tuple[str, dict[str, Any]]
 _ALIASES = {"cpu": CPU, "cuda": CUDA, "gpu": CUDA, "tensorrt": "TensorrtExecutionProvider",
             "trt": "TensorrtExecutionProvider", "rocm": "ROCMExecutionProvider",
             "openvino": "OpenVINOExecutionProvider", "dml": "DmlExecutionProvider",
@@ -29,7 +30,7 @@ _ALIASES = {"cpu": CPU, "cuda": CUDA, "gpu": CUDA, "tensorrt": "TensorrtExecutio
 _ORT_DEFAULT_SEVERITY = 2
 
 
-def _field(num: int, payload: Union[bytes, str, int]) -> bytes:
+def _field(num: int, payload: bytes | str | int) -> bytes:
     """One protobuf field: varint (wire type 0) for ints, length-delimited (2) otherwise."""
     def varint(n: int) -> bytes:
         out = bytearray()
@@ -60,7 +61,7 @@ def canonical_name(provider: str) -> str:
     return _ALIASES.get(provider.lower(), provider)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def provider_works(name: str) -> bool:
     """True when ``name`` is available and a probe session really runs on it (cached)."""
     if name == CPU:
@@ -80,7 +81,7 @@ def provider_works(name: str) -> bool:
         ort.set_default_logger_severity(_ORT_DEFAULT_SEVERITY)
 
 
-def resolve_providers(providers: Optional[Sequence[ProviderSpec]] = None) -> list[ProviderSpec]:
+def resolve_providers(providers: Sequence[ProviderSpec] | None = None) -> list[ProviderSpec]:
     """The provider list to create sessions with; CPU is always the last fallback.
 
     None → [CUDA, CPU] when CUDA works, else [CPU]. An explicit list keeps its order but
@@ -114,8 +115,8 @@ class Runner:
     only binds true graph inputs), so such calls also go through ``session.run``.
     """
 
-    def __init__(self, model: Union[str, bytes], providers: Optional[Sequence[ProviderSpec]] = None,
-                 intra_op_threads: Optional[int] = None, io_binding: Optional[bool] = None) -> None:
+    def __init__(self, model: str | bytes, providers: Sequence[ProviderSpec] | None = None,
+                 intra_op_threads: int | None = None, io_binding: bool | None = None) -> None:
         opts = ort.SessionOptions()
         opts.log_severity_level = 3  # e.g. "initializer appears in graph inputs" is expected
         if intra_op_threads is not None:

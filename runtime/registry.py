@@ -47,7 +47,7 @@ class MethodContext:
     target: np.ndarray
     logits: np.ndarray
     options: im.InputMethodOptions
-    explainer: "Explainer"
+    explainer: Explainer
 
     @property
     def layout(self) -> str:

@@ -31,9 +31,6 @@ def _half_pixel_matrix(src: int, dst: int) -> np.ndarray:
     return m
 
 
-#: Public name of the half-pixel interpolation matrix (the exporter bakes it into ``heatmap`` graphs).
-half_pixel_matrix = _half_pixel_matrix
-
 
 def _align_corners_matrix(src: int, dst: int) -> np.ndarray:
     """Interpolation matrix [dst, src] of bilinear resizing with align_corners=True.

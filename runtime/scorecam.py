@@ -13,7 +13,7 @@ all zeros: that score is computed once and shared (exact; often half the channel
 """
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 

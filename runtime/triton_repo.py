@@ -38,9 +38,10 @@ import shutil
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional, Sequence, Union
+from collections.abc import Sequence
 
 from onnxcam.models.contract import HEAD_OUTPUT, GraphMetadata, Key, MetadataError
+from onnxcam.models.errors import param
 from onnxcam.runtime.errors import OnnxcamError
 
 PLATFORM = "onnxruntime_onnx"
@@ -73,7 +74,7 @@ TRITON_DTYPES = {
 
 _NAME_OK = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.\-]*$")
 
-Dim = Union[int, str, None]
+Dim = int | str | None
 
 
 class TritonRepoError(OnnxcamError):
@@ -87,8 +88,8 @@ class TensorConfig:
     name: str
     data_type: str
     dims: tuple[int, ...]
-    reshape: Optional[tuple[int, ...]] = None
-    label_filename: Optional[str] = None
+    reshape: tuple[int, ...] | None = None
+    label_filename: str | None = None
     optional: bool = False
 
 
@@ -104,7 +105,7 @@ class TritonConfig:
     max_queue_delay_us: int
     instances: int
     kind: str
-    labels: Optional[list[str]] = field(default=None, repr=False)
+    labels: list[str] | None = field(default=None, repr=False)
     source: str = ""
     notes: tuple[str, ...] = ()
 
@@ -114,7 +115,7 @@ class TritonConfig:
         return self.max_batch_size > 0
 
 
-def default_model_name(model_path: Union[str, Path]) -> str:
+def default_model_name(model_path: str | Path) -> str:
     """``resnet50.cam.onnx`` → ``resnet50``; characters Triton dislikes in a directory name → ``_``."""
     base = Path(model_path).name
     for suffix in (".cam.onnx", ".onnx"):
@@ -128,7 +129,7 @@ def default_model_name(model_path: Union[str, Path]) -> str:
 def check_model_name(name: str) -> str:
     """Return ``name`` if it is a safe Triton model (directory) name, else raise."""
     if not _NAME_OK.match(name) or name in (".", ".."):
-        raise TritonRepoError(f"--name {name!r}: use letters, digits, '_', '.', '-' (a model directory name)")
+        raise TritonRepoError(f"{param('name', repr(name))}: use letters, digits, '_', '.', '-' (a model directory name)")
     return name
 
 
@@ -142,42 +143,37 @@ def _is_dynamic(dim: Dim) -> bool:
     return not (isinstance(dim, int) and dim > 0)
 
 
-def _dims(shape: Sequence[Dim]) -> tuple[tuple[int, ...], Optional[tuple[int, ...]]]:
+def _dims(shape: Sequence[Dim]) -> tuple[tuple[int, ...], tuple[int, ...] | None]:
     """Triton ``dims`` (dynamic → -1) and ``reshape`` (only when the tensor has no dims left)."""
     dims = tuple(-1 if _is_dynamic(d) else int(d) for d in shape)
     return ((1,), ()) if not dims else (dims, None)
 
 
-def _read_labels(meta: GraphMetadata) -> Optional[list[str]]:
+def _read_labels(meta: GraphMetadata) -> list[str] | None:
     if not meta.labels:
         return None
     return [label.replace("\n", " ").replace("\r", " ") for label in meta.labels]
 
 
-def plan_config(model_path: Union[str, Path], name: Optional[str] = None,
-                max_batch_size: Optional[int] = None, instances: int = 1, kind: str = "KIND_CPU",
-                preferred_batch_sizes: Optional[Sequence[int]] = None,
-                max_queue_delay_us: int = DEFAULT_MAX_QUEUE_DELAY_US) -> TritonConfig:
-    """Read the graph's interface with onnxruntime and decide the Triton configuration.
-
-    ``max_batch_size=None`` means "the default (8) if the graph allows batching, else 0"; an
-    explicit value > 0 on a graph with a fixed first axis raises :class:`TritonRepoError`.
-    """
-    import onnxruntime as ort
-
-    path = Path(model_path)
-    if not path.is_file():
-        raise TritonRepoError(f"{model_path}: no such file")
-    name = check_model_name(name if name is not None else default_model_name(path))
+def _check_options(kind: str, instances: int, max_queue_delay_us: int, max_batch_size: int | None) -> str:
     kind = kind.upper()
     if kind not in KINDS:
-        raise TritonRepoError(f"--kind {kind}: expected one of {', '.join(KINDS)}")
+        raise TritonRepoError(f"{param('kind', kind)}: expected one of {', '.join(KINDS)}")
     if instances < 1:
-        raise TritonRepoError(f"--instances {instances}: must be at least 1")
+        raise TritonRepoError(f"{param('instances', instances)}: must be at least 1")
     if max_queue_delay_us < 0:
-        raise TritonRepoError(f"--max-queue-delay-us {max_queue_delay_us}: must be >= 0")
+        raise TritonRepoError(f"{param('max_queue_delay_us', max_queue_delay_us)}: must be >= 0")
     if max_batch_size is not None and max_batch_size < 0:
-        raise TritonRepoError(f"--max-batch-size {max_batch_size}: must be >= 0")
+        raise TritonRepoError(f"{param('max_batch_size', max_batch_size)}: must be >= 0")
+    return kind
+
+
+Tensor = tuple[str, str, list[Dim]]   # name, onnxruntime type, shape
+
+
+def _read_graph(path: Path) -> tuple[GraphMetadata, list[Tensor], list[Tensor], list[Tensor]]:
+    """(metadata, inputs, outputs, the head-only input when there is one) read with onnxruntime."""
+    import onnxruntime as ort
 
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
@@ -186,58 +182,66 @@ def plan_config(model_path: Union[str, Path], name: Optional[str] = None,
         session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
     except Exception as exc:  # onnxruntime raises its own exception types
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise TritonRepoError(f"{model_path}: onnxruntime cannot load it ({first})") from None
+        raise TritonRepoError(f"{path}: onnxruntime cannot load it ({first})") from None
     props = session.get_modelmeta().custom_metadata_map
     try:  # any ONNX model can be served; an explanation graph's metadata must be sound
         meta = GraphMetadata.from_props(props) if Key.FORMAT in props else GraphMetadata()
     except MetadataError as exc:
-        raise TritonRepoError(f"{model_path}: not a readable explanation graph ({exc})") from None
+        raise TritonRepoError(f"{path}: not a readable explanation graph ({exc})") from None
+    tensors = [[(t.name, t.type, list(t.shape)) for t in group]
+               for group in (session.get_inputs(), session.get_outputs())]
+    head = [(i.name, i.type, list(i.shape)) for i in session.get_overridable_initializers() if i.name == meta.head_input]
+    for tname, ttype, _ in tensors[0] + tensors[1] + head:
+        if ttype not in TRITON_DTYPES:
+            raise TritonRepoError(f"{path}: {tname} has type {ttype}, which Triton's onnxruntime backend cannot serve")
+    return meta, tensors[0], tensors[1], head
 
-    notes: list[str] = []
-    inputs = [(i.name, i.type, list(i.shape)) for i in session.get_inputs()]
-    outputs = [(o.name, o.type, list(o.shape)) for o in session.get_outputs()]
-    head_input = meta.head_input
-    head = [(i.name, i.type, list(i.shape)) for i in session.get_overridable_initializers() if i.name == head_input]
+
+def _batching(path: Path, tensors: list[Tensor], max_batch_size: int | None,
+              preferred_batch_sizes: Sequence[int] | None, notes: list[str]) -> tuple[int, tuple[int, ...]]:
+    """(max_batch_size, preferred batch sizes): batching only along a dynamic first axis."""
+    fixed = [(tname, shape) for tname, _, shape in tensors if not shape or not _is_dynamic(shape[0])]
+    if max_batch_size is None:
+        max_batch_size = 0 if fixed else DEFAULT_MAX_BATCH_SIZE
+        if fixed:
+            notes.append(f"max_batch_size 0: {fixed[0][0]} has a fixed first axis {_fmt(fixed[0][1])}, and Triton "
+                         "batches only along a dynamic one (re-export with a dynamic batch axis to batch)")
+    elif max_batch_size > 0 and fixed:
+        raise TritonRepoError(f"{path}: {param('max_batch_size', max_batch_size)} needs a dynamic batch axis, but "
+                              f"{fixed[0][0]} is {_fmt(fixed[0][1])}; use {param('max_batch_size', 0)} or re-export "
+                              "with a dynamic batch axis")
+    if max_batch_size == 0:
+        return 0, ()
+    preferred = tuple(preferred_batch_sizes) if preferred_batch_sizes else _default_preferred(max_batch_size)
+    if any(p < 1 or p > max_batch_size for p in preferred):
+        raise TritonRepoError(f"{param('preferred_batch_sizes', ','.join(map(str, preferred)))}: each must be "
+                              f"within 1..{max_batch_size} (max batch size)")
+    return max_batch_size, tuple(sorted(set(preferred)))
+
+
+def plan_config(model_path: str | Path, name: str | None = None,
+                max_batch_size: int | None = None, instances: int = 1, kind: str = "KIND_CPU",
+                preferred_batch_sizes: Sequence[int] | None = None,
+                max_queue_delay_us: int = DEFAULT_MAX_QUEUE_DELAY_US) -> TritonConfig:
+    """Read the graph's interface with onnxruntime and decide the Triton configuration.
+
+    ``max_batch_size=None`` means "the default (8) if the graph allows batching, else 0"; an
+    explicit value > 0 on a graph with a fixed first axis raises :class:`TritonRepoError`.
+    """
+    path = Path(model_path)
+    if not path.is_file():
+        raise TritonRepoError(f"{model_path}: no such file")
+    name = check_model_name(name if name is not None else default_model_name(path))
+    kind = _check_options(kind, instances, max_queue_delay_us, max_batch_size)
+    meta, inputs, outputs, head = _read_graph(path)
     head_output = [t for t in outputs if t[0] == HEAD_OUTPUT]
     outputs = [t for t in outputs if t[0] != HEAD_OUTPUT]
     if not outputs:
         raise TritonRepoError(f"{model_path}: the graph has no outputs Triton could serve")
-
-    for tname, ttype, _ in inputs + outputs + head + head_output:
-        if ttype not in TRITON_DTYPES:
-            raise TritonRepoError(f"{model_path}: {tname} has type {ttype}, which Triton's onnxruntime backend "
-                                  "cannot serve")
-
-    # Which tensors stop Triton from batching (a missing or fixed first axis)?
-    fixed = [(tname, shape) for tname, _, shape in inputs + outputs if not shape or not _is_dynamic(shape[0])]
-    if max_batch_size is None:
-        if fixed:
-            tname, shape = fixed[0]
-            notes.append(f"max_batch_size 0: {tname} has a fixed first axis {_fmt(shape)}, and Triton batches "
-                         "only along a dynamic one (re-export with a dynamic batch axis to batch)")
-            max_batch_size = 0
-        else:
-            max_batch_size = DEFAULT_MAX_BATCH_SIZE
-    elif max_batch_size > 0 and fixed:
-        tname, shape = fixed[0]
-        raise TritonRepoError(f"{model_path}: --max-batch-size {max_batch_size} needs a dynamic batch axis, but "
-                              f"{tname} is {_fmt(shape)}; use --max-batch-size 0 or re-export with a dynamic "
-                              "batch axis")
+    notes: list[str] = []
+    max_batch_size, preferred = _batching(path, inputs + outputs, max_batch_size, preferred_batch_sizes, notes)
     if max_batch_size > 0 and head_output:
         notes.append(HEAD_NOTE)
-    elif head_output:
-        outputs += head_output
-
-    if max_batch_size > 0:
-        preferred = tuple(preferred_batch_sizes) if preferred_batch_sizes else _default_preferred(max_batch_size)
-        bad = [p for p in preferred if p < 1 or p > max_batch_size]
-        if bad:
-            raise TritonRepoError(f"--preferred-batch-sizes {','.join(map(str, preferred))}: each must be within "
-                                  f"1..{max_batch_size} (max batch size)")
-        preferred = tuple(sorted(set(preferred)))
-    else:
-        preferred = ()
-
     labels = _read_labels(meta)
     skip = 1 if max_batch_size > 0 else 0
 
@@ -246,14 +250,13 @@ def plan_config(model_path: Union[str, Path], name: Optional[str] = None,
         label_file = LABELS_FILENAME if labels is not None and tname == "logits" else None
         return TensorConfig(tname, TRITON_DTYPES[ttype], dims, reshape, label_file, optional)
 
-    optional_inputs = [entry(*t, optional=True) for t in head] if max_batch_size == 0 and head_output else []
-
+    head_kept = max_batch_size == 0 and bool(head_output)
     return TritonConfig(
         name=name, max_batch_size=max_batch_size,
-        inputs=tuple([entry(*t) for t in inputs] + optional_inputs), outputs=tuple(entry(*t) for t in outputs),
+        inputs=tuple([entry(*t) for t in inputs] + ([entry(*t, optional=True) for t in head] if head_kept else [])),
+        outputs=tuple(entry(*t) for t in outputs + (head_output if head_kept else [])),
         preferred_batch_sizes=preferred, max_queue_delay_us=max_queue_delay_us,
-        instances=instances, kind=kind, labels=labels, source=meta.source,
-        notes=tuple(notes))
+        instances=instances, kind=kind, labels=labels, source=meta.source, notes=tuple(notes))
 
 
 def _fmt(shape: Sequence[Dim]) -> str:
@@ -316,7 +319,7 @@ def render_config(cfg: TritonConfig) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_repository(model_path: Union[str, Path], out_dir: Union[str, Path], cfg: TritonConfig,
+def write_repository(model_path: str | Path, out_dir: str | Path, cfg: TritonConfig,
                      overwrite: bool = False) -> Path:
     """Write ``out_dir/cfg.name`` (config, version 1's model file, labels) and return that directory.
 
@@ -329,13 +332,13 @@ def write_repository(model_path: Union[str, Path], out_dir: Union[str, Path], cf
         raise TritonRepoError(f"{out_dir}: exists and is not a directory (-o takes the repository directory)")
     target = out / cfg.name
     if (target.exists() or target.is_symlink()) and not overwrite:
-        raise TritonRepoError(f"{target}: already exists; pass --overwrite to replace it")
+        raise TritonRepoError(f"{target}: already exists; pass {param('overwrite', True)} to replace it")
     try:
         out.mkdir(parents=True, exist_ok=True)
         staging = Path(tempfile.mkdtemp(prefix=f".{cfg.name}.onnxcam-", dir=out))
     except OSError as exc:
         raise TritonRepoError(f"{out_dir}: cannot create the repository directory ({exc.strerror or exc})") from None
-    old: Optional[Path] = None
+    old: Path | None = None
     try:
         os.chmod(staging, 0o755)
         (staging / "1").mkdir()

@@ -229,3 +229,13 @@ def check_against_torch(c: Classifier, class_index: np.ndarray = CLASS_INDEX, ta
         again = run(sess, {"image": x, "class_index": class_index, "head_activations": out["activations"]})
         assert_gradients_close(again["head_logits"], out["logits"].astype(np.float64), "head_logits")
     return graph, out, want
+
+
+def callable_source(tmp_path, monkeypatch, module: str, code: str) -> str:
+    """Write ``code`` (defining ``build()``) as ``<module>.py`` in ``tmp_path``, make it importable
+    from there (also as the working directory, like ``onnxcam export`` run beside it), and return
+    the SOURCE ``module:build``."""
+    (tmp_path / f"{module}.py").write_text(code)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    return f"{module}:build"

@@ -119,7 +119,7 @@ def test_bad_inputs_get_one_line_each_and_the_rest_is_evaluated(tmp_path):
 
 def test_mask_value_selects_the_object(tmp_path):
     data = tmp_path / "data"
-    imgs = make_images(data, n=1)
+    make_images(data, n=1)
     trimap = np.full((48, 40), 2, np.uint8)  # like the Oxford pet trimaps: 0 = object, 2 elsewhere
     trimap[10:30, 5:25] = 0
     Image.fromarray(trimap).save(data / "img0_mask.png")

@@ -11,7 +11,7 @@ import pytest
 torch = pytest.importorskip("torch")
 onnx = pytest.importorskip("onnx")
 
-from exporter_helpers import CLASS_INDEX, Net, assert_gradients_close, head_feed, run, stem  # noqa: E402
+from exporter_helpers import CLASS_INDEX, Net, callable_source, assert_gradients_close, head_feed, run, stem  # noqa: E402
 from onnxcam.exporter import ExportError, export  # noqa: E402
 from onnxcam.exporter.torch_export import score_selector  # noqa: E402
 
@@ -115,7 +115,7 @@ def test_score_selector_reads_tuples_dicts_and_model_outputs() -> None:
     assert score_selector({"logits": logits, "hidden": emb})({"logits": logits, "hidden": emb}) is logits
     assert score_selector((logits, torch.zeros(2, 3, 4, 4)))((logits, 0)) is logits  # the only 2-D item
     assert score_selector((emb, logits), "1")((emb, logits)) is logits
-    with pytest.raises(ExportError, match=r"0: \[2, 8\], 1: \[2, 3\].*--scores INDEX"):
+    with pytest.raises(ExportError, match=r"0: \[2, 8\], 1: \[2, 3\].*scores=INDEX"):
         score_selector((emb, logits))
     with pytest.raises(ExportError, match="without 'logits'.*hidden \\[2, 8\\]"):
         score_selector({"hidden": emb})
@@ -132,24 +132,20 @@ TUPLE_NET = textwrap.dedent("""
         '''conv, relu, mean pool; returns (embedding [N, 6], logits [N, 4])'''
         def __init__(self):
             super().__init__()
-            self.conv = nn.Conv2d(3, 6, 3, padding=1)
-            self.fc = nn.Linear(6, 4)
+            torch.manual_seed(0)
+            self.conv, self.fc = nn.Conv2d(3, 6, 3, padding=1), nn.Linear(6, 4)
 
         def forward(self, x):
             embedding = torch.relu(self.conv(x)).mean((2, 3))
             return embedding, self.fc(embedding)
 
-    def build():
-        torch.manual_seed(0)
-        return EmbeddingAndLogits()
+    build = EmbeddingAndLogits
 """)
 
 
 @pytest.fixture()
 def tuple_source(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
-    (tmp_path / "tuple_net.py").write_text(TUPLE_NET)
-    monkeypatch.syspath_prepend(str(tmp_path))
-    return "tuple_net:build"
+    return callable_source(tmp_path, monkeypatch, "tuple_net", TUPLE_NET)
 
 
 def test_torch_tuple_output_is_refused_then_explained_with_scores(tuple_source: str) -> None:

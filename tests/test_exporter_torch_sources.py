@@ -12,6 +12,7 @@ onnx = pytest.importorskip("onnx")
 import onnxruntime as ort  # noqa: E402
 from click.testing import CliRunner  # noqa: E402
 
+from exporter_helpers import callable_source  # noqa: E402
 from onnxcam.cli.main import main  # noqa: E402
 from onnxcam.exporter.verify import torch_reference  # noqa: E402
 
@@ -40,10 +41,7 @@ SHARED_RELU_NET = textwrap.dedent("""
 
 @pytest.fixture()
 def shared_relu_source(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
-    (tmp_path / "shared_relu_net.py").write_text(SHARED_RELU_NET)
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.syspath_prepend(str(tmp_path))
-    return "shared_relu_net:build"
+    return callable_source(tmp_path, monkeypatch, "shared_relu_net", SHARED_RELU_NET)
 
 
 def _run(path: Path, x: np.ndarray, class_index: np.ndarray) -> dict[str, np.ndarray]:

@@ -31,22 +31,19 @@ def test_unset_values_are_left_out() -> None:
     assert GraphMetadata.from_props(props) == GraphMetadata(source="s", target_layer="t")
 
 
+GOOD_PREPROCESS = {"size": [224, 224], "mean": [0], "std": [1]}
+BAD_PREPROCESS = [({"size": [0, 224]}, "size must be an integer"), ({"resize": 10**9}, "resize"),
+                  ({"mean": [0, 0], "std": [1, 1]}, "mean and std"), ({"std": [0]}, "zeros"),
+                  ({"scale": float("nan")}, "scale"), ({"scale": 0}, "scale"), ({"size": [True, 224]}, "size")]
+BAD_OTHER = [(Key.PREPROCESS, "[" * 100000, "bad onnxcam.preprocess"), (Key.LABELS, '{"0": "cat"}', "list of class names"),
+             (Key.LABELS, "[1, 2]", "list of class names"), (Key.LABELS, "not json", "not valid JSON"),
+             (Key.HEAD_PIECEWISE_LINEAR, "yes", "'true' or 'false'"), (Key.INPUT_GRADIENTS, "all", "must be one of"),
+             (Key.INPUT_GRADIENT_SWITCHES, '["input_gradients"]', "map output names")]
+
+
 @pytest.mark.parametrize("key, value, needle", [
-    (Key.PREPROCESS, '{"size": [0, 224], "mean": [0], "std": [1]}', "size must be an integer"),
-    (Key.PREPROCESS, '{"size": [224, 224], "resize": 1000000000, "mean": [0], "std": [1]}', "resize"),
-    (Key.PREPROCESS, '{"size": [224, 224], "mean": [0, 0], "std": [1, 1]}', "mean and std"),
-    (Key.PREPROCESS, '{"size": [224, 224], "mean": [0], "std": [0]}', "zeros"),
-    (Key.PREPROCESS, '{"size": [224, 224], "mean": [0], "std": [1], "scale": NaN}', "scale"),
-    (Key.PREPROCESS, '{"size": [224, 224], "mean": [0], "std": [1], "scale": 0}', "scale"),
-    (Key.PREPROCESS, '{"size": [true, 224], "mean": [0], "std": [1]}', "size"),
-    (Key.PREPROCESS, "[" * 100000, "bad onnxcam.preprocess"),
-    (Key.LABELS, '{"0": "cat"}', "list of class names"),
-    (Key.LABELS, "[1, 2]", "list of class names"),
-    (Key.LABELS, "not json", "not valid JSON"),
-    (Key.HEAD_PIECEWISE_LINEAR, "yes", "'true' or 'false'"),
-    (Key.INPUT_GRADIENTS, "all", "must be one of"),
-    (Key.INPUT_GRADIENT_SWITCHES, '["input_gradients"]', "map output names"),
-])
+    (Key.PREPROCESS, json.dumps({**GOOD_PREPROCESS, **change}), needle) for change, needle in BAD_PREPROCESS
+] + BAD_OTHER)
 def test_bad_metadata_is_refused_in_one_line(key: str, value: str, needle: str) -> None:
     props = {**FULL.to_props(), key: value}
     with pytest.raises(MetadataError) as err:

@@ -14,6 +14,7 @@ import json
 
 import numpy as np
 import pytest
+from PIL import Image
 
 K, C, H, W = 8, 5, 16, 20
 MEAN, STD = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]

@@ -23,7 +23,7 @@ class MaxPoolIndicesPass(ir.passes.InPlacePass):
     which the MaxPool rule scatters the gradient to: preparation, so that every rule only adds
     nodes. ``paths`` are the differentiated paths (``autodiff.find_path``)."""
 
-    def __init__(self, paths: Sequence["Path"]) -> None:
+    def __init__(self, paths: Sequence[Path]) -> None:
         super().__init__()
         self.nodes = {n for path in paths for n in path.nodes if n.op_type == "MaxPool"}
 

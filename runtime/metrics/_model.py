@@ -6,20 +6,24 @@ float32 batch in the model's layout (handy for tests and other runtimes).
 """
 from __future__ import annotations
 
-from typing import Callable, Iterator, Optional, Sequence, Union
+from collections.abc import Callable, Iterator, Sequence
+from typing import TYPE_CHECKING, TypeAlias
 
 import numpy as np
 
 from onnxcam.runtime.postprocess import softmax
 
-Model = Union["Explainer", Callable[[np.ndarray], np.ndarray]]  # noqa: F821
+if TYPE_CHECKING:  # pragma: no cover
+    from onnxcam.runtime.explainer import Explainer
+
+Model: TypeAlias = "Explainer | Callable[[np.ndarray], np.ndarray]"
 SCORES = ("probability", "logit")
 
 
 class Scorer:
     """Logits / class scores of batches, ``batch_size`` images per session run."""
 
-    def __init__(self, model: Model, batch_size: Optional[int] = None, layout: Optional[str] = None) -> None:
+    def __init__(self, model: Model, batch_size: int | None = None, layout: str | None = None) -> None:
         from onnxcam.runtime.explainer import Explainer
 
         if isinstance(model, Explainer):

@@ -8,7 +8,6 @@ Y = s(x) and O = s(x ⊙ M) (the map multiplied into every channel).
 """
 from __future__ import annotations
 
-from typing import Optional
 
 import numpy as np
 
@@ -18,8 +17,8 @@ from onnxcam.runtime.metrics._model import (Model, Scorer, check_inputs, chunks,
 
 # -- image ⊙ map: confidence change, Average Drop, Increase in Confidence, Win % ---------------
 def cam_mult_scores(model: Model, x: np.ndarray, maps: np.ndarray, class_index=None,
-                    score: str = "probability", batch_size: Optional[int] = None,
-                    layout: Optional[str] = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+                    score: str = "probability", batch_size: int | None = None,
+                    layout: str | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(Y, O, classes): Y_i = s_c(x_i), O_i = s_c(x_i ⊙ M_i), per image, float32 [N] each.
 
     ``x`` float32 [N, C, H, W] (or NHWC), ``maps`` [N, H, W]; ``layout`` only for a callable
@@ -34,8 +33,8 @@ def cam_mult_scores(model: Model, x: np.ndarray, maps: np.ndarray, class_index=N
 
 
 def confidence_change(model: Model, x: np.ndarray, maps: np.ndarray, class_index=None,
-                      score: str = "probability", batch_size: Optional[int] = None,
-                      layout: Optional[str] = None) -> np.ndarray:
+                      score: str = "probability", batch_size: int | None = None,
+                      layout: str | None = None) -> np.ndarray:
     """Seed method 1, confidence change with the map: ``O − Y`` per image (higher is better).
 
     Equals ``pytorch_grad_cam.metrics.cam_mult_image.CamMultImageConfidenceChange``."""
@@ -44,16 +43,16 @@ def confidence_change(model: Model, x: np.ndarray, maps: np.ndarray, class_index
 
 
 def drop_in_confidence(model: Model, x: np.ndarray, maps: np.ndarray, class_index=None,
-                       score: str = "probability", batch_size: Optional[int] = None,
-                       layout: Optional[str] = None) -> np.ndarray:
+                       score: str = "probability", batch_size: int | None = None,
+                       layout: str | None = None) -> np.ndarray:
     """``max(0, Y − O)`` per image (pytorch-grad-cam's ``DropInConfidence``)."""
     y, o, _ = cam_mult_scores(model, x, maps, class_index, score, batch_size, layout)
     return np.maximum(y - o, 0).astype(np.float32)
 
 
 def increase_in_confidence(model: Model, x: np.ndarray, maps: np.ndarray, class_index=None,
-                           score: str = "probability", batch_size: Optional[int] = None,
-                           layout: Optional[str] = None) -> np.ndarray:
+                           score: str = "probability", batch_size: int | None = None,
+                           layout: str | None = None) -> np.ndarray:
     """``1[O > Y]`` per image as float32 (pytorch-grad-cam's ``IncreaseInConfidence``)."""
     y, o, _ = cam_mult_scores(model, x, maps, class_index, score, batch_size, layout)
     return (o > y).astype(np.float32)
@@ -90,8 +89,8 @@ def win_percent(drop_a: np.ndarray, drop_b: np.ndarray) -> float:
 # -- removing the most salient pixels ----------------------------------------------------------
 def remove_top_percent(model: Model, x: np.ndarray, maps: np.ndarray, percent: float = 25.0,
                        class_index=None, baseline: float = 0.0, score: str = "probability",
-                       relative: bool = False, batch_size: Optional[int] = None,
-                       layout: Optional[str] = None) -> np.ndarray:
+                       relative: bool = False, batch_size: int | None = None,
+                       layout: str | None = None) -> np.ndarray:
     """Seed method 2, drop after removing the top-k %: the k = ``percent`` % most salient pixels
     (round(k/100·H·W) pixels by descending map value, ties in raster order) are set to
     ``baseline`` in every channel (0 = the dataset mean in normalised space); returns
@@ -171,8 +170,8 @@ def _explicit_classes(scorer: Scorer, x: np.ndarray, class_index) -> np.ndarray:
 
 
 def deletion_curve(model: Model, x: np.ndarray, maps: np.ndarray, class_index=None, step: int = 224,
-                   baseline: float = 0.0, score: str = "probability", batch_size: Optional[int] = None,
-                   layout: Optional[str] = None) -> np.ndarray:
+                   baseline: float = 0.0, score: str = "probability", batch_size: int | None = None,
+                   layout: str | None = None) -> np.ndarray:
     """Deletion curve (RISE, Petsiuk et al. 2018): pixels ordered by descending map value; point
     i (i = 0..n, n = ⌈H·W/step⌉) is s_c of x with its first i·step pixels (all channels) set to
     ``baseline`` (0 in normalised space). Returns float32 [N, n + 1]; lower area is better."""
@@ -184,7 +183,7 @@ def deletion_curve(model: Model, x: np.ndarray, maps: np.ndarray, class_index=No
 
 def insertion_curve(model: Model, x: np.ndarray, maps: np.ndarray, class_index=None, step: int = 224,
                     klen: int = 11, sigma: float = 5.0, score: str = "probability",
-                    batch_size: Optional[int] = None, layout: Optional[str] = None) -> np.ndarray:
+                    batch_size: int | None = None, layout: str | None = None) -> np.ndarray:
     """Insertion curve (RISE): starts from the blurred image (:func:`gaussian_blur`, kernel
     ``klen``, σ ``sigma``) and point i has the first i·step most salient pixels of x put back.
     Returns float32 [N, ⌈H·W/step⌉ + 1]; higher area is better."""

@@ -23,20 +23,13 @@ How it is solved fast (image by image, all channels at once):
   image channel's value range over the kept pixels (default 1e-4; the error left is below the last
   update: measured ≤ 1.3e-5 × range against a float64 direct solve, see the tests).
 
-7–11 iterations reach the default on 224 × 224 photos whatever the size of the removed regions
-(the former Jacobi-preconditioned CG to 1e-9 in float64 needed hundreds). Tried and measured
-not to pay here: a full-multigrid initial guess (2–3 fewer iterations, the coarse solves cost as
-much), V(1,0)/V(0,1) cycles with flexible CG, piecewise-constant transfers, over-relaxed Jacobi,
-"any"/"majority" coarsening, float64 iterative refinement (2× the time for 4× the accuracy).
-Images are solved on parallel threads: 1.4× on 2 idle cores in isolation, but no measurable gain
-inside ROAD's loop in benchmarks/metrics_speed.py (onnxruntime's worker threads keep the cores
-busy right after each run) nor on a saturated machine.
+7–11 iterations reach the default on 224 × 224 photos whatever the size of the removed regions.
+What else was measured (and did not pay) is in docs/benchmarks.md.
 """
 from __future__ import annotations
 
 import os
 from concurrent.futures import ThreadPoolExecutor
-from typing import List, Optional
 
 import numpy as np
 
@@ -187,7 +180,7 @@ def _coarsen(unknown: np.ndarray) -> np.ndarray:
 
 class _Multigrid:
     def __init__(self, unknown: np.ndarray, channels: int) -> None:
-        self.levels: List[_Level] = [_Level(unknown, channels)]
+        self.levels: list[_Level] = [_Level(unknown, channels)]
         while max(unknown.shape[1:]) > COARSEST and min(unknown.shape[1:]) > 2:
             unknown = _coarsen(unknown)
             self.levels.append(_Level(unknown, channels))
@@ -218,7 +211,7 @@ def _dot(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return np.einsum("gchw,gchw->gc", a, b)[..., None, None]
 
 
-def _cg(mg: "_Multigrid", b: np.ndarray, bound: np.ndarray, max_iter: int, u: Optional[np.ndarray] = None):
+def _cg(mg: _Multigrid, b: np.ndarray, bound: np.ndarray, max_iter: int, u: np.ndarray | None = None):
     """Multigrid-preconditioned conjugate gradients for A u = b from ``u`` (None: 0; must be 0 at
     known cells), stopped when every value's last update is ≤ ``bound`` (per image and channel);
     returns (u, iterations)."""
@@ -253,7 +246,7 @@ def _cg(mg: "_Multigrid", b: np.ndarray, bound: np.ndarray, max_iter: int, u: Op
 
 
 def _pcg(x: np.ndarray, unknown: np.ndarray, tol: float, max_iter: int, value_range: np.ndarray,
-         initial: Optional[np.ndarray] = None):
+         initial: np.ndarray | None = None):
     """Solve for the unknown pixels of x [G, C, h, w] (unknown [G, h, w]) from the initial guess
     ``initial`` at the unknown pixels (None: 0); returns (u, iterations)."""
     mg = _Multigrid(unknown, x.shape[1])
@@ -273,7 +266,7 @@ def _bbox(unknown: np.ndarray) -> tuple:
 
 
 def linear_impute(images: np.ndarray, keep: np.ndarray, tol: float = DEFAULT_TOL, max_iter: int = 200,
-                  initial: Optional[np.ndarray] = None, threads: Optional[int] = None,
+                  initial: np.ndarray | None = None, threads: int | None = None,
                   return_iterations: bool = False):
     """Noise-free linear imputation of images [B, C, H, W] where ``keep`` [B, H, W] is False.
 

@@ -8,13 +8,13 @@ their pixels, and where it needs boxes, a mask becomes its bounding box.
 """
 from __future__ import annotations
 
-from typing import Sequence, Union
+from collections.abc import Sequence
 
 import numpy as np
 
 from onnxcam.runtime.metrics._model import top_fraction_mask
 
-GroundTruth = Union[np.ndarray, Sequence[float], Sequence[Sequence[float]]]
+GroundTruth = np.ndarray | Sequence[float] | Sequence[Sequence[float]]
 
 
 # -- boxes, masks and connected components -----------------------------------------------------

@@ -2,7 +2,7 @@
 curves with axes, ticks, a legend and a title."""
 from __future__ import annotations
 
-from typing import Optional, Sequence
+from collections.abc import Sequence
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
@@ -13,7 +13,7 @@ COLOURS = [(31, 119, 180), (214, 39, 40), (44, 160, 44), (255, 127, 14), (148, 1
 
 def plot_curves(curves: Sequence[tuple[str, np.ndarray]], title: str = "", x_label: str = "fraction of pixels",
                 y_label: str = "score", size: tuple[int, int] = (640, 420),
-                y_range: Optional[tuple[float, float]] = None) -> Image.Image:
+                y_range: tuple[float, float] | None = None) -> Image.Image:
     """Draw curves (``(legend label, y values)``; x runs evenly from 0 to 1) into an RGB image."""
     width, height = size
     font = ImageFont.load_default()

@@ -19,7 +19,7 @@ over the percentiles (default 10, 20, …, 90); Combined = (LeRF − MoRF) / 2 (
 """
 from __future__ import annotations
 
-from typing import Optional, Sequence
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -30,8 +30,8 @@ PERCENTILES = (10, 20, 30, 40, 50, 60, 70, 80, 90)
 
 
 def noisy_linear_impute(images: np.ndarray, keep: np.ndarray, noise: float = 0.01,
-                        rng: Optional[np.random.Generator] = None, layout: str = "NCHW",
-                        tol: float = DEFAULT_TOL, initial: Optional[np.ndarray] = None) -> np.ndarray:
+                        rng: np.random.Generator | None = None, layout: str = "NCHW",
+                        tol: float = DEFAULT_TOL, initial: np.ndarray | None = None) -> np.ndarray:
     """ROAD's noisy linear imputation of a batch (NCHW or NHWC) at the pixels where ``keep``
     [B, H, W] is False: :func:`~onnxcam.runtime.metrics.imputation.linear_impute` (stopping
     rule ``tol``; ``initial``: optional starting guess, NCHW) plus N(0, ``noise``²) on the filled
@@ -42,7 +42,7 @@ def noisy_linear_impute(images: np.ndarray, keep: np.ndarray, noise: float = 0.0
     return _add_noise(linear_impute(x, keep, tol=tol, initial=initial), keep, noise, rng, layout)
 
 
-def _add_noise(clean: np.ndarray, keep: np.ndarray, noise: float, rng: Optional[np.random.Generator],
+def _add_noise(clean: np.ndarray, keep: np.ndarray, noise: float, rng: np.random.Generator | None,
                layout: str) -> np.ndarray:
     """NCHW ``clean`` + N(0, noise²) at the removed pixels, returned in ``layout``."""
     out = clean.copy()
@@ -67,8 +67,8 @@ def road_keep_mask(maps: np.ndarray, percentile: float, order: str = "morf") -> 
 
 def road_scores(model: Model, x: np.ndarray, maps: np.ndarray, order: str = "morf",
                 percentiles: Sequence[float] = PERCENTILES, class_index=None, noise: float = 0.01,
-                seed: Optional[int] = 0, score: str = "probability", batch_size: Optional[int] = None,
-                layout: Optional[str] = None, tol: float = DEFAULT_TOL) -> np.ndarray:
+                seed: int | None = 0, score: str = "probability", batch_size: int | None = None,
+                layout: str | None = None, tol: float = DEFAULT_TOL) -> np.ndarray:
     """ROAD score changes ``s(x̃_p) − s(x)`` per image and percentile, float32 [N, P], where x̃_p
     is x with the pixels removed at percentile p (``order`` 'morf' or 'lerf', see the module
     docstring) filled by :func:`noisy_linear_impute` (``noise``; ``seed`` for its generator; ``tol`` the

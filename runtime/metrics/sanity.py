@@ -19,7 +19,7 @@ import os
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional, Sequence, Union
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -105,9 +105,9 @@ class RandomisationResult:
     ssim: np.ndarray
 
 
-def model_randomisation(model_path: Union[str, Path], x: np.ndarray, method: str = "gradcam",
-                        class_index=None, steps: Union[None, int, Sequence[int]] = None, seed: int = 0,
-                        providers: Optional[Sequence] = None, batch_size: int = 16) -> RandomisationResult:
+def model_randomisation(model_path: str | Path, x: np.ndarray, method: str = "gradcam",
+                        class_index=None, steps: None | int | Sequence[int] = None, seed: int = 0,
+                        providers: Sequence | None = None, batch_size: int = 16) -> RandomisationResult:
     """Cascading (top-down) model parameter randomisation of an explanation graph.
 
     ``x``: a float32 batch or image paths (as ``Explainer.explain``); ``class_index``: the classes

@@ -18,7 +18,8 @@ import time
 import zlib
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any, AsyncIterator, Optional
+from typing import Any
+from collections.abc import AsyncIterator
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
@@ -51,7 +52,7 @@ def _json(payload: Any, status: int = 200) -> Response:
     return Response(json.dumps(payload).encode(), status, media_type="application/json")
 
 
-def _error(message: str, status: int, headers: Optional[dict[str, str]] = None) -> Response:
+def _error(message: str, status: int, headers: dict[str, str] | None = None) -> Response:
     return Response(error_json(message), status, headers=headers, media_type="application/json")
 
 
@@ -87,7 +88,7 @@ class V2Server:
         if min(settings.workers, settings.max_queue, settings.max_request_bytes) < 1 or settings.body_timeout <= 0:
             raise ValueError("workers, max_queue and max_request_bytes must be ≥ 1 and body_timeout > 0")
         self.registry, self.settings = registry, settings
-        self.executor: Optional[ThreadPoolExecutor] = None
+        self.executor: ThreadPoolExecutor | None = None
         self.in_flight = 0  # touched only on the event loop thread
 
     # -- lifecycle -----------------------------------------------------------------------------
@@ -202,7 +203,7 @@ def _version() -> str:
         return "unknown"
 
 
-def _header_length(request: Request) -> Optional[int]:
+def _header_length(request: Request) -> int | None:
     value = request.headers.get(HEADER_LENGTH)
     if value is None:
         return None
@@ -211,7 +212,7 @@ def _header_length(request: Request) -> Optional[int]:
     return int(value)
 
 
-def _run(model: Any, body: bytes, header_length: Optional[int]) -> tuple[bytes, Optional[int]]:
+def _run(model: Any, body: bytes, header_length: int | None) -> tuple[bytes, int | None]:
     """Worker thread: decode, explain, encode."""
     request = parse_request(body, header_length)
     outputs = model.infer(request)
@@ -228,7 +229,7 @@ async def _http_error(request: Request, exc: Exception) -> Response:
     return _error(str(detail), status, getattr(exc, "headers", None))
 
 
-def create_app(registry: ModelRegistry, settings: Optional[ServerSettings] = None) -> ASGIApp:
+def create_app(registry: ModelRegistry, settings: ServerSettings | None = None) -> ASGIApp:
     """The ASGI application serving ``registry`` (wrapped in the access log)."""
     server = V2Server(registry, settings or ServerSettings())
     model = "/v2/models/{name}"

@@ -11,7 +11,8 @@ answers ``heatmap`` FP32 ``[N, H, W]``, ``logits`` FP32 ``[N, C]`` and ``target`
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Optional, Sequence, Union
+from typing import Any
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -26,7 +27,7 @@ DEFAULT_METHOD = "gradcam"
 PLATFORM = "onnxruntime_onnx"
 
 
-def model_name(path: Union[str, Path]) -> str:
+def model_name(path: str | Path) -> str:
     """The served name of a graph file: its name without ``.onnx`` and then ``.cam``."""
     name = Path(path).name
     for suffix in (".onnx", ".cam"):
@@ -89,7 +90,7 @@ class ServedModel:
                                 f"'{self.name}' expects {want} (-1: any size, batch ≥ 1)")
         return x
 
-    def _classes(self, request: InferRequest, n: int) -> Optional[Union[int, list[int], np.ndarray]]:
+    def _classes(self, request: InferRequest, n: int) -> int | list[int] | np.ndarray | None:
         param = request.parameters.get("class_index")
         tensor = request.inputs.get(CLASS_INPUT)
         if param is not None and tensor is not None:
@@ -158,8 +159,8 @@ class ModelRegistry:
             self.models[model.name] = model
 
     @classmethod
-    def load(cls, paths: Sequence[Union[str, Path]], providers: Optional[Sequence[Any]] = None,
-             intra_op_threads: Optional[int] = None, batch_size: int = 16) -> "ModelRegistry":
+    def load(cls, paths: Sequence[str | Path], providers: Sequence[Any] | None = None,
+             intra_op_threads: int | None = None, batch_size: int = 16) -> ModelRegistry:
         """Load every graph (raises ``OnnxcamError`` naming the file that fails)."""
         from onnxcam.runtime.explainer import Explainer
 
@@ -170,7 +171,7 @@ class ModelRegistry:
         return cls([ServedModel(name, Explainer(p, providers=providers, intra_op_threads=intra_op_threads,
                                                 batch_size=batch_size)) for name, p in zip(names, paths)])
 
-    def get(self, name: str, version: Optional[str] = None) -> ServedModel:
+    def get(self, name: str, version: str | None = None) -> ServedModel:
         """The model called ``name`` (and ``version``, only "1" exists); ``ProtocolError`` 404 otherwise."""
         model = self.models.get(name)
         if model is None:

@@ -11,7 +11,8 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import dataclass, field
-from typing import Any, Optional, Sequence
+from typing import Any
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -62,9 +63,9 @@ class InferRequest:
 
     inputs: dict[str, np.ndarray]
     parameters: dict[str, Any] = field(default_factory=dict)
-    outputs: Optional[list[RequestedOutput]] = None  # None: every output
+    outputs: list[RequestedOutput] | None = None  # None: every output
     binary_output: bool = False  # default for outputs without their own binary_data flag
-    id: Optional[str] = None
+    id: str | None = None
 
 
 def _object(value: Any, what: str) -> dict:
@@ -104,7 +105,7 @@ def _from_json_data(data: Any, dtype: np.dtype, name: str) -> np.ndarray:
     return raw.astype(dtype).reshape(-1)
 
 
-def parse_request(body: bytes, header_length: Optional[int] = None) -> InferRequest:
+def parse_request(body: bytes, header_length: int | None = None) -> InferRequest:
     """Decode an inference request body (JSON, or JSON + binary tensors).
 
     Raises ``ProtocolError`` (400) for invalid JSON, a bad header length, malformed tensors,
@@ -174,7 +175,7 @@ def parse_request(body: bytes, header_length: Optional[int] = None) -> InferRequ
                         None if request_id is None else str(request_id))
 
 
-def _requested_outputs(raw: Any, binary_default: bool) -> Optional[list[RequestedOutput]]:
+def _requested_outputs(raw: Any, binary_default: bool) -> list[RequestedOutput] | None:
     if raw is None:
         return None
     if not isinstance(raw, list):
@@ -198,7 +199,7 @@ def _requested_outputs(raw: Any, binary_default: bool) -> Optional[list[Requeste
 
 
 def encode_response(model_name: str, model_version: str, outputs: Sequence[tuple[str, np.ndarray, bool]],
-                    request_id: Optional[str] = None) -> tuple[bytes, Optional[int]]:
+                    request_id: str | None = None) -> tuple[bytes, int | None]:
     """The response body for ``(name, array, binary)`` outputs, and the JSON header's length
     when any output is binary (for the ``Inference-Header-Content-Length`` header), else None.
 
