@@ -82,27 +82,6 @@ class _Data:
         return x, geo, gt
 
 
-def _check_setup(explainer: Any, model: str, method_list: list[str], metric_list: list[str], debug: bool) -> None:
-    from onnxcam.runtime import OnnxcamError
-
-    if any(m.startswith("randomisation_") for m in metric_list):
-        try:
-            import onnx  # noqa: F401
-        except ImportError:
-            fail("the sanity metrics (randomisation_*) need the onnx package to rewrite weights: pip install onnx",
-                 EXIT_USAGE)
-    if explainer.info.raw_input:
-        fail(f"{model} takes raw uint8 pixels (exported with --raw-input); the metrics perturb the normalised "
-             "float input, so evaluate a graph exported without --raw-input", EXIT_USAGE)
-    if explainer.info.preprocess is None:
-        fail(f"{model} has no onnxcam.preprocess metadata, so image files cannot be preprocessed for it; "
-             "re-export it with `onnxcam export`", EXIT_USAGE)
-    try:
-        explainer.method_specs(method_list)
-    except OnnxcamError as exc:
-        fail(exc, EXIT_USAGE, debug)
-
-
 def _run(explainer: Any, data: _Data, files: list[Path], methods: list[str], metrics: list[str],
          class_index: int | None, options: Any, report: Reporter):
     """Evaluate every batch; images that fail get one error line each. → the aggregate."""
@@ -203,7 +182,8 @@ def evaluate_command(model: str, data: str, methods: tuple[str, ...], metrics: s
     """
     setup_logging(debug)
     from onnxcam.runtime import ClassIndexError, ModelError
-    from onnxcam.runtime.metrics.evaluate import EvaluationOptions, default_metrics, resolve_metrics
+    from onnxcam.runtime.metrics.evaluate import (EvaluationOptions, check_evaluable, default_metrics,
+                                                  resolve_metrics)
 
     method_list = parse_methods(methods, family_only=True)
     class_index = parse_class(class_)
@@ -214,7 +194,10 @@ def evaluate_command(model: str, data: str, methods: tuple[str, ...], metrics: s
     except ValueError as exc:
         fail(exc, EXIT_USAGE)
     explainer = make_explainer(model, providers, threads, batch_size, debug)
-    _check_setup(explainer, model, method_list, metric_list, debug)
+    try:
+        check_evaluable(explainer, method_list, metric_list)
+    except ModelError as exc:
+        fail(exc, EXIT_USAGE, debug)
     out_dir = prepare_output_dir(out, debug)
     report = Reporter(debug)
     if not dataset.files:

@@ -193,10 +193,8 @@ def explain_command(model: str, inputs: tuple[str, ...], methods: tuple[str, ...
     method_list = parse_methods(methods)
     class_index = parse_class(class_)
     explainer = make_explainer(model, providers, threads, batch_size, debug)
-    if explainer.info.preprocess is None:
-        fail(f"{model} has no onnxcam.preprocess metadata, so image files cannot be preprocessed for it; "
-             "re-export it with `onnxcam export`", EXIT_USAGE)
     try:
+        explainer.preprocessing()
         explainer.method_specs(method_list)
         class_indices(class_index, 1, explainer.info.num_classes)
     except (ClassIndexError, ModelError) as exc:

@@ -17,6 +17,7 @@ from PIL import Image
 from onnxcam.models.contract import (CLASS_INPUT, HEAD_OUTPUT, HEATMAP, INPUT_GRADIENT_OUTPUTS, INPUT_GRADIENTS,
                                      LOGITS, TARGET)
 from onnxcam.models.errors import param
+from onnxcam.models.preprocess import Preprocess
 from onnxcam.runtime.errors import ClassIndexError, ModelError
 from onnxcam.runtime.images import (Geometry, ImageLike, heatmap_to_original, image_pixels, load_image, load_pixels,
                                     preprocess, preprocess_image)
@@ -138,23 +139,26 @@ class Explainer:
         return self.info.labels
 
     # -- images ------------------------------------------------------------------------------------
-    def _preprocess_metadata(self):
+    def preprocessing(self) -> Preprocess:
+        """How this graph's images are preprocessed (its ``onnxcam.preprocess`` metadata);
+        ModelError when the graph has none (then it takes preprocessed batches only)."""
         if self.info.preprocess is None:
-            raise ModelError(f"{self.info.path} has no onnxcam.preprocess metadata; "
-                             "pass a preprocessed float32 batch instead of images")
+            raise ModelError(f"{self.info.path} has no onnxcam.preprocess metadata, so image files cannot be "
+                             "preprocessed for it; pass a preprocessed float32 batch, or re-export it with "
+                             "`onnxcam export`")
         return self.info.preprocess
 
     def prepare(self, images: Sequence[str | Path | Image.Image]) -> tuple[np.ndarray, list[Geometry]]:
         """Load and preprocess images from the graph's ``onnxcam.preprocess`` metadata: a float
         batch in the model's layout, or for a raw-input graph the resized / cropped uint8 NHWC
         RGB pixels (the graph normalises them itself)."""
-        spec = self._preprocess_metadata()
+        spec = self.preprocessing()
         return (load_pixels if self.info.raw_input else preprocess)(list(images), spec)
 
     def prepare_image(self, image: Image.Image) -> tuple[np.ndarray, Geometry]:
         """One RGB image as ``load_image`` returns it, preprocessed as ``prepare`` would:
         [C, H, W] / [H, W, C] float32, or uint8 [H, W, 3] pixels for a raw-input graph."""
-        spec = self._preprocess_metadata()
+        spec = self.preprocessing()
         return (image_pixels if self.info.raw_input else preprocess_image)(image, spec)
 
     def prepare_one(self, image: ImageLike) -> tuple[np.ndarray, Geometry]:

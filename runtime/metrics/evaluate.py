@@ -187,6 +187,25 @@ class BatchResult:
     drops: dict[str, np.ndarray]
 
 
+def check_evaluable(explainer: Any, methods: Sequence[str], metrics: Sequence[str]) -> None:
+    """Raise ModelError when the metrics cannot run on this graph with these methods: they perturb
+    the normalised float input (not a raw-pixel graph), read images (the preprocessing metadata),
+    and the sanity metrics rewrite weights (onnx)."""
+    from onnxcam.runtime.errors import ModelError
+
+    if explainer.info.raw_input:
+        raise ModelError(f"{explainer.info.path} takes raw uint8 pixels (exported with raw_input=True); the metrics "
+                         "perturb the normalised float input, so evaluate a graph exported without it")
+    explainer.preprocessing()
+    explainer.method_specs(list(methods))
+    if any(METRICS[m].group == "sanity" for m in metrics):
+        try:
+            import onnx  # noqa: F401
+        except ImportError:
+            raise ModelError("the sanity metrics (randomisation_*) need the onnx package to rewrite weights: "
+                             "pip install onnx") from None
+
+
 def evaluate_batch(explainer: Any, x: np.ndarray, geometries: Sequence[Geometry | None],
                    ground_truth: Sequence[np.ndarray | None], methods: Sequence[str], metrics: Sequence[str],
                    class_index: Any = None, options: EvaluationOptions = EvaluationOptions()) -> BatchResult:
