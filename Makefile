@@ -25,7 +25,7 @@ $(BASE_VENV)/.installed: pyproject.toml
 	touch $@
 
 demo: $(VENV)/.installed-dev
-	$(VENV)/bin/onnxcam demo --out demo-out
+	$(VENV)/bin/onnxcam demo --out demo-out --overwrite
 
 test: test-full test-base test-node
 

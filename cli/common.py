@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 import click
-
 from onnxcam.models.errors import OnnxcamError
 
 EXIT_PARTIAL, EXIT_USAGE = 1, 2
@@ -25,9 +24,10 @@ FLAGS = {"class_index": "--class", "intra_op_threads": "--threads", "out": "--ou
 
 # -- errors and logging ------------------------------------------------------------------------
 def message_of(error: str | BaseException) -> str:
-    """One line for the terminal: an onnxcam error with its parameters spelled as flags."""
+    """One line for the terminal: an onnxcam error with its parameters spelled as flags, control
+    characters (a file name with a newline, say) escaped."""
     text = error.for_cli(FLAGS) if isinstance(error, OnnxcamError) else str(error)
-    return text.splitlines()[0] if text else type(error).__name__
+    return printable(text) if text else type(error).__name__
 
 
 def fail(error: str | BaseException, code: int = EXIT_USAGE, debug: bool = False) -> NoReturn:
@@ -184,9 +184,24 @@ def make_explainer(model: str, providers: Any, threads: int | None, batch_size: 
         fail(f"{model}: cannot load ({type(exc).__name__}: {exc})", EXIT_USAGE, debug)
 
 
-def expand_inputs(args: Iterable[str]) -> tuple[list[Path], list[str]]:
-    """Files to explain (directories expanded to their image files, sorted; hidden files and
-    repeats skipped) and one error message per argument that yields nothing."""
+def own_output(path: Path, out_dir: Path | None, is_output: Callable[[str], bool]) -> bool:
+    """Whether ``path`` lies in ``out_dir`` and is named like one of the command's outputs (so
+    that a run never reads back what an earlier run wrote there)."""
+    return out_dir is not None and os.path.realpath(path.parent) == os.path.realpath(out_dir) and is_output(path.name)
+
+
+def explain_output_name(name: str) -> bool:
+    """``<stem>.<method>.png`` / ``.npy``: what ``explain`` writes."""
+    from onnxcam.runtime.registry import METHODS
+
+    stem, _, suffix = name.rpartition(".")
+    return suffix.lower() in ("png", "npy") and stem.rpartition(".")[2] in METHODS
+
+
+def expand_inputs(args: Iterable[str], exclude: Path | None = None) -> tuple[list[Path], list[str]]:
+    """Files to explain (directories expanded to their image files, sorted; hidden files, repeats
+    and ``explain``'s own outputs in the output directory ``exclude`` skipped) and one error
+    message per argument that yields nothing."""
     from onnxcam.runtime.images import IMAGE_EXTENSIONS
 
     files: list[Path] = []
@@ -199,15 +214,19 @@ def expand_inputs(args: Iterable[str]) -> tuple[list[Path], list[str]]:
                 found = sorted(p for p in path.iterdir() if not p.name.startswith(".")
                                and p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file())
             except OSError as exc:
-                errors.append(f"{arg}: cannot list directory ({exc.strerror or exc})")
+                errors.append(f"{printable(arg)}: cannot list directory ({exc.strerror or exc})")
                 continue
+            found = [p for p in found if not own_output(p, exclude, explain_output_name)]
             if not found:
-                errors.append(f"{arg}: directory has no images "
+                errors.append(f"{printable(arg)}: directory has no images "
                               f"(looked for {', '.join(e.lstrip('.') for e in IMAGE_EXTENSIONS)})")
         elif path.exists():
+            if own_output(path, exclude, explain_output_name):
+                errors.append(f"{printable(arg)}: is one of explain's outputs in --out; skipped")
+                continue
             found = [path]
         else:
-            errors.append(f"{arg}: no such file or directory")
+            errors.append(f"{printable(arg)}: no such file or directory")
             continue
         for p in found:
             key = os.path.normcase(os.path.realpath(p))
@@ -215,6 +234,12 @@ def expand_inputs(args: Iterable[str]) -> tuple[list[Path], list[str]]:
                 seen.add(key)
                 files.append(p)
     return files, errors
+
+
+def printable(name: object) -> str:
+    """A file name (or any text) as one printable line: control characters escaped."""
+    text = str(name)
+    return text if text.isprintable() else text.encode("unicode_escape").decode("ascii")
 
 
 def prepare_output_dir(out: str, debug: bool = False) -> Path:
@@ -230,28 +255,37 @@ def prepare_output_dir(out: str, debug: bool = False) -> Path:
 
 
 # -- files written -----------------------------------------------------------------------------
-def _write(path: Path, overwrite: bool, save: Callable[[Any], None]) -> None:
-    """Write through ``save(fileobj)``; without ``overwrite`` the file is created exclusively
-    (an existing file is never touched). A failed write leaves no partial file."""
-    try:
-        with open(path, "wb" if overwrite else "xb") as fh:
-            save(fh)
-    except FileExistsError:
-        raise
-    except BaseException:
-        path.unlink(missing_ok=True)
-        raise
-
-
 def save_png(image: Any, path: Path, overwrite: bool, compress_level: int = 1) -> None:
-    """Save a PIL image as PNG (fast compression by default: overlays are photos)."""
-    _write(path, overwrite, lambda fh: image.save(fh, format="PNG", compress_level=compress_level))
+    """Save a PIL image as PNG (fast compression by default: overlays are photos), atomically,
+    never replacing a file without ``overwrite`` nor writing through a symbolic link."""
+    from onnxcam.models.files import write_output
+
+    write_output(path, lambda fh: image.save(fh, format="PNG", compress_level=compress_level), overwrite)
 
 
 def save_npy(array: Any, path: Path, overwrite: bool) -> None:
     import numpy as np
+    from onnxcam.models.files import write_output
 
-    _write(path, overwrite, lambda fh: np.save(fh, np.asarray(array, np.float32)))
+    write_output(path, lambda fh: np.save(fh, np.asarray(array, np.float32)), overwrite)
+
+
+def save_text(text: str, path: Path, overwrite: bool) -> None:
+    from onnxcam.models.files import write_output
+
+    write_output(path, text.encode("utf-8"), overwrite)
+
+
+def refuse_existing(paths: Iterable[Path], overwrite: bool) -> None:
+    """Before any work: one error line and exit 2 if an output exists (and ``overwrite`` is not
+    given) or is a symbolic link."""
+    from onnxcam.models.files import OutputError, check_target
+
+    for path in paths:
+        try:
+            check_target(path, overwrite)
+        except OutputError as exc:
+            fail(exc, EXIT_USAGE)
 
 
 # -- printing ----------------------------------------------------------------------------------

@@ -24,14 +24,24 @@ import logging
 import os
 import sys
 import time
-from pathlib import Path
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import click
-
-from onnxcam.cli.common import (EXIT_USAGE, fail, format_table, label_of, message_of, parse_methods, provider_options,
-                                save_png, setup_logging)
+from onnxcam.cli.common import (
+    EXIT_USAGE,
+    fail,
+    format_table,
+    label_of,
+    message_of,
+    parse_methods,
+    provider_options,
+    refuse_existing,
+    save_png,
+    setup_logging,
+)
+from onnxcam.models.files import OutputError
 
 MODEL = "efficientnet-lite0"
 PHOTOS = ("chelsea", "coffee", "astronaut", "rocket")
@@ -196,7 +206,13 @@ def _explainer(providers: Any, threads: int | None, refresh: bool, method_list: 
     return explainer, exported
 
 
-def _photos(photo_dir: Path, debug: bool) -> list[Path]:
+def output_files(out_dir: Path, method_list: Sequence[str]) -> list[Path]:
+    """Every file the demo writes into ``out_dir``."""
+    return ([out_dir / "photos" / f"{name}.png" for name in PHOTOS] + [out_dir / "comparison.png"]
+            + [out_dir / f"{name}.{m}.png" for name in PHOTOS for m in method_list])
+
+
+def _photos(photo_dir: Path, overwrite: bool, debug: bool) -> list[Path]:
     """scikit-image's photos saved as PNG files into ``photo_dir``."""
     import skimage.data
     from PIL import Image
@@ -205,8 +221,10 @@ def _photos(photo_dir: Path, debug: bool) -> list[Path]:
         photo_dir.mkdir(parents=True, exist_ok=True)
         files = []
         for name in PHOTOS:
-            save_png(Image.fromarray(getattr(skimage.data, name)()), photo_dir / f"{name}.png", overwrite=True)
+            save_png(Image.fromarray(getattr(skimage.data, name)()), photo_dir / f"{name}.png", overwrite)
             files.append(photo_dir / f"{name}.png")
+    except OutputError as exc:
+        fail(exc, EXIT_USAGE, debug)
     except OSError as exc:
         fail(f"{photo_dir}: cannot write the photos ({exc.strerror or exc})", EXIT_USAGE, debug)
     return files
@@ -226,7 +244,7 @@ def _explain(explainer: Any, x: Any, method_list: Sequence[str]) -> tuple[dict, 
 
 
 def _pictures(explainer: Any, results: dict, method_list: Sequence[str], originals: list, geos: list,
-              out_dir: Path, debug: bool) -> tuple[list[list], list, list[Path]]:
+              out_dir: Path, overwrite: bool, debug: bool) -> tuple[list[list], list, list[Path]]:
     """Write each photo's picture for each method; → (summary rows, comparison rows, files written)."""
     from onnxcam.runtime.pictures import method_picture
     from onnxcam.runtime.postprocess import softmax
@@ -244,7 +262,9 @@ def _pictures(explainer: Any, results: dict, method_list: Sequence[str], origina
             picture = method_picture(results[m], i, img, geos[i], layout, color)
             path = out_dir / f"{name}.{m}.png"
             try:
-                save_png(picture, path, overwrite=True)
+                save_png(picture, path, overwrite)
+            except OutputError as exc:
+                fail(exc, EXIT_USAGE, debug)
             except OSError as exc:
                 fail(f"{path}: cannot write ({exc.strerror or exc})", EXIT_USAGE, debug)
             written.append(path)
@@ -277,16 +297,16 @@ def _report(summary: list, timings: list, method_list: Sequence[str], written: l
 
 
 @click.command("demo", short_help="Offline demo: efficientnet-lite0 explains four photos.")
-@click.option("-o", "--out", default="onnxcam-demo", show_default=True,
-              help="Output directory (created if missing; the demo's own files in it are replaced).")
+@click.option("-o", "--out", default="onnxcam-demo", show_default=True, help="Output directory (created if missing).")
+@click.option("--overwrite", is_flag=True, help="Replace the demo's files from an earlier run (never replaced otherwise).")
 @click.option("-m", "--methods", "--method", "methods", multiple=True, metavar="NAME",
               help=f"Methods (repeatable or comma-separated; 'all' for every CAM method). "
                    f"Default: {', '.join(DEMO_METHODS)}.")
 @provider_options
 @click.option("--refresh", is_flag=True, help="Export the model again even if it is cached.")
 @click.option("--debug", is_flag=True, help="Show tracebacks.")
-def demo_command(out: str, methods: tuple[str, ...], providers: Any, threads: int | None, refresh: bool,
-                 debug: bool) -> None:
+def demo_command(out: str, overwrite: bool, methods: tuple[str, ...], providers: Any, threads: int | None,
+                 refresh: bool, debug: bool) -> None:
     """Explain scikit-image's photos with efficientnet-lite0 (real ImageNet weights), offline.
 
     Exports the model once into the cache, writes OUT/photos/*.png, OUT/<photo>.<method>.png
@@ -297,7 +317,6 @@ def demo_command(out: str, methods: tuple[str, ...], providers: Any, threads: in
     start = time.perf_counter()
     setup_logging(debug)
     import numpy as np
-
     from onnxcam.runtime import load_image
     from onnxcam.runtime.pictures import comparison_picture
 
@@ -305,24 +324,27 @@ def demo_command(out: str, methods: tuple[str, ...], providers: Any, threads: in
     out_dir = Path(out)
     if out_dir.exists() and not out_dir.is_dir():
         fail(f"{out}: exists and is not a directory (--out takes a directory)", EXIT_USAGE)
+    refuse_existing(output_files(out_dir, method_list), overwrite)
     click.echo(f"onnxcam demo: {MODEL} (real ImageNet weights) explains scikit-image's photos")
     explainer, exported = _explainer(providers, threads, refresh, method_list, debug)
     how = f"exported in {exported:.1f} s" if exported is not None else "cached"
     click.echo(f"model:   {explainer.info.path} ({how}; target layer {explainer.info.target_layer}; "
                f"{', '.join(explainer.providers)})")
-    files = _photos(out_dir / "photos", debug)
+    files = _photos(out_dir / "photos", overwrite, debug)
     click.echo(f"photos:  {', '.join(str(f) for f in files)} (from scikit-image)")
     originals = [load_image(f) for f in files]
     prepared = [explainer.prepare_image(img) for img in originals]
     results, timings = _explain(explainer, np.stack([x for x, _ in prepared]), method_list)
     summary, grid_rows, written = _pictures(explainer, results, method_list, originals,
-                                            [g for _, g in prepared], out_dir, debug)
+                                            [g for _, g in prepared], out_dir, overwrite, debug)
     title = f"onnxcam · {MODEL} (ImageNet) · target layer {explainer.info.target_layer} · top-1 class of each photo"
     pre = explainer.info.preprocess
     comparison = out_dir / "comparison.png"
     try:
         save_png(comparison_picture(grid_rows, title, legend_lines(method_list, pre.size, pre.resize)), comparison,
-                 overwrite=True, compress_level=9)
+                 overwrite, compress_level=9)
+    except OutputError as exc:
+        fail(exc, EXIT_USAGE, debug)
     except OSError as exc:
         fail(f"{comparison}: cannot write ({exc.strerror or exc})", EXIT_USAGE, debug)
     _report(summary, timings, method_list, written, out_dir, comparison, explainer, out_dir / "photos", start)

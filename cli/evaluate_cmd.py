@@ -7,9 +7,23 @@ from pathlib import Path
 from typing import Any
 
 import click
-
-from onnxcam.cli.common import (EXIT_PARTIAL, EXIT_USAGE, LazyHelp, Reporter, fail, make_explainer, parse_class, parse_methods,
-                                prepare_output_dir, provider_options, setup_logging)
+from onnxcam.cli.common import (
+    EXIT_PARTIAL,
+    EXIT_USAGE,
+    LazyHelp,
+    Reporter,
+    fail,
+    make_explainer,
+    own_output,
+    parse_class,
+    parse_methods,
+    prepare_output_dir,
+    provider_options,
+    refuse_existing,
+    save_png,
+    save_text,
+    setup_logging,
+)
 
 
 def parse_mask_values(values: tuple[str, ...]) -> tuple[int | None, dict[str, int]]:
@@ -29,12 +43,17 @@ def parse_mask_values(values: tuple[str, ...]) -> tuple[int | None, dict[str, in
     return default, per_stem
 
 
-def list_images(data: Path) -> list[Path]:
-    """The images of DATA (ground-truth ``*_mask`` files left out), in name order."""
+def list_images(data: Path, exclude: Path | None = None) -> list[Path]:
+    """The images of DATA in name order: ground-truth ``*_mask`` files and, when ``exclude`` (the
+    output directory) is DATA, the plots an earlier evaluation wrote there left out."""
     from onnxcam.runtime.images import IMAGE_EXTENSIONS
 
+    def plot(name: str) -> bool:
+        return name.startswith("curves_") and name.endswith(".png")
+
     return sorted(p for p in data.iterdir() if p.is_file() and not p.name.startswith(".")
-                  and p.suffix.lower() in IMAGE_EXTENSIONS and not p.stem.lower().endswith("_mask"))
+                  and p.suffix.lower() in IMAGE_EXTENSIONS and not p.stem.lower().endswith("_mask")
+                  and not own_output(p, exclude, plot))
 
 
 def _metrics_help() -> str:
@@ -48,8 +67,12 @@ def _metrics_help() -> str:
 class _Data:
     """The images of DATA with their ground truth: boxes (JSON/CSV/COCO file), VOC XML or masks."""
 
-    def __init__(self, data: str, boxes_file: str | None, mask_values: tuple[str, ...]) -> None:
-        from onnxcam.runtime.metrics.ground_truth import GroundTruthError, find_mask, read_boxes
+    def __init__(self, data: str, boxes_file: str | None, mask_values: tuple[str, ...], out: Path) -> None:
+        from onnxcam.runtime.metrics.ground_truth import (
+            GroundTruthError,
+            find_mask,
+            read_boxes,
+        )
 
         self.dir = Path(data)
         if not self.dir.is_dir():
@@ -61,7 +84,7 @@ class _Data:
         except GroundTruthError as exc:
             fail(exc, EXIT_USAGE)
         self.mask_value, self.per_stem = parse_mask_values(mask_values)
-        self.files = list_images(self.dir)
+        self.files = list_images(self.dir, exclude=out)
         self.has_ground_truth = bool(self.boxes) or any(find_mask(f) or f.with_suffix(".xml").is_file()
                                                         for f in self.files)
 
@@ -86,10 +109,9 @@ def _run(explainer: Any, data: _Data, files: list[Path], methods: list[str], met
          class_index: int | None, options: Any, report: Reporter):
     """Evaluate every batch; images that fail get one error line each. → the aggregate."""
     import numpy as np
-    from tqdm import tqdm
-
     from onnxcam.runtime import ClassIndexError, ModelError, OnnxcamError
     from onnxcam.runtime.metrics.evaluate import METRICS, Aggregate, evaluate_batch
+    from tqdm import tqdm
 
     need_gt = any(METRICS[m].ground_truth for m in metrics)
     aggregate = Aggregate(methods, metrics)
@@ -122,19 +144,30 @@ def _run(explainer: Any, data: _Data, files: list[Path], methods: list[str], met
     return aggregate
 
 
-def _write_reports(aggregate: Any, out_dir: Path, out: str, debug: bool) -> str:
+def report_files(out_dir: Path, methods: list[str], metrics: list[str]) -> list[Path]:
+    """Every file the evaluation writes."""
+    from onnxcam.runtime.metrics import report as R
+
+    curves = [out_dir / R.curve_file_name(m) for m in methods] if {"deletion", "insertion"} & set(metrics) else []
+    return [out_dir / "per_image.csv", out_dir / "metrics.json", out_dir / "metrics.md", *curves]
+
+
+def _write_reports(aggregate: Any, out_dir: Path, overwrite: bool, debug: bool) -> str:
+    from onnxcam.models.files import OutputError
     from onnxcam.runtime.metrics import report as R
 
     summary = aggregate.summary()
     table = R.markdown_table(summary, aggregate.metrics, aggregate.images)
     try:
-        (out_dir / "per_image.csv").write_text(R.per_image_csv(aggregate), encoding="utf-8")
-        (out_dir / "metrics.json").write_text(R.summary_json(summary), encoding="utf-8")
-        (out_dir / "metrics.md").write_text(table, encoding="utf-8")
+        save_text(R.per_image_csv(aggregate), out_dir / "per_image.csv", overwrite)
+        save_text(R.summary_json(summary), out_dir / "metrics.json", overwrite)
+        save_text(table, out_dir / "metrics.md", overwrite)
         for method, plot in R.curve_plots(aggregate).items():
-            plot.save(out_dir / R.curve_file_name(method))
+            save_png(plot, out_dir / R.curve_file_name(method), overwrite)
+    except OutputError as exc:
+        fail(exc, EXIT_USAGE, debug)
     except OSError as exc:
-        fail(f"{out}: cannot write results ({exc.strerror or exc})", EXIT_USAGE, debug)
+        fail(f"{out_dir}: cannot write results ({exc.strerror or exc})", EXIT_USAGE, debug)
     return table
 
 
@@ -165,29 +198,35 @@ def _write_reports(aggregate: Any, out_dir: Path, out: str, debug: bool) -> str:
 @click.option("--limit", type=click.IntRange(1), default=None, help="Evaluate at most N images (in name order).")
 @click.option("-b", "--batch-size", type=click.IntRange(1), default=16, show_default=True,
               help="Images per graph run, also the perturbed images per run of the metrics.")
+@click.option("--overwrite", is_flag=True, help="Replace existing result files (never replaced otherwise).")
 @provider_options
 @click.option("--debug", is_flag=True, help="Show tracebacks.")
 def evaluate_command(model: str, data: str, methods: tuple[str, ...], metrics: str | None, out: str,
                      boxes_file: str | None, mask_values: tuple[str, ...], class_: str, percent: float, step: int,
                      tolerance: float, road_noise: float, randomise_layers: int, limit: int | None, batch_size: int,
-                     providers: Any, threads: int | None, debug: bool) -> None:
+                     overwrite: bool, providers: Any, threads: int | None, debug: bool) -> None:
     """Evaluate CAM methods of an explanation graph on the images in DATA_DIR.
 
     Writes OUT/per_image.csv (one row per image and method), OUT/metrics.json
     ({method: {metric: mean}}, with win_vs_<other> = Win % when several methods are compared),
     OUT/metrics.md (the same as a Markdown table, also printed) and OUT/curves_<method>.png
-    (mean deletion / insertion curves). Images that cannot be read, or lack valid ground truth
+    (mean deletion / insertion curves); existing results are replaced only with --overwrite. Images
+    that cannot be read, or lack valid ground truth
     when a localisation metric is asked for, get one error line and are left out. Exit status:
     0 all done, 1 some images failed, 2 usage or model errors.
     """
     setup_logging(debug)
     from onnxcam.runtime import ClassIndexError, ModelError
-    from onnxcam.runtime.metrics.evaluate import (EvaluationOptions, check_evaluable, default_metrics,
-                                                  resolve_metrics)
+    from onnxcam.runtime.metrics.evaluate import (
+        EvaluationOptions,
+        check_evaluable,
+        default_metrics,
+        resolve_metrics,
+    )
 
     method_list = parse_methods(methods, family_only=True)
     class_index = parse_class(class_)
-    dataset = _Data(data, boxes_file, mask_values)
+    dataset = _Data(data, boxes_file, mask_values, Path(out))
     try:
         metric_list = resolve_metrics(metrics.split(",")) if metrics is not None else \
             default_metrics(dataset.has_ground_truth)
@@ -198,6 +237,7 @@ def evaluate_command(model: str, data: str, methods: tuple[str, ...], metrics: s
         check_evaluable(explainer, method_list, metric_list)
     except ModelError as exc:
         fail(exc, EXIT_USAGE, debug)
+    refuse_existing(report_files(Path(out), method_list, metric_list), overwrite)
     out_dir = prepare_output_dir(out, debug)
     report = Reporter(debug)
     if not dataset.files:
@@ -210,7 +250,7 @@ def evaluate_command(model: str, data: str, methods: tuple[str, ...], metrics: s
     except (ClassIndexError, ModelError) as exc:
         fail(exc, EXIT_USAGE, debug)
     if aggregate.images:
-        click.echo(_write_reports(aggregate, out_dir, out, debug), nl=False)
+        click.echo(_write_reports(aggregate, out_dir, overwrite, debug), nl=False)
     line = f"evaluated {aggregate.images} of {len(files)} image{'s' if len(files) != 1 else ''} with " \
            f"{', '.join(method_list)}" + (f": results in {out_dir}" if aggregate.images else "")
     if report.failed:

@@ -8,10 +8,27 @@ from pathlib import Path
 from typing import Any
 
 import click
-
-from onnxcam.cli.common import (EXIT_PARTIAL, EXIT_USAGE, LazyHelp, Reporter, expand_inputs, fail, format_table,
-                                label_of, make_explainer, method_help, parse_class, parse_methods, prepare_output_dir, provider_options,
-                                save_npy, save_png, setup_logging)
+from onnxcam.cli.common import (
+    EXIT_PARTIAL,
+    EXIT_USAGE,
+    LazyHelp,
+    Reporter,
+    expand_inputs,
+    fail,
+    format_table,
+    label_of,
+    make_explainer,
+    message_of,
+    method_help,
+    parse_class,
+    parse_methods,
+    prepare_output_dir,
+    provider_options,
+    save_npy,
+    save_png,
+    setup_logging,
+)
+from onnxcam.models.errors import OnnxcamError
 
 DEFAULT_OUT = "onnxcam-out"
 TABLE_HEADERS = ("file", "top1", "label", "score", "explained", "files written")
@@ -64,8 +81,7 @@ class ImageResult:
 def load_batch(explainer: Any, files: list[Path], report: Reporter):
     """Read and preprocess files → (kept indices, originals, x [n, ...] or None, geometries)."""
     import numpy as np
-
-    from onnxcam.runtime import OnnxcamError, load_image
+    from onnxcam.runtime import load_image
 
     kept, originals, xs, geos = [], [], [], []
     for i, f in enumerate(files):
@@ -105,10 +121,37 @@ def write_image_outputs(results: dict, i: int, original: Any, geometry: Any, tar
     return written
 
 
+def _explain_images(explainer: Any, x: Any, files: list[Path], methods: list[str], class_index: int | None,
+                    report: Reporter) -> list[tuple[int, dict]]:
+    """(index in ``x``, results) for the images that could be explained: the batch in one run, and
+    when that fails image by image, so that one image that breaks the graph loses only itself."""
+    from onnxcam.runtime import ClassIndexError, ModelError
+
+    try:
+        res = explainer.explain_many(x, methods=methods, class_index=class_index)
+        return [(j, {m: r.select(j) for m, r in res.items()}) for j in range(len(x))]
+    except (ClassIndexError, ModelError):
+        raise
+    except Exception:  # noqa: BLE001
+        if len(x) == 1:
+            raise
+    done = []
+    for j in range(len(x)):
+        try:
+            res = explainer.explain_many(x[j:j + 1], methods=methods, class_index=class_index)
+            done.append((j, {m: r.select(0) for m, r in res.items()}))
+        except (ClassIndexError, ModelError):
+            raise
+        except Exception as exc:  # noqa: BLE001
+            report.error(f"{files[j]}: explanation failed ({type(exc).__name__}: {exc})")
+    return done
+
+
 def _explain_batch(explainer: Any, batch: list[tuple[Path, list]], methods: list[str],
                    class_index: int | None, overwrite: bool, report: Reporter) -> list[ImageResult]:
-    """Load one batch, run the graph once for all methods, write every image's files."""
-    from onnxcam.runtime import ClassIndexError, ModelError
+    """Load one batch, run the graph once for all methods, write every image's files. A failure
+    at any stage (reading, explaining, writing) is one error line for that image."""
+    from onnxcam.models.files import OutputError
     from onnxcam.runtime.postprocess import softmax
 
     files = [f for f, _ in batch]
@@ -116,31 +159,34 @@ def _explain_batch(explainer: Any, batch: list[tuple[Path, list]], methods: list
     if x is None:
         return []
     try:
-        res = explainer.explain_many(x, methods=methods, class_index=class_index)
-    except (ClassIndexError, ModelError):
+        explained = _explain_images(explainer, x, [files[i] for i in kept], methods, class_index, report)
+    except (OnnxcamError, MemoryError):
         raise
-    except Exception as exc:  # noqa: BLE001  (an inference failure loses this batch only)
-        for i in kept:
-            report.error(f"{files[i]}: explanation failed ({type(exc).__name__}: {exc})")
+    except Exception as exc:  # noqa: BLE001  (a single image that breaks the graph)
+        report.error(f"{files[kept[0]]}: explanation failed ({type(exc).__name__}: {exc})")
         return []
-    first = res[methods[0]]
-    probs, labels = softmax(first.logits), explainer.labels
-    done = []
-    for j, i in enumerate(kept):
-        f, targets = batch[i]
+    labels, done = explainer.labels, []
+    for j, res in explained:
+        f, targets = batch[kept[j]]
+        first = res[methods[0]]
         try:
-            written = write_image_outputs(res, j, originals[j], geos[j], targets, overwrite,
+            written = write_image_outputs(res, 0, originals[j], geos[j], targets, overwrite,
                                           layout=explainer.info.layout, color=explainer.info.preprocess.color)
-        except FileExistsError as exc:
-            report.error(f"{f}: {exc.filename} exists; pass --overwrite to replace it")
+        except OutputError as exc:
+            report.error(exc)
             continue
         except OSError as exc:
             report.error(f"{f}: cannot write {exc.filename or 'output'} ({exc.strerror or exc})")
             continue
-        top1, explained = int(probs[j].argmax()), int(first.class_index[j])
-        done.append(ImageResult(str(f), top1, label_of(labels, top1), float(probs[j, top1]), explained,
-                                label_of(labels, explained), written))
-        originals[j] = None  # free the decoded photo early
+        except Exception as exc:  # noqa: BLE001  (out of memory on a huge photo, ...)
+            report.error(f"{f}: cannot make its pictures ({type(exc).__name__}: {exc})")
+            continue
+        finally:
+            originals[j] = None  # free the decoded photo early
+        probs = softmax(first.logits)[0]
+        top1, explained_class = int(probs.argmax()), int(first.class_index[0])
+        done.append(ImageResult(str(f), top1, label_of(labels, top1), float(probs[top1]), explained_class,
+                                label_of(labels, explained_class), written))
     return done
 
 
@@ -148,14 +194,18 @@ def _todo(files: list[Path], out_dir: Path, methods: list[str], save_npy: bool, 
           report: Reporter) -> list[tuple[Path, list]]:
     """Each image with the files it will write; images whose outputs exist are refused before any
     work (never overwritten without --overwrite)."""
+    from onnxcam.models.files import OutputError, check_target
+
     todo = []
     for f, stem in zip(files, output_stems(files)):
         targets = target_paths(out_dir, stem, methods, save_npy)
-        existing = [p for _, _, p in targets if p.exists()]
-        if existing and not overwrite:
-            report.error(f"{f}: {existing[0]} exists; pass --overwrite to replace it")
-        else:
-            todo.append((f, targets))
+        try:
+            for _, _, path in targets:
+                check_target(path, overwrite)
+        except OutputError as exc:
+            report.error(f"{f}: {message_of(exc)}")
+            continue
+        todo.append((f, targets))
     return todo
 
 
@@ -185,10 +235,9 @@ def explain_command(model: str, inputs: tuple[str, ...], methods: tuple[str, ...
     2 usage or model errors.
     """
     setup_logging(debug)
-    from tqdm import tqdm
-
     from onnxcam.runtime import ClassIndexError, ModelError
     from onnxcam.runtime.explainer import class_indices
+    from tqdm import tqdm
 
     method_list = parse_methods(methods)
     class_index = parse_class(class_)
@@ -201,7 +250,7 @@ def explain_command(model: str, inputs: tuple[str, ...], methods: tuple[str, ...
         fail(exc, EXIT_USAGE, debug)
     out_dir = prepare_output_dir(out, debug)
     report = Reporter(debug)
-    files, input_errors = expand_inputs(inputs)
+    files, input_errors = expand_inputs(inputs, exclude=out_dir)
     for message in input_errors:
         report.error(message)
     todo = _todo(files, out_dir, method_list, save_npy, overwrite, report)

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import click
-
 from onnxcam.cli.common import fail, float_triplet, int_triplet, setup_logging
 from onnxcam.models.contract import GraphMetadata
 from onnxcam.models.formulas import FORMULAS

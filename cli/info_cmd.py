@@ -6,7 +6,6 @@ import os
 from typing import Any
 
 import click
-
 from onnxcam.cli.common import make_explainer, providers_option, setup_logging
 
 

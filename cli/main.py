@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import click
-
 from onnxcam.cli.demo_cmd import demo_command
 from onnxcam.cli.evaluate_cmd import evaluate_command
 from onnxcam.cli.explain_cmd import explain_command

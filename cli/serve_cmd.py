@@ -1,6 +1,7 @@
 """``onnxcam serve``: explanation graphs behind the Open Inference Protocol (KServe V2, HTTP/REST)."""
 from __future__ import annotations
 
+import ipaddress
 import logging
 import os
 import signal
@@ -9,7 +10,6 @@ import sys
 from typing import Any
 
 import click
-
 from onnxcam.cli.common import EXIT_USAGE, fail, providers_option, setup_logging
 
 log = logging.getLogger("onnxcam")
@@ -40,14 +40,29 @@ def _bind(host: str, port: int) -> socket.socket:
 @click.option("--max-request-mb", default=64.0, show_default=True, type=click.FloatRange(min=0, min_open=True),
               help="Largest request body (after decompression); larger ones get 413.")
 @click.option("--max-queue", default=64, show_default=True, type=click.IntRange(1),
-              help="Inference requests admitted at once (running + waiting); the next gets 503.")
+              help="Inference requests admitted at once (running + waiting, bodies received); the next gets 503.")
+@click.option("--body-timeout", default=30.0, show_default=True, type=click.FloatRange(min=0, min_open=True),
+              help="Seconds a client may take to send a request body (then 408).")
+@click.option("--header-timeout", default=10.0, show_default=True, type=click.FloatRange(min=0, min_open=True),
+              help="Seconds a client may take to send a request's headers (then 408 and the connection closes).")
+@click.option("--keep-alive-timeout", default=5.0, show_default=True, type=click.FloatRange(min=0, min_open=True),
+              help="Seconds an idle keep-alive connection stays open.")
+@click.option("--max-connections", default=1000, show_default=True, type=click.IntRange(1),
+              help="Open connections at once; the next one gets 503.")
+@click.option("--max-buffered-mb", default=256.0, show_default=True, type=click.FloatRange(min=0, min_open=True),
+              help="Memory all request bodies being received may hold at once (then 503).")
 @click.option("--batch-size", default=16, show_default=True, type=click.IntRange(1),
               help="Images per graph run (larger requests run in chunks).")
 @providers_option
 @click.option("--debug", is_flag=True, help="Show tracebacks.")
 def serve_command(models: tuple[str, ...], host: str, port: int, workers: int, threads: int | None,
-                  max_request_mb: float, max_queue: int, batch_size: int, providers: Any, debug: bool) -> None:
+                  max_request_mb: float, max_queue: int, body_timeout: float, header_timeout: float,
+                  keep_alive_timeout: float, max_connections: int, max_buffered_mb: float, batch_size: int,
+                  providers: Any, debug: bool) -> None:
     """Serve explanation graphs over the Open Inference Protocol (KServe "V2") HTTP/REST API.
+
+    It listens on 127.0.0.1 by default and has no authentication or TLS: to expose it, put it behind a
+    reverse proxy that provides them (a warning is printed for any other address).
 
     Each MODEL is served as its file name without `.cam.onnx`: GET /v2, /v2/health/live|ready,
     /v2/models/NAME[/versions/1][/ready]; POST /v2/models/NAME/infer with the graph's image input
@@ -59,8 +74,8 @@ def serve_command(models: tuple[str, ...], host: str, port: int, workers: int, t
     setup_logging(debug)
     try:
         import uvicorn
-
         from onnxcam.runtime.serving.app import ServerSettings, create_app
+        from onnxcam.runtime.serving.connections import server_config
     except ImportError as exc:
         fail(f"onnxcam serve needs the serve extra ({exc.name or exc} is missing): "
              "pip install 'onnxcam[serve]'", EXIT_USAGE, debug)
@@ -75,21 +90,25 @@ def serve_command(models: tuple[str, ...], host: str, port: int, workers: int, t
         fail(exc, EXIT_USAGE, debug)
     except Exception as exc:  # noqa: BLE001
         fail(f"cannot load the models ({type(exc).__name__}: {exc})".splitlines()[0], EXIT_USAGE, debug)
-    settings = ServerSettings(workers=workers, max_queue=max_queue,
-                              max_request_bytes=int(max_request_mb * 2**20))
+    settings = ServerSettings(workers=workers, max_queue=max_queue, max_request_bytes=int(max_request_mb * 2**20),
+                              body_timeout=body_timeout, max_buffered_bytes=int(max_buffered_mb * 2**20))
     try:
         sock = _bind(host, port)
     except OSError as exc:
         fail(f"cannot listen on {host}:{port} ({exc.strerror or exc})", EXIT_USAGE, debug)
     bound = sock.getsockname()
     shown = f"[{bound[0]}]" if sock.family == socket.AF_INET6 else bound[0]
+    if not ipaddress.ip_address(bound[0]).is_loopback:
+        log.warning("warning: listening on %s, reachable from other machines; onnxcam serve has no authentication "
+                    "or TLS: put it behind a reverse proxy that provides them", shown)
     for name, model in registry.models.items():
         log.info("model %-20s %s %s %s, methods: %s", name, model.image_input, model.image_datatype,
                  model.image_shape, ", ".join(model.methods))
     log.info("serving %d model(s) on http://%s:%d/v2 (%d workers × %d onnxruntime threads); Ctrl-C stops",
              len(registry.models), shown, bound[1], workers, intra)
-    config = uvicorn.Config(create_app(registry, settings), log_level="debug" if debug else "warning",
-                            access_log=False, timeout_graceful_shutdown=30)
+    config = server_config(create_app(registry, settings), header_timeout=header_timeout,
+                           max_connections=max_connections, keep_alive_timeout=keep_alive_timeout,
+                           log_level="debug" if debug else "warning", access_log=False, timeout_graceful_shutdown=30)
     server = uvicorn.Server(config)
     # uvicorn drains the open requests on SIGINT/SIGTERM, then re-raises the signal: exit 0 then
     previous = signal.signal(signal.SIGTERM, _stopped)

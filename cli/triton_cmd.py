@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import click
-
 from onnxcam.cli.common import EXIT_USAGE, fail, setup_logging
 
 
@@ -42,15 +41,16 @@ def triton_command(model: str, out: str, name: str | None, max_batch_size: int |
     explicit --max-batch-size > 0 is refused). Ablation-CAM's head_logits path is kept only without
     batching."""
     setup_logging(debug)
-    from pathlib import Path
-
-    from onnxcam.runtime.triton_repo import (TritonRepoError, check_model_name, default_model_name, plan_config,
-                                             write_repository)
+    from onnxcam.runtime.triton_repo import (
+        TritonRepoError,
+        check_target_dir,
+        default_model_name,
+        plan_config,
+        write_repository,
+    )
 
     try:
-        target = Path(out) / check_model_name(name if name is not None else default_model_name(model))
-        if (target.exists() or target.is_symlink()) and not overwrite:  # before the (slow) model load
-            raise TritonRepoError(f"{target}: already exists; pass --overwrite to replace it")
+        check_target_dir(out, name if name is not None else default_model_name(model), overwrite)  # before the load
         cfg = plan_config(model, name=name, max_batch_size=max_batch_size, instances=instances, kind=kind,
                           preferred_batch_sizes=preferred_batch_sizes, max_queue_delay_us=max_queue_delay_us)
         target = write_repository(model, out, cfg, overwrite=overwrite)

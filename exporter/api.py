@@ -21,6 +21,7 @@ from onnxcam.exporter.explain_graph import GraphSpec, input_gradient_mode
 from onnxcam.exporter.onnx_source import Classifier, choose_target, load_classifier, load_onnx, working_candidates
 from onnxcam.exporter.pipeline import apply_passes, checked_proto, explanation_passes
 from onnxcam.models.errors import param
+from onnxcam.models.files import OutputError, check_target, write_output
 from onnxcam.models.labels import load_labels
 from onnxcam.models.preprocess import IMAGENET_MEAN, IMAGENET_STD, Preprocess
 
@@ -62,6 +63,13 @@ def _onnx_preprocess(classifier: Classifier) -> Preprocess:
     channels, h, w = (shape[3], shape[1], shape[2]) if nhwc else (shape[1], shape[2], shape[3])
     mean, std = (IMAGENET_MEAN, IMAGENET_STD) if channels == 3 else ((0.0,), (1.0,))
     return Preprocess(layout="NHWC" if nhwc else "NCHW", size=(h, w), resize=None, mean=mean, std=std)
+
+
+def _check_output(out: str | Path, overwrite: bool) -> None:
+    try:
+        check_target(out, overwrite)
+    except OutputError as exc:
+        raise ExportError(*exc.args) from None
 
 
 def _labels(labels: str | Path | Sequence[str] | None) -> list[str] | None:
@@ -112,8 +120,8 @@ def export(
     if raw_input and mode:
         raise ExportError(f"{param('raw_input', True)} cannot be combined with {param('input_gradients', True)} "
                           "(input gradients are taken w.r.t. the normalised float input)")
-    if out is not None and Path(out).exists() and not overwrite:
-        raise ExportError(f"{out} exists; pass {param('overwrite', True)} to replace it")
+    if out is not None:
+        _check_output(out, overwrite)  # before the (slow) export
     shape = tuple(int(s) for s in input_shape) if input_shape else None
     options = {"labels": _labels(labels), "input_gradients": mode or False, "scores": scores,
                "preprocess": {"mean": mean, "std": std, "resize": resize, "layout": layout, "bgr": bgr}}
@@ -126,7 +134,10 @@ def export(
     model = _explain(prepared, heatmap, raw_input)
     if out is not None:
         Path(out).parent.mkdir(parents=True, exist_ok=True)
-        onnx.save(model, str(out))
+        try:
+            write_output(out, model.SerializeToString(), overwrite)
+        except OutputError as exc:
+            raise ExportError(*exc.args) from None
         log.info("wrote %s", out)
     return model
 

@@ -92,7 +92,7 @@ def _labels(props: Mapping[str, str]) -> tuple[str, ...] | None:
     labels = _json(props, Key.LABELS)
     if not isinstance(labels, list) or not all(isinstance(n, str) for n in labels):
         raise MetadataError(f"{Key.LABELS} must be a JSON list of class names")
-    return tuple(labels)
+    return tuple(labels) or None
 
 
 def _switches(props: Mapping[str, str]) -> dict[str, str]:

@@ -1,6 +1,8 @@
 """Colormaps as 256-entry numpy look-up tables (no matplotlib) and heatmap overlays."""
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 from PIL import Image
 
@@ -50,6 +52,7 @@ def jet_lut() -> np.ndarray:
 
 
 COLORMAPS = {"turbo": turbo_lut, "jet": jet_lut}
+_CHUNK_PIXELS = 1 << 20
 
 
 def colorize(heatmap: np.ndarray, colormap: str = "turbo") -> np.ndarray:
@@ -57,7 +60,14 @@ def colorize(heatmap: np.ndarray, colormap: str = "turbo") -> np.ndarray:
     if colormap not in COLORMAPS:
         raise ValueError(f"unknown colormap {colormap!r}; choose from {sorted(COLORMAPS)}")
     idx = np.rint(np.clip(np.nan_to_num(np.asarray(heatmap, np.float32)), 0, 1) * 255).astype(np.intp)
-    return COLORMAPS[colormap]()[idx]
+    return _lut(colormap)[idx]
+
+
+@functools.lru_cache(maxsize=None)
+def _lut(colormap: str) -> np.ndarray:
+    lut = COLORMAPS[colormap]()
+    lut.flags.writeable = False
+    return lut
 
 
 def overlay(image: Image.Image, heatmap: np.ndarray, alpha: float = 0.5,
@@ -69,12 +79,17 @@ def overlay(image: Image.Image, heatmap: np.ndarray, alpha: float = 0.5,
     """
     if not 0.0 <= alpha <= 1.0:
         raise ValueError(f"alpha must be in [0, 1], got {alpha}")
-    base = np.asarray(image.convert("RGB"), dtype=np.float32)
+    base = np.asarray(image.convert("RGB"), dtype=np.uint8)
     heatmap = np.asarray(heatmap, dtype=np.float32)
     if heatmap.ndim != 2:
         raise ValueError(f"heatmap must be [H, W], got shape {heatmap.shape}")
     if heatmap.shape != base.shape[:2]:
         heatmap = resize_bilinear(heatmap[None], base.shape[:2])[0]
-    colored = colorize(heatmap, colormap).astype(np.float32)
-    out = (1.0 - alpha) * base + alpha * colored
-    return Image.fromarray(np.clip(np.rint(out), 0, 255).astype(np.uint8), "RGB")
+    out = np.empty_like(base)
+    rows = max(1, _CHUNK_PIXELS // max(1, base.shape[1]))  # float32 work in bounded blocks of rows
+    for top in range(0, base.shape[0], rows):
+        block = slice(top, top + rows)
+        colored = colorize(heatmap[block], colormap).astype(np.float32)
+        mixed = (1.0 - alpha) * base[block].astype(np.float32) + alpha * colored
+        out[block] = np.clip(np.rint(mixed), 0, 255).astype(np.uint8)
+    return Image.fromarray(out, "RGB")

@@ -65,6 +65,13 @@ class Explanation:
     geometry: list[Geometry] | None = field(default=None)
     attributions: np.ndarray | None = field(default=None)
 
+    def select(self, index: int) -> Explanation:
+        """This explanation of image ``index`` alone (a batch of one)."""
+        one = slice(index, index + 1)
+        return Explanation(self.method, self.heatmaps[one], self.logits[one], self.class_index[one], self.raw[one],
+                           None if self.geometry is None else self.geometry[one],
+                           None if self.attributions is None else self.attributions[one])
+
     def heatmaps_on_original(self) -> list[np.ndarray]:
         """Each heatmap mapped onto its original photo ([H0, W0], outside the crop = 0)."""
         if self.geometry is None:

@@ -30,6 +30,9 @@ IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".bmp", ".gif", ".
 
 #: Refuse images above this many pixels (Pillow's own bomb threshold, ≈ 89.5 Mpx).
 MAX_PIXELS = 89_478_485
+#: Refuse images whose long side is more than this many times their short side: resizing the
+#: short side to the model's size would make the long one explode.
+MAX_ASPECT = 50
 
 
 @dataclass(frozen=True)
@@ -91,6 +94,8 @@ def _check_pixels(img: Image.Image, name: str, max_pixels: int) -> None:
                          f"limit of {max_pixels / 1e6:.1f} (decompression-bomb guard)")
     if w == 0 or h == 0:
         raise ImageError(f"{name}: image has no pixels ({w}x{h})")
+    if max(w, h) > MAX_ASPECT * min(w, h):
+        raise ImageError(f"{name}: image is {w}x{h}; an aspect ratio above {MAX_ASPECT}:1 is not supported")
 
 
 def _to_rgb(img: Image.Image) -> Image.Image:
@@ -203,12 +208,13 @@ def load_pixels(images: list[ImageLike], spec: Preprocess) -> tuple[np.ndarray, 
     return np.stack([p[0] for p in pairs]), [p[1] for p in pairs]
 
 
-def heatmap_to_original(heatmap: np.ndarray, geometry: Geometry) -> np.ndarray:
-    """Map a heatmap [H, W] at model input resolution onto the original photo → [H0, W0].
+def heatmap_to_original(heatmap: np.ndarray, geometry: Geometry, size: tuple[int, int] | None = None) -> np.ndarray:
+    """Map a heatmap [H, W] at model input resolution onto the original photo → [H0, W0]
+    (or onto the photo shown at ``size`` = (h, w), e.g. a reduced copy of a huge one).
 
     The heatmap is placed at ``crop_offset`` in a zero canvas of ``resized_size`` (areas the
     crop did not see get 0), which is then resized bilinearly (half-pixel centres) to
-    ``original_size``.
+    ``original_size`` (or ``size``).
     """
     heatmap = np.asarray(heatmap, dtype=np.float32)
     if heatmap.shape != tuple(geometry.input_size):
@@ -217,4 +223,4 @@ def heatmap_to_original(heatmap: np.ndarray, geometry: Geometry) -> np.ndarray:
     canvas = np.zeros((hr, wr), np.float32)
     y0, x0, y1, x1 = max(top, 0), max(left, 0), min(top + H, hr), min(left + W, wr)
     canvas[y0:y1, x0:x1] = heatmap[y0 - top:y1 - top, x0 - left:x1 - left]
-    return resize_bilinear(canvas[None], geometry.original_size)[0]
+    return resize_bilinear(canvas[None], size or geometry.original_size)[0]

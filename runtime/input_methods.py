@@ -23,6 +23,7 @@ from collections.abc import Callable
 
 import numpy as np
 
+from onnxcam.runtime.postprocess import finite
 from onnxcam.runtime.resize import resize_bilinear
 
 Array = np.ndarray
@@ -89,7 +90,7 @@ def sum_channels(attr: Array, layout: str) -> Array:
 def pixel_heatmaps(raw: Array, percentile: float = 99.0) -> Array:
     """Displayable [0, 1] maps from per-pixel maps [N, H, W]: h = min(abs(raw) / q, 1) with q the
     image's ``percentile``-th percentile of abs(raw) (percentile clipping; q = 0 gives zeros)."""
-    mag = np.abs(np.asarray(raw, np.float32))
+    mag = np.abs(finite(raw))
     q = np.percentile(mag.reshape(len(mag), -1), percentile, axis=1).astype(np.float32)[:, None, None]
     return np.where(q > 0, np.minimum(mag / np.where(q > 0, q, 1), 1), 0).astype(np.float32)
 

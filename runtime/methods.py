@@ -69,7 +69,8 @@ def weighted_activations(weights: Array, A: Array) -> Array:
 def first_component_projection(M: Array) -> Array:
     """Project M [N, K, h, w] on its first principal direction, per image, sign fixed.
 
-    As pytorch-grad-cam's ``get_2d_projection``: NaN → 0; X = M reshaped to
+    As pytorch-grad-cam's ``get_2d_projection``: NaN → 0 (and ±inf → ±float32 max, an image
+    whose values exceed 1e18 scaled by its largest value: the map is the same); X = M reshaped to
     positions × channels [h·w, K]; X ← X − mean over positions (each channel centred);
     X = U S Vᵀ (reduced SVD; same first right singular vector v₁ as the full SVD);
     p = X v₁, reshaped to [h, w].
@@ -79,8 +80,9 @@ def first_component_projection(M: Array) -> Array:
     of M (Σ_k A for Eigen-CAM, Σ_k g·A for Eigen-Grad-CAM). Parity with pytorch-grad-cam
     therefore holds up to a per-image sign.
     """
-    M = _f32(M)
-    M = np.where(np.isnan(M), np.float32(0), M)
+    M = np.nan_to_num(_f32(M), nan=0.0, posinf=np.finfo(np.float32).max, neginf=-np.finfo(np.float32).max)
+    peak = np.abs(M).max(axis=(1, 2, 3), keepdims=True)
+    M = np.where(peak > 1e18, M / np.maximum(peak, 1), M)  # the SVD of overflowing values fails: same map
     n, k, h, w = M.shape
     X = M.reshape(n, k, h * w).transpose(0, 2, 1)
     X = X - X.mean(axis=1, keepdims=True)

@@ -15,6 +15,9 @@ from onnxcam.runtime.images import Geometry, heatmap_to_original
 from onnxcam.runtime.pixelmaps import input_space_picture
 
 CELL_W, CELL_H, LABEL_H, PAD, TITLE_H, LEGEND_H = 200, 170, 36, 6, 30, 17
+#: Overlays of larger photos are drawn on a reduced copy of at most this many pixels (same aspect):
+#: memory per picture stays bounded whatever the photo's size.
+MAX_PICTURE_PIXELS = 4096 * 4096
 #: one tile of a comparison: (first label line, second label line, picture)
 Tile = tuple[str, str, Image.Image]
 
@@ -26,7 +29,18 @@ def method_picture(result, index: int, original: Image.Image, geometry: Geometry
     at the model input resolution."""
     if result.attributions is not None:
         return input_space_picture(result.method, result.attributions[index], layout, color)
-    return overlay(original, heatmap_to_original(result.heatmaps[index], geometry), alpha=alpha)
+    photo = bounded(original)
+    return overlay(photo, heatmap_to_original(result.heatmaps[index], geometry, (photo.height, photo.width)),
+                   alpha=alpha)
+
+
+def bounded(photo: Image.Image, max_pixels: int = MAX_PICTURE_PIXELS) -> Image.Image:
+    """``photo``, or a reduced copy of at most ``max_pixels`` pixels with the same aspect."""
+    if photo.width * photo.height <= max_pixels:
+        return photo
+    scale = (max_pixels / (photo.width * photo.height)) ** 0.5
+    return photo.resize((max(1, int(photo.width * scale)), max(1, int(photo.height * scale))), Image.BILINEAR,
+                        reducing_gap=3.0)
 
 
 def _font(size: int) -> ImageFont.ImageFont:

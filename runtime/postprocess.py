@@ -27,13 +27,21 @@ def minmax_per_image(maps: np.ndarray) -> np.ndarray:
     return shifted / (np.float32(EPS) + shifted.max(axis=(-2, -1), keepdims=True))
 
 
+def finite(maps: np.ndarray) -> np.ndarray:
+    """``maps`` as float32 with NaN → 0 and ±inf → ±float32 max (an overflow in a map must not
+    make a heatmap NaN: heatmaps are always in [0, 1])."""
+    top = np.finfo(np.float32).max
+    return np.nan_to_num(np.asarray(maps, dtype=np.float32), nan=0.0, posinf=top, neginf=-top)
+
+
 def postprocess(raw: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     """Turn raw CAMs [N, h, w] into heatmaps float32 [N, H, W] in [0, 1].
 
     ReLU → per-image min-max (eps 1e-7) at feature resolution → bilinear resize to
-    ``size`` = (H, W) with half-pixel centres (cv2 INTER_LINEAR) → ReLU → per-image min-max.
+    ``size`` = (H, W) with half-pixel centres (cv2 INTER_LINEAR) → ReLU → per-image min-max
+    (non-finite values of ``raw`` are made finite first, see ``finite``).
     """
-    raw = np.asarray(raw, dtype=np.float32)
+    raw = finite(raw)
     if raw.ndim != 3:
         raise ValueError(f"raw maps must be [N, h, w], got shape {raw.shape}")
     cam = minmax_per_image(np.maximum(raw, 0))

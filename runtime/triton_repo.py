@@ -52,6 +52,8 @@ KINDS = ("KIND_CPU", "KIND_GPU")
 HEAD_NOTE = ("output head_logits (Ablation-CAM's head-only path) left out: its first axis is not the request "
              "batch, so it only fits max_batch_size 0")
 MODEL_FILENAME = "model.onnx"
+#: the first line of every config.pbtxt onnxcam writes (how it recognises its own model directories)
+CONFIG_MARK = "# Written by `onnxcam triton-repo`"
 LABELS_FILENAME = "labels.txt"
 
 # onnxruntime type strings → Triton data types (model_config.proto's DataType).
@@ -72,7 +74,7 @@ TRITON_DTYPES = {
     "tensor(bfloat16)": "TYPE_BF16",
 }
 
-_NAME_OK = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.\-]*$")
+_NAME_OK = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.\-]*")
 
 Dim = int | str | None
 
@@ -128,7 +130,7 @@ def default_model_name(model_path: str | Path) -> str:
 
 def check_model_name(name: str) -> str:
     """Return ``name`` if it is a safe Triton model (directory) name, else raise."""
-    if not _NAME_OK.match(name) or name in (".", ".."):
+    if not _NAME_OK.fullmatch(name) or name in (".", ".."):
         raise TritonRepoError(f"{param('name', repr(name))}: use letters, digits, '_', '.', '-' (a model directory name)")
     return name
 
@@ -300,7 +302,7 @@ def _tensor_block(t: TensorConfig, last: bool) -> list[str]:
 
 def render_config(cfg: TritonConfig) -> str:
     """``config.pbtxt`` text (protobuf text format of Triton's ``ModelConfig``)."""
-    lines = ["# Written by `onnxcam triton-repo`" + (f" from {cfg.source}" if cfg.source else "") + ".",
+    lines = [CONFIG_MARK + (f" from {cfg.source}" if cfg.source else "") + ".",
              f"name: {_quote(cfg.name)}",
              f'platform: "{PLATFORM}"',
              f"max_batch_size: {cfg.max_batch_size}"]
@@ -319,20 +321,44 @@ def render_config(cfg: TritonConfig) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _written_by_onnxcam(model_dir: Path) -> bool:
+    """Whether ``model_dir`` is a model directory that ``onnxcam triton-repo`` wrote (its
+    config.pbtxt starts with the line it writes), the only kind ``overwrite`` may replace."""
+    try:
+        with open(model_dir / "config.pbtxt", encoding="utf-8") as fh:
+            return fh.readline().startswith(CONFIG_MARK)
+    except (OSError, UnicodeDecodeError):
+        return False
+
+
+def check_target_dir(out_dir: str | Path, name: str, overwrite: bool) -> Path:
+    """``out_dir/name``, if it may be written: absent, or with ``overwrite`` a real directory that
+    onnxcam wrote; TritonRepoError otherwise (nothing else is ever deleted)."""
+    out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise TritonRepoError(f"{out_dir}: exists and is not a directory (-o takes the repository directory)")
+    target = out / check_model_name(name)
+    if not (target.exists() or target.is_symlink()):
+        return target
+    if not overwrite:
+        raise TritonRepoError(f"{target}: already exists; pass {param('overwrite', True)} to replace it")
+    if target.is_symlink() or not target.is_dir() or not _written_by_onnxcam(target):
+        raise TritonRepoError(f"{target}: exists and is not a model directory written by `onnxcam triton-repo`; "
+                              "it is left alone (remove it yourself to reuse the name)")
+    return target
+
+
 def write_repository(model_path: str | Path, out_dir: str | Path, cfg: TritonConfig,
                      overwrite: bool = False) -> Path:
     """Write ``out_dir/cfg.name`` (config, version 1's model file, labels) and return that directory.
 
     The model directory is built next to its final place and renamed into it, so a failure never
-    leaves half a model behind. An existing ``out_dir/cfg.name`` is replaced only with ``overwrite``;
-    otherwise :class:`TritonRepoError` is raised before anything is written.
+    leaves half a model behind. An existing ``out_dir/cfg.name`` is replaced only with ``overwrite``
+    and only when onnxcam wrote it (:func:`check_target_dir`); otherwise :class:`TritonRepoError` is
+    raised before anything is written.
     """
     out = Path(out_dir)
-    if out.exists() and not out.is_dir():
-        raise TritonRepoError(f"{out_dir}: exists and is not a directory (-o takes the repository directory)")
-    target = out / cfg.name
-    if (target.exists() or target.is_symlink()) and not overwrite:
-        raise TritonRepoError(f"{target}: already exists; pass {param('overwrite', True)} to replace it")
+    target = check_target_dir(out, cfg.name, overwrite)
     try:
         out.mkdir(parents=True, exist_ok=True)
         staging = Path(tempfile.mkdtemp(prefix=f".{cfg.name}.onnxcam-", dir=out))
@@ -346,13 +372,10 @@ def write_repository(model_path: str | Path, out_dir: str | Path, cfg: TritonCon
         (staging / "config.pbtxt").write_text(render_config(cfg), encoding="utf-8")
         if cfg.labels is not None:
             (staging / LABELS_FILENAME).write_text("\n".join(cfg.labels) + "\n", encoding="utf-8")
-        if target.exists() or target.is_symlink():
-            if target.is_dir() and not target.is_symlink():
-                old = Path(tempfile.mkdtemp(prefix=f".{cfg.name}.old-", dir=out))
-                os.rmdir(old)
-                os.rename(target, old)
-            else:
-                target.unlink()
+        if target.exists():
+            old = Path(tempfile.mkdtemp(prefix=f".{cfg.name}.old-", dir=out))
+            os.rmdir(old)
+            os.rename(target, old)
         os.rename(staging, target)
     except OSError as exc:
         shutil.rmtree(staging, ignore_errors=True)

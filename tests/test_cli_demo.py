@@ -105,7 +105,7 @@ def test_demo_exports_once_and_writes_the_comparison(tmp_path: Path, monkeypatch
     for stale_graph, why in ((without_outputs, "input_gradients"), (without_switch, "_enabled switch")):
         onnx.save(stale_graph, str(with_ig))
         calls.clear()
-        stale = run("demo", "--out", out, "--methods", "gradcam")
+        stale = run("demo", "--out", out, "--methods", "gradcam", "--overwrite")
         assert stale.exit_code == 0, stale.output
         assert "unusable" in stale.output + stale.stderr and why in stale.output + stale.stderr
         assert calls == [("efficientnet-lite0", {"input_gradients": "both"})]
@@ -114,7 +114,9 @@ def test_demo_exports_once_and_writes_the_comparison(tmp_path: Path, monkeypatch
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
 
     start = time.perf_counter()
-    again = run("demo", "--out", out, "--methods", "gradcam")
+    refused = run("demo", "--out", out, "--methods", "gradcam")  # the first run's files are kept
+    assert refused.exit_code == 2 and "exists; pass --overwrite" in refused.stderr
+    again = run("demo", "--out", out, "--methods", "gradcam", "--overwrite")
     assert again.exit_code == 0, again.output
     assert "(cached;" in again.stdout and summary(again.stdout)["coffee"][2] == "espresso"
     assert time.perf_counter() - start < 30

@@ -127,16 +127,16 @@ def test_mask_value_selects_the_object(tmp_path):
     r = run("evaluate", TINY, data, "--metrics", "energy_pointing_game", "--out", out, "--mask-value", "0")
     assert r.exit_code == 0, r.stderr
     inside = json.loads((out / "metrics.json").read_text())["gradcam"]["energy_pointing_game"]
-    r = run("evaluate", TINY, data, "--metrics", "energy_pointing_game", "--out", out, "--mask-value", "2")
+    r = run("evaluate", "--overwrite", TINY, data, "--metrics", "energy_pointing_game", "--out", out, "--mask-value", "2")
     outside = json.loads((out / "metrics.json").read_text())["gradcam"]["energy_pointing_game"]
     assert inside + outside == pytest.approx(1.0, abs=1e-5)
-    r = run("evaluate", TINY, data, "--metrics", "energy_pointing_game", "--out", out, "--mask-value", "7")
+    r = run("evaluate", "--overwrite", TINY, data, "--metrics", "energy_pointing_game", "--out", out, "--mask-value", "7")
     assert r.exit_code == 1 and "no object pixels" in error_lines(r)[0]
-    r = run("evaluate", TINY, data, "--metrics", "energy_pointing_game", "--out", out, "--mask-value", "7",
+    r = run("evaluate", "--overwrite", TINY, data, "--metrics", "energy_pointing_game", "--out", out, "--mask-value", "7",
             "--mask-value", "img0=2")  # per image beats the default
     assert r.exit_code == 0
     assert json.loads((out / "metrics.json").read_text())["gradcam"]["energy_pointing_game"] == pytest.approx(outside)
-    r = run("evaluate", TINY, data, "--out", out, "--mask-value", "img0=x")
+    r = run("evaluate", "--overwrite", TINY, data, "--out", out, "--mask-value", "img0=x")
     assert r.exit_code == 2 and "--mask-value takes" in error_lines(r)[0]
 
 
@@ -150,7 +150,7 @@ def test_limit_and_empty_folder_and_usage_errors(tmp_path):
 
     empty = tmp_path / "empty"
     empty.mkdir()
-    r = run("evaluate", TINY, empty, "--out", out)
+    r = run("evaluate", TINY, empty, "--out", tmp_path / "out-empty")
     assert r.exit_code == 1 and len(error_lines(r)) == 1 and "has no images" in error_lines(r)[0]
 
     for args, needle in [
@@ -215,7 +215,7 @@ def test_coco_json_and_pascal_voc_xml_boxes(tmp_path):
     assert rows["img1.png"] == pytest.approx(1.0)          # the whole image
     (tmp_path / "same.json").write_text(json.dumps({"img0.png": [5, 10, 25, 30], "img1.png": [0, 0, 1, 1],
                                                     "img2.png": [5, 10, 25, 30]}))
-    r = run("evaluate", TINY, data, "--boxes", tmp_path / "same.json", "--metrics", "energy_pointing_game",
+    r = run("evaluate", "--overwrite", TINY, data, "--boxes", tmp_path / "same.json", "--metrics", "energy_pointing_game",
             "--out", tmp_path / "out2")
     same = {row["image"]: float(row["energy_pointing_game"])
             for row in csv.DictReader((tmp_path / "out2" / "per_image.csv").open())}
@@ -223,7 +223,7 @@ def test_coco_json_and_pascal_voc_xml_boxes(tmp_path):
     assert rows["img2.png"] == pytest.approx(same["img2.png"], abs=1e-6)  # VOC 1-based inclusive
     assert rows["img0.png"] != pytest.approx(rows["img2.png"], abs=1e-3)
     (data / "img2.xml").write_text("<annotation><object/></annotation>")
-    r = run("evaluate", TINY, data, "--boxes", tmp_path / "coco.json", "--metrics", "pointing_game", "--out", out)
+    r = run("evaluate", "--overwrite", TINY, data, "--boxes", tmp_path / "coco.json", "--metrics", "pointing_game", "--out", out)
     assert r.exit_code == 1 and "no object/bndbox" in error_lines(r)[0]
 
 

@@ -217,7 +217,7 @@ def test_runtime_feeds_raw_graphs_pixels_from_files_and_pil_images(onnx_graph, t
         raw_ex.explain(x)
     with pytest.raises(ValueError, match="takes uint8 RGB pixels"):
         raw_ex.explain(pixels[:, :64])
-    with pytest.raises(ModelError, match="--raw-input"):
+    with pytest.raises(ModelError, match="raw_input=True"):
         raw_ex.explain(pixels, method="scorecam")
     assert "scorecam" not in raw_ex.available_methods and "ablationcam" in raw_ex.available_methods
     ablation = raw_ex.explain(pixels, method="ablationcam", class_index=[-1, 2])

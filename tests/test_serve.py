@@ -32,31 +32,11 @@ from tritonclient.utils import InferenceServerException  # noqa: E402
 from onnxcam.runtime import Explainer  # noqa: E402
 from onnxcam.runtime.serving.app import ServerSettings, create_app  # noqa: E402
 from onnxcam.runtime.serving.models import ModelRegistry, model_name  # noqa: E402
+from serve_helpers import BackgroundServer  # noqa: E402
 
 TINY = Path(__file__).parent / "data" / "tiny.cam.onnx"
 LIMIT = 1 << 20  # 1 MiB request bodies in this module
 TOL = 1e-6
-
-
-class BackgroundServer:
-    """uvicorn on a free 127.0.0.1 port in a daemon thread (no signal handlers off the main thread)."""
-
-    def __init__(self, app) -> None:
-        sock = socket.socket()
-        sock.bind(("127.0.0.1", 0))
-        sock.listen(64)
-        self.url = f"127.0.0.1:{sock.getsockname()[1]}"
-        self.server = uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False))
-        self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [sock]}, daemon=True)
-        self.thread.start()
-        deadline = time.monotonic() + 20
-        while not self.server.started:
-            assert time.monotonic() < deadline and self.thread.is_alive(), "server did not start"
-            time.sleep(0.02)
-
-    def stop(self) -> None:
-        self.server.should_exit = True
-        self.thread.join(20)
 
 
 @pytest.fixture(scope="module")
@@ -130,9 +110,14 @@ def test_model_metadata(client):
 @pytest.mark.parametrize("class_index", [None, 7, [1, -1, 9]])
 def test_infer_binary_equals_explainer(client, reference, x, method, class_index):
     params = {"method": method} if method != "gradcam" else {}
-    if class_index is not None:
+    inputs = [image_input(x)]
+    if isinstance(class_index, list):  # one class per image: the class_index input
+        classes = httpclient.InferInput("class_index", [len(class_index)], "INT64")
+        classes.set_data_from_numpy(np.array(class_index, np.int64))
+        inputs.append(classes)
+    elif class_index is not None:  # one class for all: a parameter (string, number or boolean only)
         params["class_index"] = class_index
-    res = client.infer("tiny", [image_input(x)], parameters=params or None)
+    res = client.infer("tiny", inputs, parameters=params or None)
     ref = reference.explain(x, method=method, class_index=class_index)
     np.testing.assert_allclose(res.as_numpy("heatmap"), ref.heatmaps, rtol=0, atol=TOL)
     np.testing.assert_allclose(res.as_numpy("logits"), ref.logits, rtol=0, atol=TOL)
@@ -235,7 +220,7 @@ def triton_error(client, *args, **kwargs) -> InferenceServerException:
 
 @pytest.mark.parametrize("case, needle", [
     ("shape", "expects [-1, 3, 32, 32]"), ("dtype", "must be FP32"), ("name", "unknown input 'image'"),
-    ("method", "unknown method 'nope'"), ("class_range", "out of range"), ("class_count", "3 images"),
+    ("method", "unknown method 'nope'"), ("class_range", "out of range"), ("class_count", "INT64 [3]"),
     ("class_type", "must be an integer"), ("output", "unknown output 'scores'"), ("model", "unknown model"),
 ])
 def test_malformed_requests_triton(client, x, case, needle):
@@ -251,7 +236,9 @@ def test_malformed_requests_triton(client, x, case, needle):
     elif case == "class_range":
         kwargs["parameters"] = {"class_index": 10}
     elif case == "class_count":
-        kwargs["parameters"] = {"class_index": [1, 2]}
+        classes = httpclient.InferInput("class_index", [2], "INT64")
+        classes.set_data_from_numpy(np.array([1, 2], np.int64))
+        inputs.append(classes)
     elif case == "class_type":
         kwargs["parameters"] = {"class_index": "top1"}
     elif case == "output":

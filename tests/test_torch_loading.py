@@ -109,7 +109,7 @@ def test_callable_source_found_in_cwd(tmp_path, monkeypatch) -> None:
     assert src.input_size == (1, 224, 224) and src.preprocess.channels == 1
     assert src.default_target_layer == "3"  # the second ReLU: last spatial map before pooling
     broken = load_torch_source("onnxcam_test_models:broken")  # loads; only the search fails
-    with pytest.raises(ExportError, match="cannot find a default target layer.*--target-layer"):
+    with pytest.raises(ExportError, match="cannot find a default target layer.*target_layer="):
         broken.default_target_layer
     assert "returned a list, not a torch.nn.Module" in _error("onnxcam_test_models:not_a_module")
     assert "RuntimeError: no GPU here" in _error("onnxcam_test_models:explodes")

@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 
+from onnxcam.models.errors import param
 from onnxcam.runtime.images import Geometry, heatmap_to_original
 from onnxcam.runtime.metrics import faithfulness as F
 from onnxcam.runtime.metrics import localisation as L
@@ -194,8 +195,8 @@ def check_evaluable(explainer: Any, methods: Sequence[str], metrics: Sequence[st
     from onnxcam.runtime.errors import ModelError
 
     if explainer.info.raw_input:
-        raise ModelError(f"{explainer.info.path} takes raw uint8 pixels (exported with raw_input=True); the metrics "
-                         "perturb the normalised float input, so evaluate a graph exported without it")
+        raise ModelError(f"{explainer.info.path} takes raw uint8 pixels (exported with {param('raw_input', True)}); "
+                         "the metrics perturb the normalised float input, so evaluate a graph exported without it")
     explainer.preprocessing()
     explainer.method_specs(list(methods))
     if any(METRICS[m].group == "sanity" for m in metrics):

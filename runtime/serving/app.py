@@ -1,11 +1,15 @@
-"""The Starlette application: V2 health, metadata and inference endpoints over a ``ModelRegistry``.
+"""The Starlette application: V2 health, metadata, repository and inference endpoints over a
+``ModelRegistry``.
 
-Requests are decoded, explained and encoded on a bounded pool of ``workers`` threads, never on
-the event loop. At most ``max_queue`` inference requests are admitted at a time (reading,
-waiting or running); the next one gets 503 at once. A body larger than ``max_request_bytes``
-(declared or streamed, also after gzip/deflate decompression) gets 413, one that takes longer
-than ``body_timeout`` to arrive 408 (so slow senders cannot hold the queue). Every error is the
-protocol's ``{"error": "..."}`` JSON; one log line per request: ``METHOD path status ms``.
+An inference request is first read whole: a body larger than ``max_request_bytes`` (declared or
+streamed, also after gzip/deflate decompression) gets 413, one that takes longer than
+``body_timeout`` to arrive 408, and bodies being read may hold at most ``max_buffered_bytes`` in
+all (then 503). Only a request whose body has arrived is admitted for inference: at most
+``max_queue`` at a time (waiting or running, else 503), decoded, explained and encoded on a
+bounded pool of ``workers`` threads, never on the event loop. So slow or stalled uploads hold
+neither an inference slot nor memory, and cannot starve the real requests. Every error is the
+protocol's ``{"error": "..."}`` JSON with a 4xx (a 500 only for a fault of the server's own); a
+client that disconnects is one log line. One log line per request: ``METHOD path status ms``.
 """
 from __future__ import annotations
 
@@ -23,7 +27,7 @@ from collections.abc import AsyncIterator
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -34,18 +38,20 @@ from onnxcam.runtime.serving.protocol import ProtocolError, encode_response, err
 log = logging.getLogger(__name__)
 HEADER_LENGTH = "Inference-Header-Content-Length"
 SERVER_NAME = "onnxcam"
-EXTENSIONS = ["binary_tensor_data", "parameters"]
+EXTENSIONS = ["binary_tensor_data", "parameters", "model_repository"]
+CLIENT_CLOSED = 499  # the status the access log shows for a client that went away (nginx's convention)
 
 
 @dataclass(frozen=True)
 class ServerSettings:
-    """Limits of one server: inference threads, admitted requests, body size in bytes, and
-    the time a client may take to send its body."""
+    """Limits of one server: inference threads, admitted requests, body size in bytes, the time
+    a client may take to send its body, and the bytes all bodies being read may hold."""
 
     workers: int = 2
     max_queue: int = 64
     max_request_bytes: int = 64 << 20
-    body_timeout: float = 60.0  # seconds to receive a request body before 408
+    body_timeout: float = 30.0   # seconds to receive a request body before 408
+    max_buffered_bytes: int = 256 << 20
 
 
 def _json(payload: Any, status: int = 200) -> Response:
@@ -85,11 +91,14 @@ class V2Server:
     """The endpoint handlers, the worker pool and the admission counter."""
 
     def __init__(self, registry: ModelRegistry, settings: ServerSettings) -> None:
-        if min(settings.workers, settings.max_queue, settings.max_request_bytes) < 1 or settings.body_timeout <= 0:
-            raise ValueError("workers, max_queue and max_request_bytes must be ≥ 1 and body_timeout > 0")
+        if min(settings.workers, settings.max_queue, settings.max_request_bytes, settings.max_buffered_bytes) < 1 \
+                or settings.body_timeout <= 0:
+            raise ValueError("workers, max_queue, max_request_bytes and max_buffered_bytes must be ≥ 1 and "
+                             "body_timeout > 0")
         self.registry, self.settings = registry, settings
         self.executor: ThreadPoolExecutor | None = None
-        self.in_flight = 0  # touched only on the event loop thread
+        self.in_flight = 0   # admitted inference requests; touched only on the event loop thread
+        self.buffered = 0    # bytes held by bodies being read; likewise
 
     # -- lifecycle -----------------------------------------------------------------------------
     @contextlib.asynccontextmanager
@@ -105,7 +114,25 @@ class V2Server:
         return Response(status_code=200)
 
     async def ready(self, request: Request) -> Response:
-        return Response(status_code=200 if self.executor is not None else 503)
+        """200 when ready, a 4xx when not (the protocol's health endpoints never answer 5xx)."""
+        if self.executor is None:
+            return _error("not ready", 400)
+        return Response(status_code=200)
+
+    async def repository_index(self, request: Request) -> Response:
+        """The model-repository extension's index: every served model, ready (``{"ready": true}``
+        asks for the ready ones only, which here are all of them)."""
+        try:
+            body = await asyncio.wait_for(request.body(), self.settings.body_timeout)
+            query = json.loads(body) if body.strip() else {}
+        except (asyncio.TimeoutError, ClientDisconnect):
+            return _error("request body not received", 408)
+        except (ValueError, RecursionError):
+            return _error("the repository index request must be a JSON object", 400)
+        if not isinstance(query, dict) or not isinstance(query.get("ready", False), bool):
+            return _error("the repository index request must be a JSON object like {\"ready\": true}", 400)
+        return _json([{"name": name, "version": "1", "state": "READY", "reason": ""}
+                      for name in sorted(self.registry.models)])
 
     async def server_metadata(self, request: Request) -> Response:
         return _json({"name": SERVER_NAME, "version": _version(), "extensions": EXTENSIONS})
@@ -126,25 +153,28 @@ class V2Server:
 
     # -- inference -----------------------------------------------------------------------------
     async def infer(self, request: Request) -> Response:
-        limit = self.settings.max_queue
-        if self.in_flight >= limit:
-            return _error(f"server busy: {limit} inference requests in flight; retry later", 503,
-                          {"Retry-After": "1"})
-        self.in_flight += 1
-        try:
-            return await self._infer(request)
-        finally:
-            self.in_flight -= 1
-
-    async def _infer(self, request: Request) -> Response:
         try:
             model = self.registry.get(request.path_params["name"], request.path_params.get("version"))
             header_length = _header_length(request)
             body = await asyncio.wait_for(self._read_body(request), self.settings.body_timeout)
         except asyncio.TimeoutError:
             return _error(f"request body not received within {self.settings.body_timeout:g} s", 408)
+        except ClientDisconnect:
+            log.info("%s %s: the client disconnected before sending its whole body", request.method, request.url.path)
+            return Response(status_code=CLIENT_CLOSED)
         except ProtocolError as exc:
             return _error(str(exc), exc.status)
+        limit = self.settings.max_queue
+        if self.in_flight >= limit:
+            return _error(f"server busy: {limit} inference requests in flight; retry later", 503,
+                          {"Retry-After": "1"})
+        self.in_flight += 1
+        try:
+            return await self._infer(model, body, header_length)
+        finally:
+            self.in_flight -= 1
+
+    async def _infer(self, model: Any, body: bytes, header_length: int | None) -> Response:
         loop = asyncio.get_running_loop()
         try:
             payload, json_length = await loop.run_in_executor(self.executor, _run, model, body, header_length)
@@ -167,15 +197,22 @@ class V2Server:
         if declared is not None and declared.isdigit() and int(declared) > 2 * limit:
             raise too_big  # not worth draining: the connection is closed after the answer
         chunks: list[bytes] = []
-        size = 0
-        async for chunk in request.stream():
-            size += len(chunk)
-            if size <= limit:
-                chunks.append(chunk)
-            elif size > 2 * limit:
-                break
-            else:  # drain up to 2 × limit, so that the client reads the 413 rather than a reset
-                chunks.clear()
+        size, held = 0, 0
+        try:
+            async for chunk in request.stream():
+                size += len(chunk)
+                if size <= limit:
+                    if self.buffered + len(chunk) > self.settings.max_buffered_bytes:
+                        raise ProtocolError("server busy: too many request bodies being received; retry later", 503)
+                    chunks.append(chunk)
+                    held += len(chunk)
+                    self.buffered += len(chunk)
+                elif size > 2 * limit:
+                    break
+                else:  # drain up to 2 × limit, so that the client reads the 413 rather than a reset
+                    chunks.clear()
+        finally:
+            self.buffered -= held
         if size > limit:
             raise too_big
         body = b"".join(chunks)
@@ -207,9 +244,11 @@ def _header_length(request: Request) -> int | None:
     value = request.headers.get(HEADER_LENGTH)
     if value is None:
         return None
-    if not value.strip().isdigit():
-        raise ProtocolError(f"{HEADER_LENGTH} must be a non-negative integer, got {value!r}")
-    return int(value)
+    text = value.strip()
+    if not (text.isascii() and text.isdigit()) or len(text) > 19:
+        raise ProtocolError(f"{HEADER_LENGTH} must be a non-negative integer of at most 19 digits, "
+                            f"got {value[:40]!r}")
+    return int(text)
 
 
 def _run(model: Any, body: bytes, header_length: int | None) -> tuple[bytes, int | None]:
@@ -244,6 +283,7 @@ def create_app(registry: ModelRegistry, settings: ServerSettings | None = None) 
         Route(version + "/ready", server.model_ready, methods=["GET"]),
         Route(model + "/infer", server.infer, methods=["POST"]),
         Route(version + "/infer", server.infer, methods=["POST"]),
+        Route("/v2/repository/index", server.repository_index, methods=["POST"]),
     ]
     app = Starlette(routes=routes, lifespan=server.lifespan, exception_handlers={HTTPException: _http_error})
     app.state.server = server

@@ -102,9 +102,10 @@ class ServedModel:
             return tensor
         if param is None:
             return None
-        if _is_int(param) or (isinstance(param, list) and param and all(_is_int(c) for c in param)):
-            return param
-        raise ProtocolError(f"parameter 'class_index' must be an integer or a list of integers, got {param!r}")
+        if not _is_int(param):
+            raise ProtocolError(f"parameter 'class_index' must be an integer (one class for every image; per-image "
+                                f"classes go in the '{CLASS_INPUT}' input), got {param!r}")
+        return param
 
     def _method(self, request: InferRequest) -> str:
         method = request.parameters.get("method", DEFAULT_METHOD)
@@ -133,7 +134,7 @@ class ServedModel:
         method, wanted = self._method(request), self._requested(request)
         try:
             res = self.explainer.explain(x, method=method, class_index=classes)
-        except (OnnxcamError, ValueError) as exc:  # class index out of range, wrong count, ...
+        except (OnnxcamError, ValueError) as exc:  # class index out of range, non-finite input, ...
             raise ProtocolError(str(exc)) from None
         arrays = {"heatmap": np.asarray(res.heatmaps, np.float32), "logits": np.asarray(res.logits, np.float32),
                   "target": np.asarray(res.class_index, np.int64)}

@@ -11,8 +11,8 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import dataclass, field
-from typing import Any
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
@@ -76,6 +76,16 @@ def _object(value: Any, what: str) -> dict:
     return value
 
 
+def _parameters(value: Any, what: str) -> dict:
+    """A ``parameters`` object: the protocol allows string, number and boolean values only."""
+    params = _object(value, what)
+    for key, item in params.items():
+        if not isinstance(item, (str, int, float, bool)) or (isinstance(item, float) and not math.isfinite(item)):
+            raise ProtocolError(f"{what}: '{key}' must be a string, a number or a boolean (the protocol's "
+                                "parameter types)")
+    return params
+
+
 def _shape(spec: dict, name: str) -> tuple[int, ...]:
     shape = spec.get("shape")
     if not isinstance(shape, list) or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0
@@ -90,19 +100,25 @@ def _from_json_data(data: Any, dtype: np.dtype, name: str) -> np.ndarray:
         raise ProtocolError(f"input '{name}': 'data' must be a JSON list")
     try:
         raw = np.asarray(data)
-    except ValueError:
-        raise ProtocolError(f"input '{name}': 'data' is a ragged nested list") from None
+    except (ValueError, TypeError, RecursionError):
+        raise ProtocolError(f"input '{name}': 'data' must be a flat or evenly nested list of numbers") from None
     if raw.size == 0:
         return np.empty(0, dtype)
     if raw.dtype.kind not in "biuf":
         raise ProtocolError(f"input '{name}': 'data' must hold numbers only")
+
     if dtype.kind in "iu":
         if raw.dtype.kind == "f" or raw.dtype.kind == "b":
             raise ProtocolError(f"input '{name}': {v2_datatype(dtype)} data must be integers")
         info = np.iinfo(dtype)
         if raw.min() < info.min or raw.max() > info.max:
             raise ProtocolError(f"input '{name}': values out of range for {v2_datatype(dtype)}")
-    return raw.astype(dtype).reshape(-1)
+    with np.errstate(over="ignore", invalid="ignore"):
+        values = raw.astype(dtype).reshape(-1)
+    if dtype.kind == "f" and not np.isfinite(values).all():
+        raise ProtocolError(f"input '{name}': 'data' holds NaN, infinite values or values too large for "
+                            f"{v2_datatype(dtype)}")
+    return values
 
 
 def parse_request(body: bytes, header_length: int | None = None) -> InferRequest:
@@ -122,9 +138,11 @@ def parse_request(body: bytes, header_length: int | None = None) -> InferRequest
         header = json.loads(body[:header_length])
     except (ValueError, UnicodeDecodeError) as exc:
         raise ProtocolError(f"invalid JSON in the inference request: {exc}") from None
+    except RecursionError:
+        raise ProtocolError("the inference request's JSON is nested too deeply") from None
     if not isinstance(header, dict):
         raise ProtocolError("the inference request must be a JSON object")
-    params = _object(header.get("parameters"), "'parameters'")
+    params = _parameters(header.get("parameters"), "'parameters'")
     raw_inputs = header.get("inputs")
     if not isinstance(raw_inputs, list) or not raw_inputs:
         raise ProtocolError("the inference request needs a non-empty 'inputs' list")
@@ -137,10 +155,10 @@ def parse_request(body: bytes, header_length: int | None = None) -> InferRequest
         if name in inputs:
             raise ProtocolError(f"input '{name}' is given twice")
         datatype = spec.get("datatype")
-        if datatype not in DATATYPES:
+        if not isinstance(datatype, str) or datatype not in DATATYPES:
             raise ProtocolError(f"input '{name}': unsupported datatype {datatype!r}")
         dtype, shape = DATATYPES[datatype], _shape(spec, name)
-        in_params = _object(spec.get("parameters"), f"input '{name}' parameters")
+        in_params = _parameters(spec.get("parameters"), f"input '{name}' parameters")
         if any(k.startswith("shared_memory") for k in in_params):
             raise ProtocolError("the shared-memory extension is not supported")
         size = in_params.get("binary_data_size")
@@ -186,7 +204,7 @@ def _requested_outputs(raw: Any, binary_default: bool) -> list[RequestedOutput] 
         name = spec.get("name")
         if not isinstance(name, str) or not name:
             raise ProtocolError("every requested output needs a 'name'")
-        params = _object(spec.get("parameters"), f"output '{name}' parameters")
+        params = _parameters(spec.get("parameters"), f"output '{name}' parameters")
         if params.get("classification"):
             raise ProtocolError("the classification extension is not supported")
         if any(k.startswith("shared_memory") for k in params):
@@ -220,7 +238,7 @@ def encode_response(model_name: str, model_version: str, outputs: Sequence[tuple
     if request_id is not None:
         response["id"] = request_id
     response["outputs"] = tensors
-    header = json.dumps(response, separators=(",", ":")).encode()
+    header = json.dumps(response, separators=(",", ":"), allow_nan=False).encode()  # NaN is not JSON
     if not blobs:
         return header, None
     return b"".join([header, *blobs]), len(header)
