@@ -33,7 +33,7 @@ def registry():
 @pytest.fixture(scope="module")
 def served(registry):
     settings = ServerSettings(workers=2, max_queue=8, max_request_bytes=1 << 20, body_timeout=BODY_TIMEOUT)
-    server = BackgroundServer(create_app(registry, settings), header_timeout=HEADER_TIMEOUT, max_connections=200)
+    server = BackgroundServer(create_app(registry, settings), header_timeout=HEADER_TIMEOUT, max_connections=1000)
     yield server
     server.stop()
 
@@ -95,9 +95,9 @@ def test_a_stalled_body_times_out(served) -> None:
 
 
 def test_slow_headers_are_cut_off(served) -> None:
-    """A client sending one header byte every 0.33 s (never closed before) and 100 half-sent
+    """A client sending one header byte every 0.33 s (never closed before) and 300 half-sent
     requests: each gets a 408 and is closed once the header timeout has passed."""
-    half = open_stalled(served, 100, b"GET /v2/health/live HTTP/1.1\r\nhost: x\r\nx-slow: ")
+    half = open_stalled(served, 300, b"GET /v2/health/live HTTP/1.1\r\nhost: x\r\nx-slow: ")
     trickle = socket.create_connection((served.host, served.port))
     trickle.setblocking(False)
     start, answer = time.monotonic(), b""
