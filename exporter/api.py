@@ -13,12 +13,17 @@ from pathlib import Path
 
 import onnx
 import onnx_ir as ir
-
 from onnxcam.exporter.autodiff import UnsupportedOperator
 from onnxcam.exporter.bake_heatmap import check_method
 from onnxcam.exporter.errors import ExportError
 from onnxcam.exporter.explain_graph import GraphSpec, input_gradient_mode
-from onnxcam.exporter.onnx_source import Classifier, choose_target, load_classifier, load_onnx, working_candidates
+from onnxcam.exporter.onnx_source import (
+    Classifier,
+    choose_target,
+    load_classifier,
+    load_onnx,
+    working_candidates,
+)
 from onnxcam.exporter.pipeline import apply_passes, checked_proto, explanation_passes
 from onnxcam.models.errors import param
 from onnxcam.models.files import OutputError, check_target, write_output
@@ -183,7 +188,10 @@ def _from_torch(source: str, target_layer: str | None, weights: str | None, shap
                 opset: int, verify: bool, options: dict) -> _Prepared:
     try:
         from onnxcam.exporter.torch_export import LOGITS, TARGET, export_with_target
-        from onnxcam.exporter.torch_loading import load_torch_source, resolve_target_module
+        from onnxcam.exporter.torch_loading import (
+            load_torch_source,
+            resolve_target_module,
+        )
     except ImportError as exc:
         raise ExportError(f"PyTorch sources need the export extra: pip install 'onnxcam[export]' ({exc})") from exc
     loaded = load_torch_source(source, weights)

@@ -11,7 +11,6 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 import onnx_ir as ir
-
 from onnxcam.exporter.builder import GraphBuilder
 from onnxcam.exporter.errors import ExportError
 from onnxcam.exporter.probe import TensorFacts
@@ -25,8 +24,8 @@ NON_DIFFERENTIABLE = {
 }
 
 
-#: operators linear in each operand separately
-_PRODUCTS = {"Mul", "MatMul", "Gemm", "Conv", "ConvTranspose"}
+#: operators linear in each operand separately (the operands multiplied: Gemm's C and Conv's bias are added)
+_PRODUCTS = {"Mul": 2, "MatMul": 2, "Gemm": 2, "Conv": 2, "ConvTranspose": 2, "Einsum": None}
 
 
 class UnsupportedOperator(ExportError):
@@ -85,7 +84,7 @@ def is_piecewise_linear(path: Path) -> bool:
     Products (Mul, Div, MatMul, Gemm, Conv) stay linear only while at most one operand depends on A.
     """
     for node in path.nodes:
-        operands = node.inputs[:2]  # Gemm's C and Conv's bias are added, not multiplied
+        operands = node.inputs[:_PRODUCTS.get(node.op_type, 2)]
         dependent_inputs = sum(1 for i in operands if i is not None and i in path.values)
         if node.op_type in _PRODUCTS:
             if dependent_inputs > 1:

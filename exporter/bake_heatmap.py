@@ -19,12 +19,19 @@ from __future__ import annotations
 import numpy as np
 import onnx
 import onnx_ir as ir
-
 from onnxcam.exporter.builder import GraphBuilder
 from onnxcam.exporter.errors import ExportError
-from onnxcam.exporter.probe import TensorFacts
 from onnxcam.exporter.graph_values import default_opset
-from onnxcam.models.contract import ACTIVATIONS, GRADIENTS, GRADIENTS_POW2, GRADIENTS_POW3, HEATMAP, GraphMetadata, Key
+from onnxcam.exporter.probe import TensorFacts
+from onnxcam.models.contract import (
+    ACTIVATIONS,
+    GRADIENTS,
+    GRADIENTS_POW2,
+    GRADIENTS_POW3,
+    HEATMAP,
+    GraphMetadata,
+    Key,
+)
 from onnxcam.models.errors import param
 from onnxcam.models.formulas import FORMULAS
 

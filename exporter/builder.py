@@ -13,7 +13,6 @@ from typing import Any
 import numpy as np
 import onnx_ir as ir
 from onnx_ir import tape
-
 from onnxcam.exporter.errors import ExportError
 from onnxcam.exporter.probe import TensorFacts
 

@@ -14,17 +14,33 @@ from dataclasses import dataclass, replace
 import numpy as np
 import onnx
 import onnx_ir as ir
-
 from onnxcam.exporter.autodiff import differentiate, find_path, is_piecewise_linear
 from onnxcam.exporter.builder import GraphBuilder
 from onnxcam.exporter.errors import ExportError
-from onnxcam.exporter.graph_values import default_opset, resolve_identity, values_by_name
+from onnxcam.exporter.graph_values import (
+    default_opset,
+    resolve_identity,
+    values_by_name,
+)
 from onnxcam.exporter.head import add_head_path
 from onnxcam.exporter.layout import feature_layout
 from onnxcam.exporter.probe import TensorFacts
 from onnxcam.exporter.rules.guided import GUIDED_RULES
-from onnxcam.models.contract import (ACTIVATIONS, CLASS_INPUT, GRADIENTS, GRADIENTS_POW2, GRADIENTS_POW3,
-                                     GUIDED_GRADIENTS, HEAD_INPUT, HEAD_OUTPUT, INPUT_GRADIENT_MODES, LOGITS, RESERVED_NAMES, TARGET, GraphMetadata)
+from onnxcam.models.contract import (
+    ACTIVATIONS,
+    CLASS_INPUT,
+    GRADIENTS,
+    GRADIENTS_POW2,
+    GRADIENTS_POW3,
+    GUIDED_GRADIENTS,
+    HEAD_INPUT,
+    HEAD_OUTPUT,
+    INPUT_GRADIENT_MODES,
+    LOGITS,
+    RESERVED_NAMES,
+    TARGET,
+    GraphMetadata,
+)
 from onnxcam.models.errors import param
 from onnxcam.models.preprocess import Preprocess
 

@@ -16,7 +16,6 @@ from collections.abc import Iterable, Sequence
 
 import numpy as np
 import onnx_ir as ir
-
 from onnxcam.models.contract import INPUT_GRADIENT_MODES, GraphMetadata, switch_name
 
 ROWS = "input_gradient_rows"  # the outputs' first dimension: the batch, or 0 when switched off

@@ -13,7 +13,6 @@ from __future__ import annotations
 import numpy as np
 import onnx_ir as ir
 from onnx_ir import tape
-
 from onnxcam.exporter.builder import GraphBuilder
 from onnxcam.exporter.probe import TensorFacts
 
@@ -45,6 +44,11 @@ def head_nodes(graph: ir.Graph, image: ir.Value, target: ir.Value, logits: ir.Va
     return nodes
 
 
+def _small_integer_constant(value: ir.Value) -> bool:
+    tensor = value.const_value
+    return tensor is not None and tensor.dtype.is_integer() and tensor.size <= 64
+
+
 def add_head_path(builder: GraphBuilder, graph: ir.Graph, facts: TensorFacts, image: ir.Value,
                   target: ir.Value, logits: ir.Value, layout: str) -> ir.Value | None:
     """Append ``head_activations`` → ``head_logits`` (see the module docstring), or return None."""
@@ -70,9 +74,15 @@ def add_head_path(builder: GraphBuilder, graph: ir.Graph, facts: TensorFacts, im
         start = branch.op("Transpose", [start], {"perm": [0, 2, 3, 1]})
     copies: dict[ir.Value, ir.Value] = {target: start}
     for node in nodes:
+        for i in node.inputs:  # small integer constants (shapes, axes) as the branch's own Constants:
+            if i is not None and i not in copies and _small_integer_constant(i):  # the checker's
+                copies[i] = branch.op("Constant", [], {"value": i.const_value})    # inference needs them
         inputs = [copies.get(i, i) if i is not None else None for i in node.inputs]
         attributes = {name: attr.value for name, attr in node.attributes.items()}
         outputs = branch.op_multi_out(node.op_type, inputs, attributes, num_outputs=len(node.outputs))
+        for original, copy in zip(node.outputs, outputs):  # element types for the checker's inference
+            if original.name in facts.dtypes:
+                copy.type = ir.TensorType(ir.DataType.from_numpy(facts.dtypes[original.name]))
         copies.update(zip(node.outputs, outputs))
     scores = copies[logits]
     if builder.dtype(logits) != np.float32:

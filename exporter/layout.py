@@ -7,7 +7,6 @@ element-wise operators unchanged.
 from __future__ import annotations
 
 import onnx_ir as ir
-
 from onnxcam.exporter.probe import TensorFacts
 
 _NCHW_PRODUCERS = {"Conv", "ConvTranspose", "MaxPool", "AveragePool", "BatchNormalization",

@@ -10,7 +10,6 @@ import onnx
 import onnx_ir as ir
 import onnx_ir.passes.common as ir_passes
 from onnx import version_converter
-
 from onnxcam.exporter.autodiff import find_path, unsupported_nodes
 from onnxcam.exporter.errors import ExportError
 from onnxcam.exporter.graph_values import default_opset, values_by_name

@@ -11,10 +11,13 @@ from __future__ import annotations
 import onnx
 import onnx_ir as ir
 import onnx_ir.passes.common as ir_passes
-
 from onnxcam.exporter.autodiff import find_path
 from onnxcam.exporter.errors import ExportError
-from onnxcam.exporter.explain_graph import ExplanationGraphPass, GraphSpec, differentiated_sources
+from onnxcam.exporter.explain_graph import (
+    ExplanationGraphPass,
+    GraphSpec,
+    differentiated_sources,
+)
 from onnxcam.exporter.gating import GateInputGradientsPass
 from onnxcam.exporter.graph_values import values_by_name
 from onnxcam.exporter.probe import TensorFacts

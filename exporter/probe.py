@@ -18,7 +18,6 @@ import numpy as np
 import onnx
 import onnx_ir as ir
 import onnxruntime as ort
-
 from onnxcam.exporter.errors import ExportError
 from onnxcam.models.errors import param
 

@@ -20,14 +20,14 @@ import numpy as np
 import onnx
 import onnx_ir as ir
 import onnx_ir.passes.common as ir_passes
-
 from onnxcam.exporter.builder import GraphBuilder
 from onnxcam.exporter.errors import ExportError
-from onnxcam.exporter.probe import TensorFacts
 from onnxcam.exporter.graph_values import default_opset
+from onnxcam.exporter.probe import TensorFacts
 from onnxcam.models.contract import GraphMetadata, Key
 from onnxcam.models.errors import param
 from onnxcam.models.preprocess import Preprocess
+
 
 class RawInputPass(ir.passes.InPlacePass):
     """Make the explanation graph's image input (same name) uint8 NHWC RGB pixels of the model's

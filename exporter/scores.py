@@ -11,7 +11,6 @@ import difflib
 import re
 
 import onnx_ir as ir
-
 from onnxcam.exporter.errors import ExportError
 from onnxcam.exporter.probe import TensorFacts
 from onnxcam.models.errors import param

@@ -17,10 +17,9 @@ from typing import Any
 import onnx
 import onnx_ir as ir
 import torch
-from torch import nn
-
 from onnxcam.exporter.errors import ExportError
 from onnxcam.models.errors import param
+from torch import nn
 
 IMAGE_INPUT, LOGITS, TARGET = "input", "logits", "onnxcam_target"
 

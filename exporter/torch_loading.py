@@ -14,16 +14,21 @@ import os
 import re
 import sys
 import warnings
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
-from collections.abc import Callable, Sequence
 
 from onnxcam.exporter.errors import ExportError
 from onnxcam.models import registry
+from onnxcam.models.errors import param
 from onnxcam.models.labels import imagenet_labels
 from onnxcam.models.preprocess import IMAGENET, Preprocess, imagenet
-from onnxcam.models.weights import WeightsError, head_classes, load_state_dict_strict, read_state_dict
-from onnxcam.models.errors import param
+from onnxcam.models.weights import (
+    WeightsError,
+    head_classes,
+    load_state_dict_strict,
+    read_state_dict,
+)
 
 if TYPE_CHECKING:  # pragma: no cover
     from torch import nn
@@ -133,7 +138,10 @@ def resolve_target_module(
 
 def _from_torchvision(src: str, name: str, weights: str | None) -> TorchSource:
     tv = _require("torchvision", "torchvision", "export")
-    from onnxcam.models.torchvision_defaults import default_preprocess, default_target_layer
+    from onnxcam.models.torchvision_defaults import (
+        default_preprocess,
+        default_target_layer,
+    )
 
     classifiers = tv.models.list_models(module=tv.models)
     if name not in classifiers:
@@ -201,9 +209,8 @@ def _from_registry(src: str, weights: str | None) -> TorchSource:
 
 
 def _from_callable(src: str, weights: str | None) -> TorchSource:
-    from torch import nn
-
     from onnxcam.models.target_search import search_target_layer
+    from torch import nn
 
     mod_name, attr_path = src.split(":", 1)
     cwd_added = os.getcwd() not in sys.path and "" not in sys.path

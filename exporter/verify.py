@@ -12,11 +12,10 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import torch
-from torch import nn
-
 from onnxcam.exporter.errors import ExportError
 from onnxcam.exporter.torch_export import score_selector
 from onnxcam.models.contract import Key
+from torch import nn
 
 
 @dataclass

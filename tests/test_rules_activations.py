@@ -139,6 +139,47 @@ def _pow_constant(net, a):
 # ---------------------------------------------------------------------------------------------
 
 
+@case("Abs", True)
+def _abs(net, a):
+    return net.op("Abs", a), torch.abs
+
+
+@case("Elu", False)
+def _elu(net, a):
+    return net.op("Elu", a, alpha=0.7), lambda t: F.elu(t, 0.7)
+
+
+@case("Selu", False)
+def _selu(net, a):
+    return net.op("Selu", a), F.selu
+
+
+@case("Celu", False)
+def _celu(net, a):
+    return net.op("Celu", a, alpha=1.3), lambda t: F.celu(t, 1.3)
+
+
+@case("PRelu-per-channel", True)
+def _prelu(net, a):
+    slope = net.param([K, 1, 1], low=0.05, high=0.5)
+    return net.op("PRelu", a, slope), lambda t: F.prelu(t, slope.t.reshape(-1))
+
+
+@case("Softplus", False)
+def _softplus(net, a):
+    return net.op("Softplus", a), F.softplus
+
+
+@case("Mish", False, opset=18)
+def _mish(net, a):
+    return net.op("Mish", a), F.mish
+
+
+@case("Softsign", False)
+def _softsign(net, a):
+    return net.op("Softsign", a), F.softsign
+
+
 @pytest.mark.parametrize("spec", case)
 def test_rule_matches_torch_autograd(spec):
     check_case(spec)

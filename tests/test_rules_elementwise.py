@@ -150,6 +150,25 @@ def _expand3(net, a):
 # ---------------------------------------------------------------------------------------------
 
 
+@case("Max-broadcast-W[K,1,1]", True)
+def _max_w(net, a):
+    w = net.param([K, 1, 1])
+    return net.op("Max", a, w), lambda t: torch.maximum(t, w.t)
+
+
+@case("Min-three-operands", True)
+def _min3(net, a):
+    w = net.param([1, 1, W])
+    return net.op("Min", a, w, net.op("Neg", a)), lambda t: torch.minimum(torch.minimum(t, w.t), -t)
+
+
+@case("Max-ties-share-the-gradient", True)
+def _max_ties(net, a):
+    relu = net.op("Relu", a)  # many exact ties at 0 with the zero operand
+    zero = net.param([], values=0.0)
+    return net.op("Max", relu, zero), lambda t: torch.maximum(torch.relu(t), torch.zeros((), dtype=t.dtype))
+
+
 @pytest.mark.parametrize("spec", case)
 def test_rule_matches_torch_autograd(spec):
     check_case(spec)

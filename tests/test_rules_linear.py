@@ -6,7 +6,7 @@ from exporter_helpers import (
     classifier,
     explanation_graph,
 )
-from rule_cases import Cases, D, F, H, K, W, check_case, tpads
+from rule_cases import Cases, D, F, H, K, W, check_case, torch, tpads
 
 pytestmark = pytest.mark.torch
 case = Cases()
@@ -207,6 +207,25 @@ case("ConvTranspose-groups2-dilation2", True)(_conv_transpose(cout=4, group=2, d
 
 
 # ---------------------------------------------------------------------------------------------
+
+
+@case("Einsum-weights-nchw,kc->nkhw", True)
+def _einsum_weights(net, a):
+    w = net.param([3, K])
+    return net.op("Einsum", a, w, equation="nchw,kc->nkhw"), lambda t: torch.einsum("nchw,kc->nkhw", t, w.t)
+
+
+@case("Einsum-attention-both-operands-dependent", False)
+def _einsum_attention(net, a):
+    tokens = net.op("Reshape", a, net.const([0, K, H * W]))   # [N, K, T]
+    y = net.op("Einsum", tokens, tokens, equation="nkt,nks->nts")
+    return y, lambda t: torch.einsum("nkt,nks->nts", t.reshape(t.shape[0], K, -1), t.reshape(t.shape[0], K, -1))
+
+
+@case("Einsum-summed-index-broadcast-back", True)
+def _einsum_sum(net, a):
+    w = net.param([W])
+    return net.op("Einsum", a, w, equation="nchw,v->nch"), lambda t: torch.einsum("nchw,v->nch", t, w.t)
 
 
 @pytest.mark.parametrize("spec", case)

@@ -49,6 +49,31 @@ case("LayerNormalization-axis2-no-bias", False)(_layer_norm(2, bias=False))
 # ---------------------------------------------------------------------------------------------
 
 
+@case("InstanceNormalization", False)
+def _instance_norm(net, a):
+    scale, bias = net.param([K], low=0.5, high=1.5), net.param([K])
+    y = net.op("InstanceNormalization", a, scale, bias, epsilon=1e-4)
+    return y, lambda t: F.instance_norm(t, weight=scale.t, bias=bias.t, eps=1e-4)
+
+
+def _group_norm(groups: int, opset: int):
+    def head(net, a):
+        scale = net.param([K if opset >= 21 else groups], low=0.5, high=1.5)
+        bias = net.param([K if opset >= 21 else groups])
+        y = net.op("GroupNormalization", a, scale, bias, num_groups=groups, epsilon=1e-4)
+
+        def fn(t):
+            gamma = scale.t if opset >= 21 else scale.t.repeat_interleave(K // groups)
+            beta = bias.t if opset >= 21 else bias.t.repeat_interleave(K // groups)
+            return F.group_norm(t, groups, gamma, beta, eps=1e-4)
+        return y, fn
+    return head
+
+
+case("GroupNormalization-2-groups-opset21", False, opset=21)(_group_norm(2, 21))
+case("GroupNormalization-4-groups-opset21", False, opset=21)(_group_norm(4, 21))
+
+
 @pytest.mark.parametrize("spec", case)
 def test_rule_matches_torch_autograd(spec):
     check_case(spec)

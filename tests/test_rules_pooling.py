@@ -162,6 +162,63 @@ def _reduce_noop(net, a):
 # ---------------------------------------------------------------------------------------------
 
 
+def _reduce_other(op, axes, keepdims):
+    torch_fn = {
+        "ReduceL2": lambda t, d, k: torch.linalg.vector_norm(t, dim=d, keepdim=k),
+        "ReduceSumSquare": lambda t, d, k: (t * t).sum(d, keepdim=k),
+        "ReduceLogSumExp": lambda t, d, k: torch.logsumexp(t, d, keepdim=k),
+        "ReduceMax": lambda t, d, k: torch.amax(t, d, keepdim=k),
+        "ReduceMin": lambda t, d, k: torch.amin(t, d, keepdim=k),
+    }[op]
+
+    def head(net, a):
+        y = net.op(op, a, net.const(axes), keepdims=keepdims)
+        return y, lambda t: torch_fn(t, tuple(ax % 4 for ax in axes), bool(keepdims))
+    return head
+
+
+for _op, _linear in (("ReduceL2", False), ("ReduceSumSquare", False), ("ReduceLogSumExp", False),
+                     ("ReduceMax", True), ("ReduceMin", True)):
+    for _kd, _axes in ((1, [2, 3]), (0, [1]), (0, [-1, 1])):
+        case(f"{_op}-axes{_axes}-keepdims{_kd}", _linear, opset=18)(_reduce_other(_op, _axes, _kd))
+
+
+@case("ReduceMax-ties-share-the-gradient", True, opset=18)
+def _reduce_max_ties(net, a):
+    y = net.op("ReduceMax", net.op("Relu", a), net.const([2, 3]), keepdims=1)
+    return y, lambda t: torch.amax(torch.relu(t), (2, 3), keepdim=True)
+
+
+def _resize(mode: str, transform: str, *, scales=None, sizes=None, nearest="round_prefer_floor"):
+    """Resize against torch F.interpolate (torch's modes: bilinear with align_corners False/True,
+    nearest = ONNX asymmetric + floor)."""
+    def head(net, a):
+        extra = {"nearest_mode": nearest} if mode == "nearest" else {}
+        if scales is not None:
+            y = net.op("Resize", a, None, net.param([4], values=[1, 1, *scales]), mode=mode,
+                       coordinate_transformation_mode=transform, **extra)
+        else:
+            batch_and_channels = net.op("Slice", net.op("Shape", a), net.const([0]), net.const([2]))
+            y = net.op("Resize", a, None, None, net.op("Concat", batch_and_channels, net.const(sizes), axis=0),
+                       mode=mode, coordinate_transformation_mode=transform, **extra)
+
+        def fn(t):
+            kw = {"scale_factor": tuple(scales)} if scales is not None else {"size": tuple(sizes)}
+            if mode == "nearest":
+                return F.interpolate(t, mode="nearest", **kw)
+            return F.interpolate(t, mode="bilinear", align_corners=transform == "align_corners", **kw)
+        return y, fn
+    return head
+
+
+case("Resize-linear-half_pixel-x2", True)(_resize("linear", "half_pixel", scales=[2.0, 2.0]))
+case("Resize-linear-half_pixel-sizes-shrink", True)(_resize("linear", "half_pixel", sizes=[4, 5]))
+case("Resize-linear-align_corners-sizes", True)(_resize("linear", "align_corners", sizes=[9, 11]))
+case("Resize-linear-pytorch_half_pixel-x1.5", True)(_resize("linear", "pytorch_half_pixel", scales=[1.5, 1.5]))
+case("Resize-nearest-asymmetric-floor-x2", True)(_resize("nearest", "asymmetric", scales=[2.0, 2.0], nearest="floor"))
+case("Resize-nearest-asymmetric-floor-sizes", True)(_resize("nearest", "asymmetric", sizes=[9, 5], nearest="floor"))
+
+
 @pytest.mark.parametrize("spec", case)
 def test_rule_matches_torch_autograd(spec):
     check_case(spec)

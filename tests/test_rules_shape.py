@@ -117,11 +117,11 @@ def _slice(starts, ends, axes=None, steps=None):
         y = net.op("Slice", *ins)
 
         def fn(t):
-            index = [slice(None)] * 4
             for i, (s, e) in enumerate(zip(starts, ends)):
                 axis = axes[i] % 4 if axes is not None else i
-                index[axis] = slice(max(s, -10**6), min(e, 10**6), steps[i] if steps else 1)
-            return t[tuple(index)]
+                kept = range(*slice(s, e, steps[i] if steps else 1).indices(t.shape[axis]))  # negative steps too
+                t = t.index_select(axis, torch.tensor(list(kept), dtype=torch.long))
+            return t
         return y, fn
     return head
 
@@ -277,6 +277,62 @@ case("Pad-negative-axis-opset18", True, opset=18)(_pad([2, -1], axes=[-1], value
 
 
 # ---------------------------------------------------------------------------------------------
+
+
+case("Slice-step2-spatial", True)(_slice([0, 1], [INT64_MAX, INT64_MAX], [2, 3], [2, 2]))
+case("Slice-negative-step-flip", True)(_slice([-1], [-INT64_MAX], [3], [-1]))
+case("Slice-step3-channels", True)(_slice([1], [4], [1], [3]))
+case("Slice-negative-step2-from-inside", True)(_slice([4], [0], [2], [-2]))
+
+
+@case("Tile-spatial-and-channels", True)
+def _tile(net, a):
+    return net.op("Tile", a, net.const([1, 2, 1, 3])), lambda t: t.repeat(1, 2, 1, 3)
+
+
+@case("GatherElements-axis3-repeats", True)
+def _gather_elements(net, a):
+    idx = np.random.default_rng(5).integers(-W, W, (1, K, H, 4))
+    index = net.const(idx)
+    expanded = net.op("Expand", index, net.op("Concat", net.op("Slice", net.op("Shape", a), net.const([0]),
+                                                                 net.const([1])), net.const([K, H, 4]), axis=0))
+    y = net.op("GatherElements", a, expanded, axis=3)
+    return y, lambda t: torch.gather(t, 3, torch.from_numpy(idx % W).expand(t.shape[0], K, H, 4))
+
+
+def _depth_space(op: str, mode: str = "DCR"):
+    def head(net, a):
+        if op == "DepthToSpace":
+            y = net.op(op, a, blocksize=2, mode=mode)
+        else:
+            y = net.op(op, net.op("Slice", a, net.const([0, 0]), net.const([H - H % 2, W - W % 2]),
+                                  net.const([2, 3])), blocksize=2)
+
+        def fn(t):
+            n, c, h, w = t.shape
+            if op == "SpaceToDepth":
+                t = t[:, :, :h - h % 2, :w - w % 2]
+                n, c, h, w = t.shape
+                return t.reshape(n, c, h // 2, 2, w // 2, 2).permute(0, 3, 5, 1, 2, 4).reshape(n, c * 4, h // 2, w // 2)
+            if mode == "DCR":
+                return F.pixel_shuffle(t, 2)  # torch's pixel_shuffle is ONNX's CRD
+            return F.pixel_shuffle(t, 2)
+        return y, fn
+    return head
+
+
+case("DepthToSpace-CRD", True)(_depth_space("DepthToSpace", "CRD"))
+case("SpaceToDepth", True)(_depth_space("SpaceToDepth"))
+
+
+@case("DepthToSpace-DCR", True)
+def _depth_to_space_dcr(net, a):
+    y = net.op("DepthToSpace", a, blocksize=2, mode="DCR")
+
+    def fn(t):
+        n, c, h, w = t.shape
+        return t.reshape(n, 2, 2, c // 4, h, w).permute(0, 3, 4, 1, 5, 2).reshape(n, c // 4, h * 2, w * 2)
+    return y, fn
 
 
 @pytest.mark.parametrize("spec", case)

@@ -9,7 +9,6 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 
 import onnx_ir as ir
-
 from onnxcam.exporter.builder import GraphBuilder
 
 Rule = Callable[[GraphBuilder, ir.Node, Sequence["ir.Value | None"], Sequence[bool]], Sequence["ir.Value | None"]]
@@ -35,7 +34,15 @@ def rule(*op_types: str, piecewise_linear: bool = False) -> Callable[[Rule], Rul
 
 
 def _load_rule_modules() -> None:
-    from onnxcam.exporter.rules import activations, elementwise, linear, normalization, pooling, shape  # noqa: F401
+    from onnxcam.exporter.rules import (  # noqa: F401
+        activations,
+        elementwise,
+        linear,
+        normalization,
+        pooling,
+        resampling,
+        shape,
+    )
 
 
 _load_rule_modules()

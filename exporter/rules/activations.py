@@ -5,8 +5,8 @@ import math
 from collections.abc import Sequence
 
 import onnx_ir as ir
-
 from onnxcam.exporter.builder import GraphBuilder
+from onnxcam.exporter.errors import ExportError
 from onnxcam.exporter.rules import rule
 
 Grads = Sequence["ir.Value | None"]
@@ -150,3 +150,73 @@ def log_softmax(b: GraphBuilder, node: ir.Node, dys: Grads, needs: Sequence[bool
     axis = node.attributes.get_int("axis", -1) % b.rank(y)
     total = b.reduce("ReduceSum", dy, [axis], keepdims=True)
     return [b.op("Sub", dy, b.op("Mul", b.op("Exp", y), total))]
+
+
+@rule("Abs", piecewise_linear=True)
+def abs_(b: GraphBuilder, node: ir.Node, dys: Grads, needs: Sequence[bool]) -> Grads:
+    """y = |x|:  dx = dy · sign(x)  (0 at x = 0, as torch)."""
+    return [b.op("Mul", dys[0], b.op("Sign", node.inputs[0]))]
+
+
+def _positive(b: GraphBuilder, x: ir.Value) -> ir.Value:
+    return b.op("Greater", x, b.scalar(0.0, x))
+
+
+@rule("Elu")
+def elu(b: GraphBuilder, node: ir.Node, dys: Grads, needs: Sequence[bool]) -> Grads:
+    """y = x if x > 0 else α(eˣ − 1):  dx = dy if x > 0 else dy·(y + α)."""
+    x, y = node.inputs[0], node.outputs[0]
+    alpha = node.attributes.get_float("alpha", 1.0)
+    return [b.op("Where", _positive(b, x), dys[0], b.op("Mul", dys[0], b.op("Add", y, b.scalar(alpha, y))))]
+
+
+@rule("Selu")
+def selu(b: GraphBuilder, node: ir.Node, dys: Grads, needs: Sequence[bool]) -> Grads:
+    """y = γ·x if x > 0 else γ·α(eˣ − 1):  dx = γ·dy if x > 0 else dy·(y + γα)."""
+    x, y = node.inputs[0], node.outputs[0]
+    alpha = node.attributes.get_float("alpha", 1.67326319217681884765625)
+    gamma = node.attributes.get_float("gamma", 1.05070102214813232421875)
+    return [b.op("Where", _positive(b, x), b.op("Mul", dys[0], b.scalar(gamma, y)),
+                 b.op("Mul", dys[0], b.op("Add", y, b.scalar(gamma * alpha, y))))]
+
+
+@rule("Celu")
+def celu(b: GraphBuilder, node: ir.Node, dys: Grads, needs: Sequence[bool]) -> Grads:
+    """y = max(0, x) + min(0, α(e^(x/α) − 1)):  dx = dy if x > 0 else dy·e^(x/α) = dy·(y/α + 1)."""
+    x, y = node.inputs[0], node.outputs[0]
+    alpha = node.attributes.get_float("alpha", 1.0)
+    slope = b.op("Add", b.op("Mul", y, b.scalar(1.0 / alpha, y)), b.scalar(1.0, y))
+    return [b.op("Where", _positive(b, x), dys[0], b.op("Mul", dys[0], slope))]
+
+
+@rule("PRelu", piecewise_linear=True)
+def prelu(b: GraphBuilder, node: ir.Node, dys: Grads, needs: Sequence[bool]) -> Grads:
+    """y = x if x > 0 else s·x (s broadcast):  dx = dy if x > 0 else s·dy (the slope is a weight)."""
+    if needs[1]:
+        raise ExportError(f"PRelu node '{node.name}': a slope that depends on the target is not supported")
+    x, slope = node.inputs
+    return [b.op("Where", _positive(b, x), dys[0], b.op("Mul", dys[0], slope)), None]
+
+
+@rule("Softplus")
+def softplus(b: GraphBuilder, node: ir.Node, dys: Grads, needs: Sequence[bool]) -> Grads:
+    """y = ln(1 + eˣ):  dx = dy · σ(x)."""
+    return [b.op("Mul", dys[0], b.op("Sigmoid", node.inputs[0]))]
+
+
+@rule("Mish")
+def mish(b: GraphBuilder, node: ir.Node, dys: Grads, needs: Sequence[bool]) -> Grads:
+    """y = x·tanh(softplus(x)):  dx = dy·(t + x·σ(x)·(1 − t²)), t = tanh(softplus(x))."""
+    x = node.inputs[0]
+    t = b.op("Tanh", b.op("Softplus", x))
+    slope = b.op("Add", t, b.op("Mul", b.op("Mul", x, b.op("Sigmoid", x)),
+                                 b.op("Sub", b.scalar(1.0, x), b.op("Mul", t, t))))
+    return [b.op("Mul", dys[0], slope)]
+
+
+@rule("Softsign")
+def softsign(b: GraphBuilder, node: ir.Node, dys: Grads, needs: Sequence[bool]) -> Grads:
+    """y = x/(1 + |x|):  dx = dy / (1 + |x|)²."""
+    x = node.inputs[0]
+    denominator = b.op("Add", b.scalar(1.0, x), b.op("Abs", x))
+    return [b.op("Div", dys[0], b.op("Mul", denominator, denominator))]

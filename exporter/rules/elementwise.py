@@ -4,7 +4,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import onnx_ir as ir
-
 from onnxcam.exporter.builder import GraphBuilder
 from onnxcam.exporter.errors import ExportError
 from onnxcam.exporter.rules import rule
@@ -81,3 +80,16 @@ def where(b: GraphBuilder, node: ir.Node, dys: Grads, needs: Sequence[bool]) -> 
     da = _back(b, node, b.op("Where", cond, dy, zero), 1) if needs[1] else None
     db = _back(b, node, b.op("Where", cond, zero, dy), 2) if needs[2] else None
     return [None, da, db]
+
+
+@rule("Max", "Min", piecewise_linear=True)
+def max_min(b: GraphBuilder, node: ir.Node, dys: Grads, needs: Sequence[bool]) -> Grads:
+    """y = max(x_1 … x_n) (or min), broadcasting:  dx_i = unbroadcast(dy·[x_i = y] / #{j: x_j = y}),
+    the operands that tie sharing dy evenly (as torch.maximum / torch.minimum)."""
+    y = node.outputs[0]
+    dtype = ir.DataType.from_numpy(b.dtype(y))
+    masks = [b.op("Cast", b.op("Equal", x, y), to=dtype) for x in node.inputs]
+    count = masks[0] if len(masks) == 1 else b.op("Sum", *masks)
+    share = b.op("Div", dys[0], count)
+    return [_back(b, node, b.op("Mul", mask, share), i) if need else None
+            for i, (mask, need) in enumerate(zip(masks, needs))]

@@ -9,7 +9,6 @@ from collections.abc import Sequence
 
 import numpy as np
 import onnx_ir as ir
-
 from onnxcam.exporter.builder import GraphBuilder
 from onnxcam.exporter.rules import Rule
 from onnxcam.exporter.rules.activations import clip, relu

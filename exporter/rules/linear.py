@@ -4,7 +4,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import onnx_ir as ir
-
 from onnxcam.exporter.builder import GraphBuilder
 from onnxcam.exporter.errors import ExportError
 from onnxcam.exporter.rules import rule
@@ -159,3 +158,36 @@ def conv_transpose(b: GraphBuilder, node: ir.Node, dys: Grads, needs: Sequence[b
         group=node.attributes.get_int("group", 1), kernel_shape=list(kernel),
     )
     return [dx] + [None] * (len(node.inputs) - 1)
+
+
+def _einsum_terms(node: ir.Node) -> tuple[list[str], str]:
+    equation = node.attributes.get_string("equation").replace(" ", "")
+    if "..." in equation or "->" not in equation:
+        raise ExportError(f"Einsum node '{node.name}': only explicit equations without '...' are supported "
+                          f"(got {equation!r})")
+    inputs, output = equation.split("->")
+    terms = inputs.split(",")
+    if any(len(set(t)) != len(t) for t in terms + [output]):
+        raise ExportError(f"Einsum node '{node.name}': repeated indices in one operand are not supported")
+    return terms, output
+
+
+@rule("Einsum", piecewise_linear=True)
+def einsum(b: GraphBuilder, node: ir.Node, dys: Grads, needs: Sequence[bool]) -> Grads:
+    """y = einsum(t_1, …, t_n → o):  dx_i = einsum(dy and the other operands → t_i), with the
+    indices of t_i that appear nowhere else (summed over in the forward pass) broadcast back."""
+    terms, output = _einsum_terms(node)
+    grads: list[ir.Value | None] = [None] * len(node.inputs)
+    for i, need in enumerate(needs):
+        if not need:
+            continue
+        others = [(t, v) for j, (t, v) in enumerate(zip(terms, node.inputs)) if j != i]
+        known = set(output).union(*[set(t) for t, _ in others])
+        present = "".join(c for c in terms[i] if c in known)
+        grad = b.op("Einsum", dys[0], *(v for _, v in others),
+                    equation=",".join([output] + [t for t, _ in others]) + "->" + present)
+        if present != terms[i]:  # indices only this operand had: broadcast dy back along them
+            missing = [k for k, c in enumerate(terms[i]) if c not in known]
+            grad = b.op("Expand", b.op("Unsqueeze", grad, b.ints(missing)), b.shape_of(node.inputs[i]))
+        grads[i] = grad
+    return grads

@@ -6,7 +6,6 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 import onnx_ir as ir
-
 from onnxcam.exporter.builder import GraphBuilder
 from onnxcam.exporter.errors import ExportError
 from onnxcam.exporter.rules import rule
@@ -137,3 +136,52 @@ def reduce_mean_sum(b: GraphBuilder, node: ir.Node, dys: Grads, needs: Sequence[
         count = int(np.prod([b.static_shape(x)[a] for a in axes]))
         dy = b.op("Mul", dy, b.scalar(1.0 / count, x))
     return [b.op("Expand", dy, b.shape_of(x))] + [None] * (len(node.inputs) - 1)
+
+
+def _kept(b: GraphBuilder, node: ir.Node, value: ir.Value, axes: list[int]) -> ir.Value:
+    """A reduction's output (or its gradient) with the reduced axes kept as size 1."""
+    return value if node.attributes.get_int("keepdims", 1) else b.op("Unsqueeze", value, b.ints(axes))
+
+
+def _reduction_gradient(b: GraphBuilder, node: ir.Node, dys: Grads, slope) -> Grads:
+    """dx = expand(dy) · slope(x, y) for ``y = reduce(x)`` over the node's axes (y and dy with the
+    reduced axes kept); the identity when the node reduces nothing."""
+    x = node.inputs[0]
+    axes = _reduction_axes(b, node)
+    rest = [None] * (len(node.inputs) - 1)
+    if axes is None:
+        return [dys[0]] + rest
+    b.check_batch_axis(axes, node)
+    y, dy = _kept(b, node, node.outputs[0], axes), _kept(b, node, dys[0], axes)
+    return [b.op("Mul", b.op("Expand", dy, b.shape_of(x)), slope(x, y, axes))] + rest
+
+
+@rule("ReduceSumSquare")
+def reduce_sum_square(b: GraphBuilder, node: ir.Node, dys: Grads, needs: Sequence[bool]) -> Grads:
+    """y = Σ x²:  dx = 2x·dy."""
+    return _reduction_gradient(b, node, dys, lambda x, y, axes: b.op("Mul", x, b.scalar(2.0, x)))
+
+
+@rule("ReduceL2")
+def reduce_l2(b: GraphBuilder, node: ir.Node, dys: Grads, needs: Sequence[bool]) -> Grads:
+    """y = √(Σ x²):  dx = dy·x/y (0 where y = 0, as torch's norm)."""
+    def slope(x, y, axes):
+        safe = b.op("Where", b.op("Equal", y, b.scalar(0.0, y)), b.scalar(1.0, y), y)
+        return b.op("Div", x, safe)
+    return _reduction_gradient(b, node, dys, slope)
+
+
+@rule("ReduceLogSumExp")
+def reduce_log_sum_exp(b: GraphBuilder, node: ir.Node, dys: Grads, needs: Sequence[bool]) -> Grads:
+    """y = ln Σ eˣ:  dx = dy·e^(x − y)  (the softmax over the reduced axes)."""
+    return _reduction_gradient(b, node, dys, lambda x, y, axes: b.op("Exp", b.op("Sub", x, y)))
+
+
+@rule("ReduceMax", "ReduceMin", piecewise_linear=True)
+def reduce_max_min(b: GraphBuilder, node: ir.Node, dys: Grads, needs: Sequence[bool]) -> Grads:
+    """y = max (or min) over the axes:  dx = dy·[x = y] / #{x = y}, the entries that tie sharing dy
+    evenly (as torch.amax / torch.amin)."""
+    def slope(x, y, axes):
+        mask = b.op("Cast", b.op("Equal", x, y), to=ir.DataType.from_numpy(b.dtype(x)))
+        return b.op("Div", mask, b.reduce("ReduceSum", mask, axes, keepdims=True))
+    return _reduction_gradient(b, node, dys, slope)

@@ -5,7 +5,6 @@ from collections.abc import Sequence
 
 import numpy as np
 import onnx_ir as ir
-
 from onnxcam.exporter.builder import GraphBuilder
 from onnxcam.exporter.errors import ExportError
 from onnxcam.exporter.rules import rule
@@ -78,19 +77,39 @@ def _slice_ranges(b: GraphBuilder, node: ir.Node) -> dict[int, range]:
     return ranges
 
 
+def _inverse_take(b: GraphBuilder, dy: ir.Value, kept: range, size: int, axis: int) -> ir.Value:
+    """The adjoint of taking the positions ``kept`` along ``axis`` of a tensor of ``size`` there:
+    a zero slice appended to dy, then for every position j the slice dy[i] with kept[i] = j, or
+    the zero one."""
+    zero_shape = b.op("Concat", b.op("Slice", b.shape_of(dy), b.ints([0]), b.ints([axis])), b.ints([1]),
+                      b.op("Slice", b.shape_of(dy), b.ints([axis + 1]), b.ints([_END])), axis=0)
+    zeros = b.op("ConstantOfShape", zero_shape, value=ir.tensor(np.zeros(1, b.dtype(dy))))
+    padded = b.op("Concat", dy, zeros, axis=axis)
+    source = np.full(size, len(kept), np.int64)
+    source[list(kept)] = np.arange(len(kept))
+    return b.op("Gather", padded, b.ints(source.tolist()), axis=axis)
+
+
 @rule("Slice", piecewise_linear=True)
 def slice_(b: GraphBuilder, node: ir.Node, dys: Grads, needs: Sequence[bool]) -> Grads:
-    """y = x[a:e] along some axes (unit steps):  dx = pad(dy) with zeros back to x's shape."""
+    """y = x[a:e:s] along some axes:  dx = dy padded with zeros back to x's shape when every step
+    is 1; otherwise each sliced axis scatters dy back to the positions it took (any step,
+    negative ones and empty slices too)."""
     x = node.inputs[0]
     x_shape = b.static_shape(x)
     ranges = _slice_ranges(b, node)
     b.check_batch_axis([a for a, kept in ranges.items() if kept != range(x_shape[a])], node)
-    begins, ends = [0] * len(x_shape), [0] * len(x_shape)
+    rest = [None] * (len(node.inputs) - 1)
+    if all(kept.step == 1 and len(kept) > 0 for kept in ranges.values()):
+        begins, ends = [0] * len(x_shape), [0] * len(x_shape)
+        for axis, kept in ranges.items():
+            begins[axis], ends[axis] = kept.start, x_shape[axis] - kept.stop
+        return [b.op("Pad", dys[0], b.ints(begins + ends))] + rest
+    dx = dys[0]
     for axis, kept in ranges.items():
-        if kept.step != 1 or len(kept) == 0:
-            raise ExportError(f"Slice node '{node.name}': only non-empty unit-step slices are supported")
-        begins[axis], ends[axis] = kept.start, x_shape[axis] - kept.stop
-    return [b.op("Pad", dys[0], b.ints(begins + ends))] + [None] * (len(node.inputs) - 1)
+        if kept != range(x_shape[axis]):
+            dx = _inverse_take(b, dx, kept, x_shape[axis], axis)
+    return [dx] + rest
 
 
 @rule("Pad", piecewise_linear=True)
@@ -167,3 +186,59 @@ def gather_nd(b: GraphBuilder, node: ir.Node, dys: Grads, needs: Sequence[bool])
     linear = b.op("Expand", b.op("Reshape", linear, b.ints([-1, 1])), b.op("Shape", dy))
     dx = b.op("ScatterElements", b.op("Reshape", b.zeros_like(x), folded), linear, dy, axis=0, reduction="add")
     return [b.op("Reshape", dx, x_shape), None]
+
+
+@rule("Tile", piecewise_linear=True)
+def tile(b: GraphBuilder, node: ir.Node, dys: Grads, needs: Sequence[bool]) -> Grads:
+    """y = x repeated r_i times along each axis i:  dx = Σ over the repeats of dy, i.e. dy viewed
+    as [r_0, x_0, r_1, x_1, …] summed over the r axes."""
+    x = node.inputs[0]
+    repeats = b.require_constant(node.inputs[1], node, "repeats").astype(np.int64).tolist()
+    x_shape = b.static_shape(x)
+    if repeats[0] != 1:
+        b.check_batch_axis([0], node)
+    interleaved = [d for r, n in zip(repeats, x_shape) for d in (r, n)]
+    interleaved[1] = -1 if repeats[0] == 1 else interleaved[1]  # the batch: never baked in
+    summed = b.reduce("ReduceSum", b.op("Reshape", dys[0], b.ints(interleaved)),
+                      list(range(0, 2 * len(x_shape), 2)), keepdims=False)
+    return [summed, None]
+
+
+@rule("GatherElements", piecewise_linear=True)
+def gather_elements(b: GraphBuilder, node: ir.Node, dys: Grads, needs: Sequence[bool]) -> Grads:
+    """y[…, i, …] = x[…, idx[…, i, …], …] along axis:  dx = ScatterElements(zeros, idx, dy, add)
+    (repeated indices add up; negative ones wrapped)."""
+    x, indices = node.inputs
+    axis = node.attributes.get_int("axis", 0) % b.rank(x)
+    idx = b.op("Cast", indices, to=ir.DataType.INT64)
+    size = b.op("Gather", b.shape_of(x), b.ints([axis]), axis=0)
+    idx = b.op("Where", b.op("Less", idx, b.ints([0])), b.op("Add", idx, size), idx)
+    return [b.op("ScatterElements", b.zeros_like(x), idx, dys[0], axis=axis, reduction="add"), None]
+
+
+def _block_permutation(op: str, mode: str) -> tuple[list[int], str]:
+    """The Transpose of DepthToSpace (DCR / CRD) or SpaceToDepth on the 6-D view of its input,
+    and which view (``"depth"``: [N, b, b, C', H, W] / [N, C', b, b, H, W]; ``"space"``:
+    [N, C, H, b, W, b])."""
+    if op == "SpaceToDepth":
+        return [0, 3, 5, 1, 2, 4], "space"
+    return ([0, 3, 4, 1, 5, 2] if mode == "DCR" else [0, 1, 4, 2, 5, 3]), "depth"
+
+
+@rule("DepthToSpace", "SpaceToDepth", piecewise_linear=True)
+def depth_space(b: GraphBuilder, node: ir.Node, dys: Grads, needs: Sequence[bool]) -> Grads:
+    """A fixed permutation of the elements (reshape → transpose → reshape):  dx = dy through the
+    inverse permutation (reshape to the transposed view → inverse transpose → x's shape)."""
+    x = node.inputs[0]
+    n, c, h, w = b.static_shape(x)
+    bs = node.attributes.get_int("blocksize")
+    perm, view = _block_permutation(node.op_type, node.attributes.get_string("mode", "DCR"))
+    if view == "space":
+        x_view = [-1, c, h // bs, bs, w // bs, bs]
+    elif node.attributes.get_string("mode", "DCR") == "DCR":
+        x_view = [-1, bs, bs, c // bs**2, h, w]
+    else:
+        x_view = [-1, c // bs**2, bs, bs, h, w]
+    transposed = [x_view[i] for i in perm]
+    back = b.op("Transpose", b.op("Reshape", dys[0], b.ints(transposed)), perm=[int(i) for i in np.argsort(perm)])
+    return [b.op("Reshape", back, b.shape_of(x))]
