@@ -48,6 +48,7 @@ class ExposeTarget(nn.Module):
         self._calls = [index for _, index in targets]
         self._outputs: list[list[torch.Tensor]] = [[] for _ in targets]
         self._handles = [module.register_forward_hook(self._recorder(i)) for i, (module, _) in enumerate(targets)]
+        self.train(model.training)  # torch.onnx restores the wrapper's mode on the whole model afterwards
 
     def _recorder(self, slot: int):
         def record(module: nn.Module, args: tuple, output: torch.Tensor) -> torch.Tensor | None:
