@@ -10,6 +10,7 @@ import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import onnx
 import onnx_ir as ir
@@ -30,6 +31,9 @@ from onnxcam.models.files import OutputError, check_target, write_output
 from onnxcam.models.labels import load_labels
 from onnxcam.models.preprocess import IMAGENET_MEAN, IMAGENET_STD, Preprocess
 
+if TYPE_CHECKING:  # pragma: no cover
+    from torch import nn
+
 log = logging.getLogger(__name__)
 
 DEFAULT_OPSET = 18
@@ -45,8 +49,8 @@ class _Prepared:
     notes: tuple[str, ...] = ()   # logged once the graph is built
 
 
-def _is_onnx_path(source: str) -> bool:
-    return source.lower().endswith(".onnx") or Path(source).is_file()
+def _is_onnx_path(source: object) -> bool:
+    return isinstance(source, (str, Path)) and (str(source).lower().endswith(".onnx") or Path(source).is_file())
 
 
 def _preprocess_overrides(base: Preprocess, overrides: dict) -> Preprocess:
@@ -85,7 +89,7 @@ def _labels(labels: str | Path | Sequence[str] | None) -> list[str] | None:
 
 
 def export(
-    source: str,
+    source: str | Path | nn.Module,
     target_layer: str | None = None,
     *,
     weights: str | None = None,
@@ -106,7 +110,8 @@ def export(
     scores: str | None = None,
 ) -> onnx.ModelProto:
     """Export ``source`` (``torchvision:NAME``, ``timm:NAME``, ``package.module:callable``, a
-    registry name or an ``.onnx`` file) into an explanation graph; write it to ``out`` if given.
+    registry name, an ``.onnx`` file or a ``torch.nn.Module``) into an explanation graph; write
+    it to ``out`` if given.
 
     ``verify`` (torch sources) compares the graph with ``torch.autograd`` and raises on mismatch.
     ``input_gradients`` adds the outputs ``input_gradients`` (∂S/∂input; ``"plain"``),
@@ -133,7 +138,7 @@ def export(
     if _is_onnx_path(source):
         if verify:
             raise ExportError(f"{param('verify', True)} compares with torch.autograd and needs a PyTorch source")
-        prepared = _from_onnx(source, target_layer, shape, options)
+        prepared = _from_onnx(str(source), target_layer, shape, options)
     else:
         prepared = _from_torch(source, target_layer, weights, shape, opset or DEFAULT_OPSET, verify, options)
     model = _explain(prepared, heatmap, raw_input)
@@ -184,7 +189,7 @@ def _from_onnx(source: str, target_layer: str | None, shape: tuple[int, ...] | N
     return _Prepared(classifier, spec, notes=(scores,))
 
 
-def _from_torch(source: str, target_layer: str | None, weights: str | None, shape: tuple[int, ...] | None,
+def _from_torch(source: str | nn.Module, target_layer: str | None, weights: str | None, shape: tuple[int, ...] | None,
                 opset: int, verify: bool, options: dict) -> _Prepared:
     try:
         from onnxcam.exporter.torch_export import LOGITS, TARGET, export_with_target

@@ -44,8 +44,22 @@ class Path:
     values: set[ir.Value]         # tensors that depend on the target and reach the output
 
 
+#: operators whose integer outputs stand for real numbers (see ``rules.quantization``)
+QUANTIZED = {"QuantizeLinear", "DynamicQuantizeLinear", "MatMulInteger", "ConvInteger"}
+
+
 def _carries_gradient(value: ir.Value, facts: TensorFacts) -> bool:
-    return facts.is_float(value.name)
+    """Float tensors and the integer outputs of quantized operators; not the scale and zero
+    point a DynamicQuantizeLinear computes (constants under the straight-through rule)."""
+    producer = value.producer()
+    if producer is not None and producer.op_type == "DynamicQuantizeLinear":
+        return value is producer.outputs[0]
+    return facts.is_float(value.name) or (producer is not None and producer.op_type in QUANTIZED)
+
+
+def is_straight_through(path: Path) -> bool:
+    """Whether the reverse pass goes through quantizing operators (straight-through gradients)."""
+    return any(node.op_type in QUANTIZED for node in path.nodes)
 
 
 def find_path(graph: ir.Graph, facts: TensorFacts, target: ir.Value, output: ir.Value) -> Path:

@@ -150,9 +150,12 @@ class GraphBuilder:
         dtype = _NUMPY_TO_ONNX.get(self.dtype(value), ir.DataType.FLOAT)
         return self.op("ConstantOfShape", self.shape_of(value), value=ir.tensor(np.zeros(1, dtype.numpy())))
 
-    def check_batch_axis(self, axes: Sequence[int], node: ir.Node) -> None:
-        """Refuse to bake the probed batch size along axis 0 when the batch is dynamic."""
-        if self.facts.batch_dynamic and 0 in [int(a) for a in axes]:
+    def check_batch_axis(self, axes: Sequence[int], node: ir.Node, value: ir.Value | None = None) -> None:
+        """Refuse to bake the probed batch size: ``axes`` of ``value`` (the node's first input)
+        must not be one that grows with a dynamic batch."""
+        value = node.inputs[0] if value is None else value
+        rank = len(self.facts.shape(value.name))
+        if set(self.facts.axes_with_batch(value.name)) & {int(a) % rank for a in axes}:
             raise ExportError(
                 f"{node.op_type} node '{node.name}' works along the batch axis; export with a fixed batch"
             )

@@ -14,7 +14,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 import onnx
 import onnx_ir as ir
-from onnxcam.exporter.autodiff import differentiate, find_path, is_piecewise_linear
+from onnxcam.exporter.autodiff import differentiate, find_path, is_piecewise_linear, is_straight_through
 from onnxcam.exporter.builder import GraphBuilder
 from onnxcam.exporter.errors import ExportError
 from onnxcam.exporter.graph_values import (
@@ -22,8 +22,8 @@ from onnxcam.exporter.graph_values import (
     resolve_identity,
     values_by_name,
 )
-from onnxcam.exporter.head import add_head_path
-from onnxcam.exporter.layout import feature_layout
+from onnxcam.exporter.head import Head, add_head_path
+from onnxcam.exporter.layout import grid_size, image_size, target_layout, to_nchw
 from onnxcam.exporter.probe import TensorFacts
 from onnxcam.exporter.rules.guided import GUIDED_RULES
 from onnxcam.models.contract import (
@@ -33,6 +33,7 @@ from onnxcam.models.contract import (
     GRADIENTS_POW2,
     GRADIENTS_POW3,
     GUIDED_GRADIENTS,
+    HEAD_IMAGE_INDEX,
     HEAD_INPUT,
     HEAD_OUTPUT,
     INPUT_GRADIENT_MODES,
@@ -40,6 +41,7 @@ from onnxcam.models.contract import (
     RESERVED_NAMES,
     TARGET,
     GraphMetadata,
+    TargetLayout,
 )
 from onnxcam.models.errors import param
 from onnxcam.models.preprocess import Preprocess
@@ -121,9 +123,7 @@ class ExplanationGraphPass(ir.passes.InPlacePass):
         logits, target, image = values[spec.logits], resolve_identity(values[spec.target]), values[spec.image_input]
         builder = GraphBuilder(graph, facts, max(17, default_opset(model)))
         batch = self._batch(image)
-        target_shape = facts.shape(target.name)
-        if len(target_shape) != 4:
-            raise ExportError(f"target '{spec.target_layer}' has shape {list(target_shape)}; a 4-D feature map is needed")
+        layout = self._layout(target, image)
         num_classes = facts.shape(logits.name)[1]
 
         class_index = ir.Value(name=CLASS_INPUT, type=ir.TensorType(ir.DataType.INT64), shape=ir.Shape([batch]))
@@ -134,16 +134,17 @@ class ExplanationGraphPass(ir.passes.InPlacePass):
                           builder.const(np.array([0, 1], builder.dtype(logits))), axis=-1)
 
         path = find_path(graph, facts, target, logits)
-        activations, gradient, layout = self._feature_outputs(builder, target, differentiate(
+        activations, gradient = self._feature_outputs(builder, target, layout, differentiate(
             builder, path, target, logits, seed))
         head = add_head_path(builder, graph, facts, image, target, logits, layout)
         mode = input_gradient_mode(spec.input_gradients)
         input_outputs = _input_gradients(builder, graph, facts, image, logits, seed, mode) if mode else {}
 
         # after all look-ups of probed facts by name; the source's logits may keep the name "logits"
-        _free_reserved_names(values, {image} | ({logits} if logits.name == LOGITS else set()), facts)
+        _free_reserved_names(values, {image} | ({logits} if logits.name == LOGITS and builder.dtype(logits) == np.float32
+                                                else set()), facts)
         graph.outputs.clear()
-        fmap = [batch, *self._nchw(target_shape, layout)[1:]]
+        fmap = [batch, int(self._channels(target, layout)), *grid_size(facts.shape(target.name), layout)]
         _set_output(graph, builder, _as_float32(builder, logits), LOGITS, ir.DataType.FLOAT, [batch, num_classes])
         _set_output(graph, builder, chosen, TARGET, ir.DataType.INT64, [batch])
         gradient_pow2 = builder.op("Mul", gradient, gradient)
@@ -151,13 +152,13 @@ class ExplanationGraphPass(ir.passes.InPlacePass):
                             (builder.op("Mul", gradient_pow2, gradient), GRADIENTS_POW3)):
             _set_output(graph, builder, value, name, ir.DataType.FLOAT, fmap)
         if head is not None:
-            _set_output(graph, builder, head, HEAD_OUTPUT, ir.DataType.FLOAT, ["M", num_classes])
+            _set_output(graph, builder, head.logits, HEAD_OUTPUT, ir.DataType.FLOAT, ["M", num_classes])
         for name, value in input_outputs.items():
             _set_output(graph, builder, value, name, ir.DataType.FLOAT, [batch, *facts.shape(image.name)[1:]])
         for value in values.values():  # a former output declared without an element type
             if value.type is not None and value.dtype == ir.DataType.UNDEFINED and value not in graph.outputs:
                 value.type = None
-        self._metadata(model, path, head is not None, mode)
+        self._metadata(model, path, head, layout, mode)
         return ir.passes.PassResult(model, modified=True)
 
     def _batch(self, image: ir.Value) -> str | int:
@@ -169,24 +170,33 @@ class ExplanationGraphPass(ir.passes.InPlacePass):
             return facts.shape(image.name)[0]
         return declared.value if isinstance(declared, ir.SymbolicDim) and declared.value else "N"
 
-    @staticmethod
-    def _nchw(shape: tuple[int, ...], layout: str) -> tuple[int, ...]:
-        return shape if layout == "NCHW" else (shape[0], shape[3], shape[1], shape[2])
+    def _layout(self, target: ir.Value, image: ir.Value) -> TargetLayout:
+        """The target's layout (NCHW, NHWC, or tokens of the image's patch grid), or an error."""
+        pre = self.spec.preprocess
+        declared = pre.layout if isinstance(pre, Preprocess) else (pre or {}).get("layout")
+        hw = image_size(self.facts.shape(image.name), declared)
+        layout = target_layout(target, self.facts, hw)
+        if layout is None:
+            raise ExportError(
+                f"target '{self.spec.target_layer}' has shape {list(self.facts.shape(target.name))}; a feature map "
+                f"[N, C, h, w] / [N, h, w, C] or tokens [N, prefix + h·w, D] of the image's patch grid is needed")
+        return layout
 
-    def _feature_outputs(self, builder: GraphBuilder, target: ir.Value,
-                         gradient: ir.Value) -> tuple[ir.Value, ir.Value, str]:
-        """(activations, gradients) as float32 NCHW, and the target's own layout."""
-        layout = feature_layout(target, self.facts)
+    def _channels(self, target: ir.Value, layout: TargetLayout) -> int:
+        shape = self.facts.shape(target.name)
+        return shape[1] if layout.layout == "NCHW" else shape[-1]
+
+    @staticmethod
+    def _feature_outputs(builder: GraphBuilder, target: ir.Value, layout: TargetLayout,
+                         gradient: ir.Value) -> tuple[ir.Value, ir.Value]:
+        """(activations, gradients) as float32 NCHW (see ``layout.to_nchw``)."""
         activations = target
         if builder.dtype(target) != np.float32:  # a gradient has its tensor's dtype
             activations = builder.op("Cast", target, to=ir.DataType.FLOAT)
             gradient = builder.op("Cast", gradient, to=ir.DataType.FLOAT)
-        if layout == "NHWC":
-            activations = builder.op("Transpose", activations, perm=[0, 3, 1, 2])
-            gradient = builder.op("Transpose", gradient, perm=[0, 3, 1, 2])
-        return activations, gradient, layout
+        return to_nchw(builder, activations, layout), to_nchw(builder, gradient, layout)
 
-    def _metadata(self, model: ir.Model, path, has_head: bool, mode: str | None) -> None:
+    def _metadata(self, model: ir.Model, path, head: Head | None, layout: TargetLayout, mode: str | None) -> None:
         spec = self.spec
         preprocess = spec.preprocess if isinstance(spec.preprocess, Preprocess) or not spec.preprocess \
             else Preprocess.from_json(spec.preprocess)
@@ -194,8 +204,9 @@ class ExplanationGraphPass(ir.passes.InPlacePass):
         model.metadata_props.update(GraphMetadata(
             source=spec.source, target_layer=spec.target_layer, image_input=spec.image_input,
             preprocess=preprocess or None, labels=tuple(spec.labels) if spec.labels else None,
-            head_piecewise_linear=is_piecewise_linear(path), head_input=HEAD_INPUT if has_head else None,
-            input_gradients=mode).to_props())
+            head_piecewise_linear=is_piecewise_linear(path), head_input=HEAD_INPUT if head else None,
+            head_image_index=HEAD_IMAGE_INDEX if head and head.image_index else None, target_layout=layout,
+            input_gradients=mode, straight_through=is_straight_through(path)).to_props())
         model.producer_name = "onnxcam"
 
 

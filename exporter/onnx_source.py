@@ -13,9 +13,10 @@ from onnx import version_converter
 from onnxcam.exporter.autodiff import find_path, unsupported_nodes
 from onnxcam.exporter.errors import ExportError
 from onnxcam.exporter.graph_values import default_opset, values_by_name
-from onnxcam.exporter.layout import is_spatial_map
+from onnxcam.exporter.layout import image_size, is_spatial_map
 from onnxcam.exporter.probe import TensorFacts, probe
-from onnxcam.exporter.scores import find_logits
+from onnxcam.exporter.qdq_groups import Int8ActivationsToUint8Pass
+from onnxcam.exporter.scores import binary_to_two_classes, find_logits
 from onnxcam.models.errors import param
 
 MIN_OPSET = 17
@@ -79,6 +80,7 @@ def normalise(model: ir.Model, input_shape: tuple[int, ...] | None = None) -> ir
         model = _convert_opset(model)
     model.ir_version = max(model.ir_version or 0, 8)  # opset 17 needs IR 8
     ir_passes.RemoveInitializersFromInputsPass()(model)  # IR < 4 listed weights as inputs
+    Int8ActivationsToUint8Pass()(model)
     if input_shape is not None:
         _fix_input_shape(model, input_shape)
     return model
@@ -93,16 +95,19 @@ def load_classifier(model: ir.Model | onnx.ModelProto, input_shape: tuple[int, .
     if len(inputs) != 1:
         raise ExportError(f"expected one image input, found {[v.name for v in inputs]}")
     facts = probe(model)
-    return Classifier(model, facts, inputs[0].name, find_logits(model.graph, facts, scores).name)
+    logits = binary_to_two_classes(model.graph, facts, find_logits(model.graph, facts, scores))
+    return Classifier(model, facts, inputs[0].name, logits.name)
 
 
 def spatial_candidates(classifier: Classifier) -> list[str]:
-    """Spatial feature maps on the path from the image to the scores, nearest to the scores first."""
+    """Feature maps and token tensors of the image grid on the path from the image to the
+    scores, nearest to the scores first."""
     graph = classifier.model.graph
     values = values_by_name(graph)
     path = find_path(graph, classifier.facts, values[classifier.image_input], values[classifier.logits])
     order = [o for n in path.nodes for o in n.outputs if o in path.values]
-    return [v.name for v in reversed(order) if is_spatial_map(v, classifier.facts)]
+    hw = image_size(classifier.facts.shape(classifier.image_input))
+    return [v.name for v in reversed(order) if is_spatial_map(v, classifier.facts, hw)]
 
 
 def working_candidates(classifier: Classifier, limit: int = 3) -> list[str]:

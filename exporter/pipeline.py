@@ -1,7 +1,7 @@
 """The export as a sequence of passes over one ``onnx_ir`` model, checked and serialised once.
 
 classifier IR ─ MaxPoolIndicesPass ─ ExplanationGraphPass ─ RemoveUnusedNodes ─ TopologicalSort
-─ GateInputGradientsPass ─ [BakeHeatmapPass] ─ [RawInputPass] → one proto → onnx.checker → file.
+─ SeparateDequantizeReadersPass ─ GateInputGradientsPass ─ [BakeHeatmapPass] ─ [RawInputPass] → one proto → onnx.checker → file.
 
 Every pass changes the model in place (onnx-ir's pass infrastructure); the model is converted to
 a proto only by the probe (``probe.py``, to run onnxruntime) and once at the end.
@@ -21,6 +21,7 @@ from onnxcam.exporter.explain_graph import (
 from onnxcam.exporter.gating import GateInputGradientsPass
 from onnxcam.exporter.graph_values import values_by_name
 from onnxcam.exporter.probe import TensorFacts
+from onnxcam.exporter.qdq_groups import SeparateDequantizeReadersPass
 from onnxcam.exporter.rules.pooling import MaxPoolIndicesPass
 
 
@@ -40,7 +41,8 @@ def explanation_passes(spec: GraphSpec, facts: TensorFacts, heatmap: str | None 
              for name in differentiated_sources(spec)]
     passes: list[ir.passes.PassBase] = [
         MaxPoolIndicesPass(paths), ExplanationGraphPass(spec, facts),
-        ir_passes.RemoveUnusedNodesPass(), ir_passes.TopologicalSortPass(), GateInputGradientsPass(),
+        ir_passes.RemoveUnusedNodesPass(), ir_passes.TopologicalSortPass(), SeparateDequantizeReadersPass(),
+        GateInputGradientsPass(),
     ]
     if heatmap is not None:
         from onnxcam.exporter.bake_heatmap import BakeHeatmapPass

@@ -7,8 +7,9 @@ indices). The probe runs the model once on random data with every intermediate t
 as an output and records them.
 
 When the batch axis is dynamic the probe runs with a batch of 2, so that an axis that
-broadcasts (size 1) cannot be mistaken for the batch axis; rules never bake the probed batch
-size into the graph they write.
+broadcasts (size 1) cannot be mistaken for the batch axis, and once more with a batch of 1 to
+learn which axes of each tensor grow with the batch (attention's ``[3, N, heads, T, d]`` has it
+second); rules never bake the probed batch size into the graph they write.
 """
 from __future__ import annotations
 
@@ -34,6 +35,7 @@ class TensorFacts:
     values: dict[str, np.ndarray] = field(default_factory=dict)
     batch_dynamic: bool = True
     probe_batch: int = 2
+    batch_axes: dict[str, tuple[int, ...]] = field(default_factory=dict)
 
     def shape(self, name: str) -> tuple[int, ...]:
         try:
@@ -45,9 +47,18 @@ class TensorFacts:
         dtype = self.dtypes.get(name)
         return dtype is not None and np.issubdtype(dtype, np.floating)
 
+    def axes_with_batch(self, name: str) -> tuple[int, ...]:
+        """The axes of tensor ``name`` whose size grows with the batch (none when it is fixed)."""
+        if not self.batch_dynamic:
+            return ()
+        if name in self.batch_axes:
+            return self.batch_axes[name]
+        shape = self.shapes.get(name, ())
+        return (0,) if shape[:1] == (self.probe_batch,) else ()
+
     def rename(self, old: str, new: str) -> None:
         """Follow a tensor that was renamed after probing."""
-        for table in (self.shapes, self.dtypes, self.values):
+        for table in (self.shapes, self.dtypes, self.values, self.batch_axes):
             if old in table:
                 table[new] = table.pop(old)
 
@@ -96,6 +107,22 @@ def _probe_session(model: ir.Model, names: list[str]) -> ort.InferenceSession:
         raise ExportError(f"onnxruntime cannot load the model: {str(exc).splitlines()[0]}") from None
 
 
+def _record_batch_axes(session: ort.InferenceSession, names: list[str], feeds: dict[str, np.ndarray],
+                       facts: TensorFacts) -> None:
+    """Run once more with the first image of ``feeds`` and record, per tensor, the axes whose
+    size changed (left empty when that run fails: ``axes_with_batch`` then assumes axis 0)."""
+    try:
+        results = session.run(None, {k: v[:1] for k, v in feeds.items()})
+    except Exception:  # noqa: BLE001  (a graph that only runs at the probed batch)
+        return
+    for name, array in zip(names, results):
+        full = facts.shapes[name]
+        if len(full) == np.ndim(array):
+            facts.batch_axes[name] = tuple(a for a, (d2, d1) in enumerate(zip(full, np.shape(array))) if d2 != d1)
+    for name, array in feeds.items():
+        facts.batch_axes[name] = (0,)
+
+
 def probe(model: ir.Model, seed: int = 0) -> TensorFacts:
     """Run ``model`` once with every intermediate tensor as an output and record the facts.
 
@@ -130,6 +157,8 @@ def probe(model: ir.Model, seed: int = 0) -> TensorFacts:
             facts.dtypes[name] = array.dtype
             if name in static and np.issubdtype(array.dtype, np.integer) and array.size <= _SMALL_INT_TENSOR:
                 facts.values[name] = array.copy()
+        if facts.batch_dynamic:
+            _record_batch_axes(session, names, feeds, facts)
         for name, init in graph.initializers.items():
             tensor = init.const_value
             facts.shapes[name] = tuple(int(d) for d in tensor.shape)

@@ -1,7 +1,8 @@
 """Turn a torch ``SOURCE`` (contract §2) into an eval-mode module plus what export needs to know.
 
-Forms: ``torchvision:NAME``, ``timm:NAME``, ``package.module:callable`` and registry names
-(:mod:`onnxcam.models.registry`). ``--weights`` is a state_dict file. Every failure raises
+Forms: ``torchvision:NAME``, ``timm:NAME``, ``package.module:callable``, registry names
+(:mod:`onnxcam.models.registry`) and an ``nn.Module`` itself (``from_module``; Hugging Face
+models bring their labels from ``config.id2label``). ``--weights`` is a state_dict file. Every failure raises
 :class:`~onnxcam.exporter.errors.ExportError` with a one-line message. torch, torchvision and
 timm are imported only when needed.
 """
@@ -15,7 +16,7 @@ import re
 import sys
 import warnings
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 from onnxcam.exporter.errors import ExportError
@@ -33,7 +34,7 @@ from onnxcam.models.weights import (
 if TYPE_CHECKING:  # pragma: no cover
     from torch import nn
 
-__all__ = ["TorchSource", "load_torch_source", "resolve_target_module"]
+__all__ = ["TorchSource", "from_module", "load_torch_source", "resolve_target_module"]
 
 _CALLABLE = re.compile(r"^[A-Za-z_]\w*(\.[A-Za-z_]\w*)*:[A-Za-z_]\w*(\.[A-Za-z_]\w*)*$")
 
@@ -71,13 +72,23 @@ class TorchSource:
         return self._target
 
 
-def load_torch_source(source: str, weights: str | None = None) -> TorchSource:
+def load_torch_source(source: str | nn.Module, weights: str | None = None) -> TorchSource:
     """Load ``source`` (see module docstring), apply ``weights`` if given, return it in eval mode.
 
     Raises:
         ExportError: unknown or unsupported source, missing package, unreadable or
             mismatching weights, or a callable that does not return an ``nn.Module``.
     """
+    if not isinstance(source, str):
+        _require("torch", "PyTorch", "export")
+        from torch import nn
+
+        if not isinstance(source, nn.Module):
+            raise ExportError(f"source is a {type(source).__name__}: give a torch.nn.Module, a source name or "
+                              "an .onnx file")
+        loaded = from_module(source, weights=weights)
+        loaded.module.eval()
+        return loaded
     src = source.strip()
     if src.lower().endswith(".onnx"):
         raise ExportError(f"{source} is an ONNX file, not a torch source")
@@ -209,7 +220,6 @@ def _from_registry(src: str, weights: str | None) -> TorchSource:
 
 
 def _from_callable(src: str, weights: str | None) -> TorchSource:
-    from onnxcam.models.target_search import search_target_layer
     from torch import nn
 
     mod_name, attr_path = src.split(":", 1)
@@ -236,20 +246,51 @@ def _from_callable(src: str, weights: str | None) -> TorchSource:
             sys.path.remove(os.getcwd())
     if not isinstance(model, nn.Module):
         raise ExportError(f"{src}() returned a {type(model).__name__}, not a torch.nn.Module")
+    return from_module(model, src, weights)
+
+
+def from_module(model: nn.Module, source: str | None = None, weights: str | None = None) -> TorchSource:
+    """A torch classifier given as a module: preprocessing from a timm ``pretrained_cfg`` or a
+    Hugging Face ``config`` (``image_size``, ``num_channels``; ImageNet statistics), labels from
+    the config's ``id2label``, the default target found by ``search_target_layer``."""
+    from onnxcam.models.target_search import search_target_layer
+
     if weights is not None:
-        _load_weights(model, weights, src)
-    pre = _timm_preprocess(model) if isinstance(getattr(model, "pretrained_cfg", None), dict) else None
-    if pre is None:
-        channels = next((m.in_channels for m in model.modules() if isinstance(m, nn.Conv2d)), 3)
-        pre = IMAGENET if channels == 3 else Preprocess(mean=(0.0,) * channels, std=(1.0,) * channels)
+        _load_weights(model, weights, source or type(model).__name__)
     return TorchSource(
         module=model,
-        source=src,
-        preprocess=pre,
-        labels=None,
+        source=source or f"{type(model).__module__}.{type(model).__qualname__}",
+        preprocess=(pre := _module_preprocess(model)),
+        labels=_config_labels(model),
         input_size=pre.input_size,
         _find_target=search_target_layer,
     )
+
+
+def _module_preprocess(model: nn.Module) -> Preprocess:
+    from torch import nn
+
+    if isinstance(getattr(model, "pretrained_cfg", None), dict):
+        return _timm_preprocess(model)
+    config = getattr(model, "config", None)
+    channels = getattr(config, "num_channels", None) or next(
+        (m.in_channels for m in model.modules() if isinstance(m, nn.Conv2d)), 3)
+    size = getattr(config, "image_size", None)
+    hw = (size, size) if isinstance(size, int) else tuple(size) if isinstance(size, (list, tuple)) else None
+    base = IMAGENET if hw is None or len(hw) != 2 else imagenet(hw, math.floor(min(hw) / 0.875))
+    return base if channels == 3 else replace(base, mean=(0.0,) * channels, std=(1.0,) * channels)
+
+
+def _config_labels(model: nn.Module) -> list[str] | None:
+    """Class names from a Hugging Face config's ``id2label`` (keys 0 … C−1), else None."""
+    id2label = getattr(getattr(model, "config", None), "id2label", None)
+    if not isinstance(id2label, dict) or not id2label:
+        return None
+    try:
+        names = {int(k): str(v) for k, v in id2label.items()}
+    except (TypeError, ValueError):
+        return None
+    return [names[i] for i in range(len(names))] if set(names) == set(range(len(names))) else None
 
 
 def _timm_preprocess(model: nn.Module) -> Preprocess:

@@ -14,7 +14,7 @@ import onnxruntime as ort
 import torch
 from onnxcam.exporter.errors import ExportError
 from onnxcam.exporter.torch_export import score_selector
-from onnxcam.models.contract import Key
+from onnxcam.models.contract import GraphMetadata, Key, TargetLayout
 from torch import nn
 
 
@@ -42,13 +42,16 @@ class Comparison:
 
 
 def torch_reference(model: nn.Module, target: str, call_index: int, x: np.ndarray, class_index: np.ndarray,
-                    activations: np.ndarray | None = None, scores: str | None = None) -> dict[str, np.ndarray]:
-    """logits, explained class, activations A and ∂S_class/∂A computed by torch.autograd.
+                    activations: np.ndarray | None = None, scores: str | None = None,
+                    layout: TargetLayout = TargetLayout()) -> dict[str, np.ndarray]:
+    """logits, explained class, activations A and ∂S_class/∂A computed by torch.autograd, A and
+    ∂S/∂A laid out as the graph's NCHW ``activations`` (``layout``: the target's own layout).
 
-    With ``activations`` the target's output is replaced by those values (A is then the point
-    where the head is differentiated): comparing with another implementation at *its own* A
-    keeps the two on the same side of every ReLU and max-pool tie that directly follows A.
-    ``scores`` picks the class scores from a tuple / dict output (see ``score_selector``).
+    With ``activations`` (NCHW) the target's output is replaced by those values (A is then the
+    point where the head is differentiated; prefix tokens keep torch's own): comparing with
+    another implementation at *its own* A keeps the two on the same side of every ReLU and
+    max-pool tie that directly follows A. ``scores`` picks the class scores from a tuple / dict
+    output (see ``score_selector``).
     """
     module = dict(model.named_modules())[target]
     dtype = next(model.parameters()).dtype
@@ -60,7 +63,8 @@ def torch_reference(model: nn.Module, target: str, call_index: int, x: np.ndarra
             return None
         value = output if isinstance(output, torch.Tensor) else output[0]
         if activations is not None:
-            value = torch.from_numpy(activations).to(dtype)
+            own = value.detach().cpu().numpy()
+            value = torch.from_numpy(np.ascontiguousarray(layout.from_nchw(activations, own))).to(dtype)
         leaf = value.detach().clone().requires_grad_(True)
         captured["A"] = leaf
         downstream = leaf.clone()  # in-place operators after the target must not touch the leaf
@@ -72,11 +76,13 @@ def torch_reference(model: nn.Module, target: str, call_index: int, x: np.ndarra
     finally:
         handle.remove()
     logits = score_selector(output, scores)(output)
+    if logits.shape[1] == 1:  # a binary classifier: class 0 is the negated logit (see ``scores``)
+        logits = torch.cat([-logits, logits], 1)
     chosen = torch.where(torch.from_numpy(class_index) < 0, logits.argmax(1), torch.from_numpy(class_index))
     score = logits.gather(1, chosen[:, None]).sum()
     (gradients,) = torch.autograd.grad(score, captured["A"])
     return {"logits": logits.detach().numpy(), "target": chosen.numpy(),
-            "activations": captured["A"].detach().numpy(), "gradients": gradients.numpy()}
+            "activations": layout.to_nchw(captured["A"].detach().numpy()), "gradients": layout.to_nchw(gradients.numpy())}
 
 
 def run_graph(model: onnx.ModelProto, x: np.ndarray, class_index: np.ndarray) -> dict[str, np.ndarray]:
@@ -111,8 +117,10 @@ def verify_against_torch(model: onnx.ModelProto, module: nn.Module, target: str,
     num_classes = run_graph(model, x[:1], np.array([-1], np.int64))["logits"].shape[-1]
     class_index = np.array([-1 if i % 2 == 0 else (7 * i) % num_classes for i in range(batch)], np.int64)
     graph = run_graph(model, x, class_index)
-    reference = torch_reference(module, target, call_index, x, class_index, scores=scores)
-    at_graph_point = torch_reference(module, target, call_index, x, class_index, graph["activations"], scores)
+    layout = GraphMetadata.from_props({p.key: p.value for p in model.metadata_props}).target_layout
+    reference = torch_reference(module, target, call_index, x, class_index, scores=scores, layout=layout)
+    at_graph_point = torch_reference(module, target, call_index, x, class_index, graph["activations"], scores,
+                                     layout)
     result = compare(graph, {**reference, "gradients": at_graph_point["gradients"]})
     if not result.ok:
         raise ExportError(f"verification against torch.autograd FAILED: {result}")

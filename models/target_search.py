@@ -7,8 +7,12 @@ target is the last module to finish whose output is a 4-D spatial map ``[N, C, h
 layers has no single output to explain). Finishing order makes an enclosing container win over
 its last child when they output the same tensor (``layer4`` rather than ``layer4.2.relu``).
 
-Vision transformers are recognised by structure instead (their last spatial map is the patch
-embedding): the last block's first LayerNorm, as pytorch-grad-cam recommends.
+Token outputs ``[N, T, D]`` whose tokens are a grid of the image (``models.grids``) count as
+maps too. In a transformer whose blocks run on tokens, the default is the last block's first
+norm (timm ``blocks.<last>.norm1``, torchvision ``encoder.layers.<last>.ln_1``, Hugging Face
+``…layer.<last>.layernorm_before``) when the tokens have a prefix (a class token), as
+pytorch-grad-cam recommends: after it, the class token alone reaches the scores, so later
+token outputs have no gradient on the grid.
 """
 from __future__ import annotations
 
@@ -17,6 +21,7 @@ from typing import TYPE_CHECKING
 from collections.abc import Sequence
 
 from onnxcam.models.errors import param
+from onnxcam.models.grids import token_grid
 
 if TYPE_CHECKING:  # pragma: no cover
     from torch import nn
@@ -37,6 +42,20 @@ class LayerOutput:
     def is_spatial(self) -> bool:
         """4-D output with both trailing dims > 1 (an NCHW feature map, or NHWC for a few models)."""
         return self.shape is not None and len(self.shape) == 4 and self.shape[2] > 1 and self.shape[3] > 1
+
+    def token_prefix(self, image_hw: Sequence[int]) -> int | None:
+        """For a 3-D output ``[N, T, D]`` whose tokens are a grid (more than one patch) of the
+        image, the number of prefix tokens; else None."""
+        if self.shape is None or len(self.shape) != 3:
+            return None
+        found = token_grid(self.shape[1], (int(image_hw[0]), int(image_hw[1])))
+        return found[0] if found is not None and found[1][0] * found[1][1] > 1 else None
+
+    def is_tokens(self, image_hw: Sequence[int]) -> bool:
+        return self.token_prefix(image_hw) is not None
+
+    def is_map(self, image_hw: Sequence[int]) -> bool:
+        return self.is_spatial or self.is_tokens(image_hw)
 
 
 def trace_layer_outputs(model: nn.Module, input_size: Sequence[int] = (3, 224, 224)) -> list[LayerOutput]:
@@ -81,15 +100,19 @@ def trace_layer_outputs(model: nn.Module, input_size: Sequence[int] = (3, 224, 2
 def spatial_layers(
     model: nn.Module, input_size: Sequence[int] = (3, 224, 224), outermost: bool = False
 ) -> list[str]:
-    """Names of modules that ran once and output a spatial map, last-finishing first.
+    """Names of modules that ran once and output a spatial map or image tokens, last-finishing first.
 
     ``nn.Identity`` placeholders are skipped (their output is their input's). With
     ``outermost=True`` sub-modules of an already listed module are left out (``layer4``,
     ``layer3``, ... rather than ``layer4``, ``layer4.1``, ``layer4.1.bn2``, ...).
     """
+    return _map_layers(trace_layer_outputs(model, input_size), input_size[1:], outermost)
+
+
+def _map_layers(outputs: list[LayerOutput], image_hw: Sequence[int], outermost: bool = False) -> list[str]:
     names: list[str] = []
-    for o in reversed(trace_layer_outputs(model, input_size)):
-        if not o.is_spatial or o.calls != 1 or o.kind == "Identity":
+    for o in reversed(outputs):
+        if not o.is_map(image_hw) or o.calls != 1 or o.kind == "Identity":
             continue
         if outermost and any(o.name.startswith(n + ".") for n in names):
             continue
@@ -97,24 +120,19 @@ def spatial_layers(
     return names
 
 
-def vit_target_layer(model: nn.Module) -> str | None:
-    """Last transformer block's first LayerNorm for torchvision/timm ViT-style models, else None.
+_BLOCK_FIRST_NORMS = ("norm1", "ln_1", "layernorm_before")
 
-    torchvision ``VisionTransformer``: ``encoder.layers.<last>.ln_1``; timm ViT/DeiT/BEiT/EVA
-    (a ``patch_embed`` and a flat ``blocks`` sequence): ``blocks.<last>.norm1``.
-    """
-    from torch import nn
 
-    encoder = getattr(model, "encoder", None)
-    layers = getattr(encoder, "layers", None)
-    if hasattr(model, "conv_proj") and isinstance(layers, nn.Sequential) and len(layers) > 0:
-        last = list(layers.named_children())[-1][0]
-        if hasattr(layers[-1], "ln_1"):
-            return f"encoder.layers.{last}.ln_1"
-    blocks = getattr(model, "blocks", None)
-    if hasattr(model, "patch_embed") and isinstance(blocks, (nn.Sequential, nn.ModuleList)) and len(blocks) > 0:
-        if hasattr(blocks[-1], "norm1"):
-            return f"blocks.{len(blocks) - 1}.norm1"
+def vit_target_layer(model: nn.Module, outputs: list[LayerOutput] | None = None,
+                     image_hw: Sequence[int] = (224, 224)) -> str | None:
+    """The last transformer block's first norm when it outputs image tokens with prefix tokens,
+    else None (see the module docstring). ``outputs``: the traced layer outputs (traced at
+    ``image_hw`` when None)."""
+    if outputs is None:
+        outputs = trace_layer_outputs(model, (3, *image_hw))
+    for o in reversed(outputs):
+        if o.name.rsplit(".", 1)[-1] in _BLOCK_FIRST_NORMS and o.calls == 1 and o.token_prefix(image_hw):
+            return o.name
     return None
 
 
@@ -124,10 +142,11 @@ def search_target_layer(model: nn.Module, input_size: Sequence[int] = (3, 224, 2
     Raises:
         ValueError: the model has no module with a spatial output (one-line message).
     """
-    vit = vit_target_layer(model)
+    outputs = trace_layer_outputs(model, input_size)
+    vit = vit_target_layer(model, outputs, input_size[1:])
     if vit is not None:
         return vit
-    candidates = spatial_layers(model, input_size)
+    candidates = _map_layers(outputs, input_size[1:])
     if not candidates:
         raise ValueError(
             f"no module outputs a spatial feature map for input {tuple(input_size)}; "

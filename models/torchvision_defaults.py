@@ -54,7 +54,7 @@ _FAMILY_RULES: list[tuple[str, Callable[[nn.Module], str | None]]] = [
     ("shufflenet", _fixed("conv5")),
     ("maxvit", _last_index("blocks")),  # blocks is a ModuleList: never called itself
     ("swin", _fixed("permute")),  # features is NHWC; permute is the normed map as NCHW
-    ("vit_", vit_target_layer),  # token layer: encoder.layers.<last>.ln_1
+    ("vit_", lambda m: vit_target_layer(m, image_hw=(m.image_size,) * 2)),  # encoder.layers.<last>.ln_1
 ]
 
 

@@ -20,7 +20,8 @@ import numpy as np
 
 from onnxcam.runtime.methods import weighted_activations
 
-HeadFn = Callable[[np.ndarray], np.ndarray]  # activations [M, K, h, w] → head logits [M, C]
+#: (activations [M, K, h, w], the image n they come from) → head logits [M, C]
+HeadFn = Callable[[np.ndarray, int], np.ndarray]
 
 
 def ablated_copies(A_n: np.ndarray, channels: np.ndarray) -> np.ndarray:
@@ -39,7 +40,7 @@ def ablation_weights(head: HeadFn, A: np.ndarray, scores: np.ndarray, classes: n
     for n in range(n_img):
         for k0 in range(0, k_chan, batch_size):
             channels = np.arange(k0, min(k0 + batch_size, k_chan))
-            ablated[n, channels] = head(ablated_copies(A[n], channels))[:, int(classes[n])]
+            ablated[n, channels] = head(ablated_copies(A[n], channels), n)[:, int(classes[n])]
     y = np.asarray(scores, np.float32)[:, None]
     return np.divide(y - ablated, y, out=np.zeros_like(ablated), where=y != 0)
 

@@ -334,13 +334,23 @@ class Explainer:
         """∂S/∂x for a batch of inputs and their explicit classes (``--input-gradients`` graphs)."""
         return self.run_graph([INPUT_GRADIENTS], x, classes)[0]
 
-    def head_logits(self, activations: np.ndarray) -> np.ndarray:
-        """The head alone: ``head_logits`` [M, C] for target-layer activations [M, K, h, w]. The
-        image input is required but unused there: it gets an empty batch (zeros of one batch
-        when the graph rejects that or its batch axis is static)."""
+    def head_logits(self, activations: np.ndarray, image: np.ndarray | None = None) -> np.ndarray:
+        """The head alone: ``head_logits`` [M, C] for target-layer activations [M, K, h, w].
+
+        ``image`` (one input [1, …] in the model's form) is the image the rows come from; graphs
+        whose head reads that image's own tensors (``info.head_image_index``: a transformer's
+        residual stream, its class token) need it. Otherwise the image input gets an empty batch
+        (zeros of one batch when the graph rejects that or its batch axis is static)."""
         if self.info.head_input is None:
             raise ModelError(f"{self.info.path} has no head-only path (onnxcam.head_input / {HEAD_OUTPUT})")
-        feeds = {self.info.head_input: activations.astype(np.float32)}
+        feeds = {self.info.head_input: np.ascontiguousarray(activations, np.float32)}
+        if self.info.head_image_index is not None:
+            if image is None or len(image) != 1:
+                raise ValueError(f"{self.info.path}: its head reads the image's own tensors; pass the one image "
+                                 "the activations come from")
+            feeds[self.info.head_image_index] = np.zeros(len(activations), np.int64)
+            batch = {self.info.image_input: image, CLASS_INPUT: np.full(1, -1, np.int64), **self._switch([HEAD_OUTPUT])}
+            return self.runner.run([HEAD_OUTPUT], {**feeds, **batch})[0]
         if self._head_batch is None:
             self._head_batch = self.info.static_batch or 0
             try:

@@ -65,6 +65,7 @@ class ModelInfo:
     output_info: tuple[TensorInfo, ...] = field(default=(), repr=False)
     metadata: GraphMetadata = field(default_factory=GraphMetadata, repr=False)
     producer: str = ""
+    head_image_index: str | None = None   # the head path reads the image rows of its activations
 
     @property
     def layout(self) -> str:
@@ -116,7 +117,7 @@ def _read_metadata(path: str, props: dict[str, str]) -> GraphMetadata:
 
 def _image_input(path: str, meta: GraphMetadata, inputs: dict[str, TensorInfo], feedable: set[str]) -> TensorInfo:
     """The image input, checked against the preprocessing metadata."""
-    others = {CLASS_INPUT, meta.head_input, *meta.input_gradient_switches.values()}
+    others = {CLASS_INPUT, meta.head_input, meta.head_image_index, *meta.input_gradient_switches.values()}
     name = meta.image_input or next((n for n in inputs if n not in others), None)
     if name is None or name not in inputs or name in others:
         raise not_an_explanation_graph(path, f"image input {name!r} not found")
@@ -167,12 +168,15 @@ def read_model_info(session: ort.InferenceSession, path: str) -> ModelInfo:
     num_classes = _static(logits_shape[1]) if len(logits_shape) == 2 else None
     if meta.labels is not None and num_classes is not None and len(meta.labels) != num_classes:
         raise ModelError(f"{path}: {Key.LABELS} has {len(meta.labels)} names for {num_classes} classes")
-    head = meta.head_input
+    head = meta.head_input if meta.head_input and HEAD_OUTPUT in outputs and meta.head_input in feedable else None
+    if head and meta.head_image_index and meta.head_image_index not in feedable:
+        raise ModelError(f"{path}: {Key.HEAD_IMAGE_INDEX} names {meta.head_image_index!r}, which the graph "
+                         "cannot be fed")
     return ModelInfo(
         path=path, image_input=image.name, image_shape=image.shape,
         image_dtype=_DTYPES.get(image.type, np.float32), preprocess=meta.preprocess,
         labels=list(meta.labels) if meta.labels is not None else None,
-        head_input=head if head and HEAD_OUTPUT in outputs and head in feedable else None,
+        head_input=head, head_image_index=meta.head_image_index if head else None,
         target_layer=meta.target_layer, source=meta.source, piecewise_linear=meta.head_piecewise_linear,
         num_classes=num_classes, outputs=tuple(outputs), raw_input=meta.raw_input,
         heatmap_method=meta.heatmap_method, input_gradient_switches=dict(meta.input_gradient_switches),

@@ -127,7 +127,11 @@ def _scorecam(ctx: MethodContext) -> Result:
 def _ablationcam(ctx: MethodContext) -> Result:
     y = ctx.logits[np.arange(len(ctx.target)), ctx.target]
     ex = ctx.explainer
-    return ablationcam(ex.head_logits, ctx.outputs[ACTIVATIONS], y, ctx.target, ex.head_batch_size), None
+
+    def head(activations: np.ndarray, n: int) -> np.ndarray:
+        return ex.head_logits(activations, ctx.x[n:n + 1])
+
+    return ablationcam(head, ctx.outputs[ACTIVATIONS], y, ctx.target, ex.head_batch_size), None
 
 
 def _input(fn: Callable[..., Any], *reads: str) -> Callable[[MethodContext], Result]:

@@ -228,6 +228,11 @@ def check_against_torch(c: Classifier, class_index: np.ndarray = CLASS_INDEX, ta
     if "head_logits" in out:   # the head-only path gives the same scores for the same activations
         again = run(sess, {"image": x, "class_index": class_index, "head_activations": out["activations"]})
         assert_gradients_close(again["head_logits"], out["logits"].astype(np.float64), "head_logits")
+        if "head_image_index" in {i.name for i in sess.get_inputs()}:  # rows in any order, by image
+            order = np.arange(len(x))[::-1].copy()
+            again = run(sess, {"image": x, "class_index": class_index, "head_activations": out["activations"][order],
+                               "head_image_index": order})
+            assert_gradients_close(again["head_logits"], out["logits"][order].astype(np.float64), "head_logits")
     return graph, out, want
 
 

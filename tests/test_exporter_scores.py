@@ -62,7 +62,7 @@ def check_scores(out: dict[str, np.ndarray], x: np.ndarray, torch_stem, head) ->
         expected = head(torch_stem(torch.from_numpy(x).double())).numpy()
     np.testing.assert_allclose(out["logits"], expected, rtol=1e-4, atol=1e-5)
     a = torch.from_numpy(out["activations"]).double().requires_grad_()
-    head(a)[torch.arange(3), torch.from_numpy(out["target"])].sum().backward()
+    head(a)[torch.arange(len(x)), torch.from_numpy(out["target"])].sum().backward()
     assert_gradients_close(out["gradients"], a.grad.numpy())
 
 
@@ -99,6 +99,38 @@ def test_the_embedding_can_be_chosen_too_and_is_then_explained(explain) -> None:
 def test_a_final_activation_is_looked_through_to_its_logits(activation: str, explain) -> None:
     model, torch_stem, head, _ = two_outputs("embedding", "probabilities", activation)
     _, out, x = explain(model, scores="probabilities")
+    check_scores(out, x, torch_stem, head)
+
+
+def one_score_column(activation: str | None):
+    """image → Conv → A → ReLU → GlobalAveragePool → Flatten → Gemm = s [N, 1] (→ ``activation``):
+    a binary classifier, with the torch twin of A → [−s, s]."""
+    net = Net(seed=4)
+    torch_stem = stem(net)
+    pooled = net.op("Flatten", net.op("GlobalAveragePool", net.op("Relu", "A")), axis=1)
+    w, b = net.param([1, 4], 0.7), net.param([1], 0.1)
+    net.op("Gemm", pooled, w, b, transB=1, out="score" if activation is None else "score_inside")
+    if activation is not None:
+        net.op(activation, "score_inside", out="score")
+
+    def head(a: torch.Tensor) -> torch.Tensor:
+        s = torch.relu(a).mean((2, 3)) @ w.t.T + b.t
+        return torch.cat([-s, s], 1)
+
+    return net.model(["score"]), torch_stem, head
+
+
+@pytest.mark.parametrize("activation", [None, "Sigmoid"])
+def test_one_score_column_explains_class_1_as_the_logit_and_class_0_as_its_negation(
+        activation: str | None, export_model) -> None:
+    model, torch_stem, head = one_score_column(activation)
+    graph = export_model(model)
+    x = np.random.default_rng(1).standard_normal((4, 3, 6, 7)).astype(np.float32)
+    out = run(graph, {"image": x, "class_index": np.array([1, 0, -1, -1], np.int64), **head_feed(graph)})
+    assert out["logits"].shape == (4, 2) and out["head_logits"].shape == (1, 2)
+    np.testing.assert_allclose(out["logits"][:, 0], -out["logits"][:, 1])
+    assert list(out["target"][:2]) == [1, 0]
+    assert list(out["target"][2:]) == list((out["logits"][2:, 1] > 0).astype(int))
     check_scores(out, x, torch_stem, head)
 
 

@@ -26,26 +26,15 @@ import pytest
 torch = pytest.importorskip("torch")
 torchvision = pytest.importorskip("torchvision")
 
+from zoo import CNNS  # noqa: E402
+
 from onnxcam.exporter.explain_graph import GraphSpec, build_explanation_graph  # noqa: E402
 from onnxcam.exporter.onnx_source import load_classifier  # noqa: E402
 from onnxcam.exporter.torch_export import export_with_targets, target_output_name  # noqa: E402
 from onnxcam.exporter.verify import compare, run_graph, torch_reference  # noqa: E402
 
-# name, input size, default target, a deeper target inside the backbone
-ZOO = [
-    ("resnet18", 224, "layer4", "layer3"),
-    ("resnet50", 224, "layer4", "layer4.0"),
-    ("vgg16", 224, "features.30", "features.24"),
-    ("vgg16_bn", 224, "features.43", "features.33"),
-    ("densenet121", 224, "features", "features.denseblock3"),
-    ("mobilenet_v2", 224, "features", "features.14"),
-    ("mobilenet_v3_large", 224, "features", "features.12"),
-    ("efficientnet_b0", 224, "features", "features.5"),
-    ("convnext_tiny", 224, "features", "features.5"),
-    ("regnet_y_400mf", 224, "trunk_output", "trunk_output.block3"),
-    ("squeezenet1_1", 224, "features", "features.9"),
-    ("inception_v3", 299, "Mixed_7c", "Mixed_7b"),
-]
+# name, input size, default target, a deeper target inside the backbone (tests/zoo.py)
+ZOO = [(source.split(":", 1)[1], size, default[0], others[0][0]) for source, size, default, others, _ in CNNS]
 
 
 def calibrate_batchnorm(model: torch.nn.Module, size: int, seed: int = 1) -> None:

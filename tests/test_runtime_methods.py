@@ -219,7 +219,8 @@ def test_ablation_weights_on_hand_made_numbers():
 
     v = np.array([[2.0, 1.0], [0.0, 3.0]], np.float32)     # [classes, channels]
 
-    def head(acts: np.ndarray) -> np.ndarray:
+    def head(acts: np.ndarray, image: int = 0) -> np.ndarray:
+        assert image == 0                                   # rows of image 0 only
         return acts.mean(axis=(2, 3)) @ v.T
 
     means = A_HAND.mean(axis=(2, 3))[0]                     # (2.5, 0.5)

@@ -40,6 +40,7 @@ def _load_rule_modules() -> None:
         linear,
         normalization,
         pooling,
+        quantization,
         resampling,
         shape,
     )

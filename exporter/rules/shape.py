@@ -21,9 +21,10 @@ def identity(b: GraphBuilder, node: ir.Node, dys: Grads, needs: Sequence[bool]) 
 
 @rule("Cast", piecewise_linear=True)
 def cast(b: GraphBuilder, node: ir.Node, dys: Grads, needs: Sequence[bool]) -> Grads:
-    """y = cast(x):  dx = cast(dy) back to x's float type."""
+    """y = cast(x):  dx = cast(dy) back to x's float type (an integer x, the output of a
+    quantized operator, keeps dy's float type: see ``rules.quantization``)."""
     x = node.inputs[0]
-    if b.dtype(x) == b.dtype(node.outputs[0]):
+    if b.dtype(x) == b.dtype(node.outputs[0]) or not np.issubdtype(b.dtype(x), np.floating):
         return [dys[0]]
     return [b.op("Cast", dys[0], to=ir.DataType.from_numpy(b.dtype(x)))]
 
@@ -48,7 +49,7 @@ def concat(b: GraphBuilder, node: ir.Node, dys: Grads, needs: Sequence[bool]) ->
     """y = concat(x_1 … x_n, axis):  dx_i = the i-th piece of split(dy, sizes, axis)."""
     rank = b.rank(node.outputs[0])
     axis = node.attributes.get_int("axis") % rank
-    b.check_batch_axis([axis], node)
+    b.check_batch_axis([axis], node, node.outputs[0])
     sizes = [b.static_shape(x)[axis] for x in node.inputs]
     return b.split_sizes(dys[0], axis, sizes)
 
