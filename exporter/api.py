@@ -47,6 +47,7 @@ class _Prepared:
     spec: GraphSpec
     verify: Callable[[onnx.ModelProto], object] | None = None
     notes: tuple[str, ...] = ()   # logged once the graph is built
+    torch_source: bool = False    # errors name modules, not exported tensors
 
 
 def _is_onnx_path(source: object) -> bool:
@@ -160,9 +161,7 @@ def _explain(prepared: _Prepared, heatmap: str | None, raw_input: bool) -> onnx.
     try:
         apply_passes(model, explanation_passes(spec, classifier.facts, heatmap))
     except UnsupportedOperator as exc:
-        working = working_candidates(classifier)
-        hint = f"; target layers that would work: {', '.join(working)}" if working else ""
-        raise ExportError(f"{exc}{hint}") from None
+        raise ExportError(_unsupported_message(exc, classifier, prepared.torch_source)) from None
     if prepared.verify is not None and raw_input:
         prepared.verify(ir.to_proto(model))
     if raw_input:
@@ -175,6 +174,24 @@ def _explain(prepared: _Prepared, heatmap: str | None, raw_input: bool) -> onnx.
     for note in prepared.notes:
         log.info(note)
     return proto
+
+
+def _unsupported_message(exc: UnsupportedOperator, classifier: Classifier, torch_source: bool) -> str:
+    """What has no rule and which targets would work: tensor names for an ONNX source, module
+    names (the modules that make those tensors) for a torch source."""
+    working = working_candidates(classifier, limit=8, avoid=exc.node)
+    if not torch_source:
+        hint = f"; target layers that would work: {', '.join(working[:3])}" if working else ""
+        return f"{exc}{hint}"
+    from onnxcam.exporter.torch_export import module_of
+
+    producers = {o.name: node for node in classifier.model.graph for o in node.outputs}
+    modules = list(dict.fromkeys(m for name in working if (m := module_of(producers[name]))))[:3]
+    where = module_of(exc.node)
+    node = f"operator {exc.node.op_type} in module '{where}'" if where else \
+        f"operator {exc.node.op_type} (node '{exc.node.name}')"
+    hint = f"; target layers that would work: {', '.join(modules)}" if modules else ""
+    return f"{node} {exc.reason}{hint}"
 
 
 def _from_onnx(source: str, target_layer: str | None, shape: tuple[int, ...] | None, options: dict) -> _Prepared:
@@ -220,4 +237,4 @@ def _from_torch(source: str | nn.Module, target_layer: str | None, weights: str 
         report = verify_against_torch(proto, loaded.module, target, call.index, input_size, scores=options["scores"])
         log.info("verified against torch.autograd: %s", report)
 
-    return _Prepared(classifier, spec, check if verify else None)
+    return _Prepared(classifier, spec, check if verify else None, torch_source=True)

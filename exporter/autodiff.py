@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import onnx_ir as ir
 from onnxcam.exporter.builder import GraphBuilder
-from onnxcam.exporter.errors import ExportError
+from onnxcam.exporter.errors import ExportError, UnsupportedOperator  # noqa: F401 (re-exported)
 from onnxcam.exporter.probe import TensorFacts
 from onnxcam.exporter.rules import PIECEWISE_LINEAR, RULES, Rule
 
@@ -26,14 +26,6 @@ NON_DIFFERENTIABLE = {
 
 #: operators linear in each operand separately (the operands multiplied: Gemm's C and Conv's bias are added)
 _PRODUCTS = {"Mul": 2, "MatMul": 2, "Gemm": 2, "Conv": 2, "ConvTranspose": 2, "Einsum": None}
-
-
-class UnsupportedOperator(ExportError):
-    """An operator on the path from the target to the scores has no gradient rule."""
-
-    def __init__(self, node: ir.Node) -> None:
-        self.node = node
-        super().__init__(f"operator {node.op_type} (node '{node.name}') has no gradient rule")
 
 
 @dataclass

@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 import onnx_ir as ir
 from onnx_ir import tape
-from onnxcam.exporter.errors import ExportError
+from onnxcam.exporter.errors import ExportError, UnsupportedOperator
 from onnxcam.exporter.probe import TensorFacts
 
 _NUMPY_TO_ONNX = {
@@ -156,6 +156,5 @@ class GraphBuilder:
         value = node.inputs[0] if value is None else value
         rank = len(self.facts.shape(value.name))
         if set(self.facts.axes_with_batch(value.name)) & {int(a) % rank for a in axes}:
-            raise ExportError(
-                f"{node.op_type} node '{node.name}' works along the batch axis; export with a fixed batch"
-            )
+            raise UnsupportedOperator(node, "works along the batch axis (it mixes the images of a batch), which "
+                                            "the reverse pass cannot follow while the batch size may change")

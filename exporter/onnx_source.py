@@ -110,14 +110,15 @@ def spatial_candidates(classifier: Classifier) -> list[str]:
     return [v.name for v in reversed(order) if is_spatial_map(v, classifier.facts, hw)]
 
 
-def working_candidates(classifier: Classifier, limit: int = 3) -> list[str]:
-    """Spatial maps whose path to the scores only has operators with gradient rules."""
+def working_candidates(classifier: Classifier, limit: int = 3, avoid: ir.Node | None = None) -> list[str]:
+    """Spatial maps whose path to the scores only has operators with gradient rules (and not
+    the node ``avoid``, whose rule failed)."""
     graph = classifier.model.graph
     values = values_by_name(graph)
     found = []
     for name in spatial_candidates(classifier):
         path = find_path(graph, classifier.facts, values[name], values[classifier.logits])
-        if not unsupported_nodes(path):
+        if not unsupported_nodes(path) and avoid not in path.nodes:
             found.append(name)
         if len(found) == limit:
             break

@@ -6,6 +6,7 @@ dynamo exporter is tried first (dynamic batch axis), the TorchScript exporter se
 """
 from __future__ import annotations
 
+import ast
 import contextlib
 import io
 import logging
@@ -119,6 +120,21 @@ def count_calls(model: nn.Module, target: nn.Module, example: torch.Tensor) -> i
     finally:
         handle.remove()
     return len(calls)
+
+
+def module_of(node: ir.Node) -> str | None:
+    """The module (as in the source's ``named_modules()``) whose forward pass made ``node``,
+    read off the dynamo exporter's ``pkg.torch.onnx.name_scopes``; None when not recorded
+    ("" is the whole model)."""
+    scopes = node.metadata_props.get("pkg.torch.onnx.name_scopes")
+    try:
+        names = ast.literal_eval(scopes) if scopes else None
+    except (ValueError, SyntaxError):
+        return None
+    if not isinstance(names, list) or len(names) < 3:  # ['', 'model', ..., the fx node's own name]
+        return None
+    module = str(names[-2])
+    return "" if module == "model" else module.removeprefix("model.")
 
 
 def target_output_name(i: int) -> str:

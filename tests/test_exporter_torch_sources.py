@@ -103,3 +103,64 @@ def test_torch_source_errors_are_one_line(tmp_path: Path, args: list[str], needl
     lines = [line for line in result.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and lines[0].startswith("error:") and needle in lines[0], result.stderr
     assert not (tmp_path / "x.cam.onnx").exists()
+
+
+COS_NET = textwrap.dedent("""
+    import torch
+    from torch import nn
+
+    class Wave(nn.Module):
+        def forward(self, x):
+            return torch.cos(x)
+
+    class CosNet(nn.Module):
+        '''conv → cos (no gradient rule) → conv → relu → mean → linear'''
+        def __init__(self):
+            super().__init__()
+            self.stem = nn.Conv2d(3, 8, 3, padding=1)
+            self.wave = Wave()
+            self.block = nn.Sequential(nn.Conv2d(8, 8, 3, padding=1), nn.ReLU())
+            self.fc = nn.Linear(8, 5)
+
+        def forward(self, x):
+            return self.fc(self.block(self.wave(self.stem(x))).mean((2, 3)))
+
+    def build():
+        torch.manual_seed(0)
+        return CosNet()
+""")
+
+
+def test_operator_without_rule_is_named_by_its_module_with_module_targets_that_work(tmp_path: Path,
+                                                                                   monkeypatch) -> None:
+    source = callable_source(tmp_path, monkeypatch, "cos_net", COS_NET)
+    from onnxcam.exporter import ExportError, export
+
+    with pytest.raises(ExportError) as err:
+        export(source, "stem", input_shape=(3, 16, 16))
+    message = str(err.value)
+    assert "operator Cos in module 'wave' has no gradient rule" in message
+    suggested = [s.strip() for s in message.split("target layers that would work:")[1].split(",")]
+    import cos_net
+
+    modules = dict(cos_net.build().named_modules())
+    assert suggested and all(s in modules for s in suggested) and "stem" not in suggested
+    for target in suggested:  # the suggestions really work
+        export(source, target, input_shape=(3, 16, 16), verify=True)
+
+
+BATCH_NET = COS_NET.replace("return torch.cos(x)", "return x - x.mean(0, keepdim=True)  # mixes the images")
+
+
+def test_operator_across_the_batch_is_named_with_targets_after_it(tmp_path: Path, monkeypatch) -> None:
+    source = callable_source(tmp_path, monkeypatch, "batch_net", BATCH_NET)
+    from onnxcam.exporter import ExportError, export
+
+    with pytest.raises(ExportError) as err:
+        export(source, "stem", input_shape=(3, 16, 16))
+    message = str(err.value)
+    assert "operator ReduceMean in module 'wave' works along the batch axis" in message
+    suggested = [s.strip() for s in message.split("target layers that would work:")[1].split(",")]
+    assert suggested and "stem" not in suggested
+    for target in suggested:
+        export(source, target, input_shape=(3, 16, 16), verify=True)
