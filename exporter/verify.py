@@ -6,7 +6,7 @@ explained class score, taken by torch at the graph's own activations (see ``torc
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import onnx
@@ -16,6 +16,32 @@ from onnxcam.exporter.errors import ExportError
 from onnxcam.exporter.torch_export import score_selector
 from onnxcam.models.contract import GraphMetadata, Key, TargetLayout
 from torch import nn
+from torch.overrides import TorchFunctionMode
+
+#: the final activations the exporter looks through to the logits (see ``exporter.scores``)
+_SCORE_ACTIVATIONS = {torch.sigmoid, torch.Tensor.sigmoid, nn.functional.sigmoid, torch.softmax,
+                      torch.Tensor.softmax, nn.functional.softmax, torch.log_softmax, torch.Tensor.log_softmax,
+                      nn.functional.log_softmax}
+
+
+@dataclass
+class _ActivationInputs(TorchFunctionMode):
+    """Records (input, output) of every Sigmoid / Softmax / LogSoftmax call during a forward pass."""
+
+    calls: list = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        super().__init__()
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):  # noqa: ANN001, ANN204
+        out = func(*args, **(kwargs or {}))
+        if func in _SCORE_ACTIVATIONS and args:
+            self.calls.append((args[0], out))
+        return out
+
+    def pre_activation(self, scores: torch.Tensor) -> torch.Tensor:
+        """``scores``' input when a recorded activation produced them, else ``scores``."""
+        return next((given for given, made in reversed(self.calls) if made is scores), scores)
 
 
 @dataclass
@@ -51,7 +77,8 @@ def torch_reference(model: nn.Module, target: str, call_index: int, x: np.ndarra
     point where the head is differentiated; prefix tokens keep torch's own): comparing with
     another implementation at *its own* A keeps the two on the same side of every ReLU and
     max-pool tie that directly follows A. ``scores`` picks the class scores from a tuple / dict
-    output (see ``score_selector``).
+    output (see ``score_selector``); a final Sigmoid / Softmax / LogSoftmax is looked through, as
+    the exporter does.
     """
     module = dict(model.named_modules())[target]
     dtype = next(model.parameters()).dtype
@@ -71,11 +98,13 @@ def torch_reference(model: nn.Module, target: str, call_index: int, x: np.ndarra
         return downstream if isinstance(output, torch.Tensor) else (downstream, *output[1:])
 
     handle = module.register_forward_hook(replace_output)
+    activations_seen = _ActivationInputs()
     try:
-        output = model(torch.from_numpy(x).to(dtype))
+        with activations_seen:
+            output = model(torch.from_numpy(x).to(dtype))
     finally:
         handle.remove()
-    logits = score_selector(output, scores)(output)
+    logits = activations_seen.pre_activation(score_selector(output, scores)(output))
     if logits.shape[1] == 1:  # a binary classifier: class 0 is the negated logit (see ``scores``)
         logits = torch.cat([-logits, logits], 1)
     chosen = torch.where(torch.from_numpy(class_index) < 0, logits.argmax(1), torch.from_numpy(class_index))

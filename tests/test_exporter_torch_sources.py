@@ -164,3 +164,25 @@ def test_operator_across_the_batch_is_named_with_targets_after_it(tmp_path: Path
     assert suggested and "stem" not in suggested
     for target in suggested:
         export(source, target, input_shape=(3, 16, 16), verify=True)
+
+
+@pytest.mark.parametrize("activation", ["torch.sigmoid(s)", "torch.softmax(s, 1)", "s.log_softmax(1)"])
+def test_a_final_activation_is_looked_through_and_verified(activation: str, tmp_path: Path, monkeypatch) -> None:
+    """A multi-label (Sigmoid) or Softmax head: the graph's logits are the pre-activation scores
+    and --verify compares them with torch's pre-activation scores."""
+    code = COS_NET.replace("return torch.cos(x)", "return x").replace(
+        "return self.fc(self.block(self.wave(self.stem(x))).mean((2, 3)))",
+        f"s = self.fc(self.block(self.wave(self.stem(x))).mean((2, 3)))\n        return {activation}")
+    name = "head_net_" + "".join(c for c in activation if c.isalpha())
+    source = callable_source(tmp_path, monkeypatch, name, code)
+    from onnxcam.exporter import export
+
+    graph = export(source, "block", input_shape=(3, 16, 16), verify=True)
+    module = __import__(source.split(":")[0])
+    net = module.build().eval()
+    x = np.random.default_rng(0).standard_normal((2, 3, 16, 16)).astype(np.float32)
+    session = ort.InferenceSession(graph.SerializeToString(), providers=["CPUExecutionProvider"])
+    logits = session.run(["logits"], {"input": x, "class_index": np.array([-1, 3])})[0]
+    with torch.no_grad():
+        expected = net.fc(net.block(net.stem(torch.from_numpy(x))).mean((2, 3))).numpy()
+    np.testing.assert_allclose(logits, expected, rtol=1e-4, atol=1e-5)
