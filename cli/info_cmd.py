@@ -32,6 +32,8 @@ def describe(explainer: Any) -> dict[str, Any]:
         "num_classes": info.num_classes,
         "labels": None if info.labels is None else len(info.labels),
         "head_piecewise_linear": info.piecewise_linear,
+        "target_layout": info.metadata.target_layout.to_dict(),
+        "gradients_straight_through": info.metadata.straight_through,
         "ablationcam_head": info.head_input is not None,
         "head_input": info.head_input,
         "methods": list(explainer.available_methods),
@@ -42,6 +44,13 @@ def describe(explainer: Any) -> dict[str, Any]:
         "providers": list(explainer.providers),
         "producer": info.producer or None,
     }
+
+
+def _layout_text(layout: dict[str, Any]) -> str:
+    if layout["layout"] == "tokens":
+        h, w = layout["grid"]
+        return f"tokens: {layout['prefix']} prefix + {h}x{w} grid → activations NCHW"
+    return layout["layout"] + ("" if layout["layout"] == "NCHW" else " → activations NCHW")
 
 
 def _text(d: dict[str, Any]) -> str:
@@ -81,6 +90,8 @@ def _text(d: dict[str, Any]) -> str:
         f"input gradients:   {passes or 'none'}",
         f"classes:           {d['num_classes'] if d['num_classes'] is not None else '?'}; labels: {labels}",
         f"piecewise linear:  {flag_text}",
+        f"target layout:     {_layout_text(d['target_layout'])}",
+        f"gradients:         {'straight-through (the head quantizes)' if d['gradients_straight_through'] else 'exact'}",
         f"ablationcam head:  {head_text}",
         f"methods:           {', '.join(d['methods'])}",
         f"providers:         {', '.join(d['providers'])}",

@@ -156,11 +156,14 @@ class TargetLayout:
         patches = channels_last.reshape(len(grid), -1, grid.shape[1])
         return np.concatenate([like[:, :self.prefix, :].astype(grid.dtype), patches], axis=1)
 
-    def to_json(self) -> str:
+    def to_dict(self) -> dict[str, Any]:
         body: dict[str, Any] = {"layout": self.layout}
         if self.layout == "tokens":
             body.update(prefix=self.prefix, grid=list(self.grid))
-        return json.dumps(body)
+        return body
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict())
 
     @classmethod
     def from_json(cls, text: str) -> TargetLayout:

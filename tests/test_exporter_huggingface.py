@@ -41,6 +41,9 @@ def test_exported_verified_and_explained(name: str, target: str, layout: str, tm
     assert list(meta.labels) == list(hf_models.LABELS.values())
     assert meta.preprocess.size == (96, 96)
 
+    shown = CliRunner().invoke(main, ["info", str(out)])
+    assert shown.exit_code == 0 and f"target layout:     {layout}" in shown.output, shown.output
+
     photo = tmp_path / "photo.png"
     Image.fromarray(np.random.default_rng(0).integers(0, 255, (120, 150, 3), dtype=np.uint8)).save(photo)
     explained = CliRunner().invoke(main, ["explain", str(out), str(photo), "--out", str(tmp_path / "maps"),

@@ -13,6 +13,7 @@ at the graph's own activations.
 """
 from __future__ import annotations
 
+import json
 from collections import Counter
 from pathlib import Path
 
@@ -24,9 +25,11 @@ onnx = pytest.importorskip("onnx")
 quantization = pytest.importorskip("onnxruntime.quantization")
 
 import onnxruntime as ort  # noqa: E402
+from click.testing import CliRunner  # noqa: E402
 from torch import nn  # noqa: E402
 
 from exporter_helpers import assert_gradients_close  # noqa: E402
+from onnxcam.cli.main import main  # noqa: E402
 from onnxcam.exporter import export  # noqa: E402
 from onnxcam.models.contract import GraphMetadata  # noqa: E402
 from quantized_reference import head_scores, quantizer_outputs  # noqa: E402
@@ -160,6 +163,12 @@ def test_gradients_are_straight_through(kind: str, where: str, tmp_path: Path) -
     target = _early_target(onnx.load(str(path))) if where == "early" else None
     meta = _check(path, target, 16, exact=True)
     assert meta.straight_through or where == "default"  # the default target may have no quantizer after it
+    if where == "early":  # `onnxcam info` says so
+        graph = tmp_path / "model.cam.onnx"
+        onnx.save(export(str(path), target, mean=[0, 0, 0], std=[1, 1, 1]), str(graph))
+        shown = CliRunner().invoke(main, ["info", str(graph), "--json"])
+        assert shown.exit_code == 0, shown.output
+        assert json.loads(shown.output)["gradients_straight_through"] is True
 
 
 @pytest.mark.parametrize("kind", ["static-s8", "static-u8", "dynamic"])

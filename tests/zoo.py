@@ -52,6 +52,8 @@ OTHERS = [  # family, example, default target, how it is checked
      "last dequantized map", "straight-through gradients = torch (test_exporter_quantized.py)"),
     ("int8 dynamic (`quantize_dynamic`: ConvInteger, MatMulInteger)", "resnet18", "last map",
      "straight-through gradients = torch (test_exporter_quantized.py)"),
+    ("fp16 (onnxconverter-common, fp16 input or fp16 inside)", "resnet18", "the target given",
+     "gradients within 1e-2 of float64 autograd, float32 outputs (test_exporter_fp16.py)"),
     ("ONNX from other frameworks", "CNTK MNIST, TFLite-converted MobileNets (fp16 weights, opset 8)",
      "last spatial map", "finite differences (test_exporter_onnx_fixtures.py)"),
     ("binary `[N, 1]` and Sigmoid multi-label heads", "hand-made", "the target given",
