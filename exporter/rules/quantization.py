@@ -7,10 +7,10 @@ its gradient as a float tensor:
 - QuantizeLinear  q = clip(round(x / s) + z, q_min, q_max):  ∂q/∂x = 1/s where q lies strictly
   between q_min and q_max, 0 at the bounds, which clipped values take (the backward of torch's
   ``fake_quantize_per_tensor_affine`` except at values that round exactly onto a bound;
-  per channel along ``axis`` too). The mask is read off q through a DequantizeLinear, never off
-  x: a reader of x (the output of the operator inside a DequantizeLinear → op → QuantizeLinear
-  group) or a non-DequantizeLinear reader of q would stop onnxruntime from fusing that group
-  into one integer kernel (see ``exporter.qdq_groups`` for the DequantizeLinear side);
+  per channel along ``axis`` too). The mask is read off q through a DequantizeLinear of q, never
+  off x: x is the output of the operator inside a DequantizeLinear → op → QuantizeLinear group,
+  and onnxruntime fuses a group into one integer kernel only while nothing else reads it (see
+  ``exporter.qdq_groups`` for the DequantizeLinear side and for int8 activations);
 - DequantizeLinear  y = (q − z)·s:  ∂y/∂q = s, so a Q → DQ pair passes dy where x is not clipped;
 - DynamicQuantizeLinear (s and z from x's own range, which never clips):  ∂q/∂x = 1/s, with s and
   z held constant (``autodiff`` does not differentiate them);
