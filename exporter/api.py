@@ -179,9 +179,9 @@ def _explain(prepared: _Prepared, heatmap: str | None, raw_input: bool) -> onnx.
 def _unsupported_message(exc: UnsupportedOperator, classifier: Classifier, torch_source: bool) -> str:
     """What has no rule and which targets would work: tensor names for an ONNX source, module
     names (the modules that make those tensors) for a torch source."""
-    working = working_candidates(classifier, limit=8, avoid=exc.node)
+    working = working_candidates(classifier, limit=8 if torch_source else 3, avoid=exc.node)
     if not torch_source:
-        hint = f"; target layers that would work: {', '.join(working[:3])}" if working else ""
+        hint = f"; target layers that would work: {', '.join(working)}" if working else ""
         return f"{exc}{hint}"
     from onnxcam.exporter.torch_export import module_of
 

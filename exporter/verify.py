@@ -6,7 +6,7 @@ explained class score, taken by torch at the graph's own activations (see ``torc
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 import onnx
@@ -24,14 +24,12 @@ _SCORE_ACTIVATIONS = {torch.sigmoid, torch.Tensor.sigmoid, nn.functional.sigmoid
                       nn.functional.log_softmax}
 
 
-@dataclass
 class _ActivationInputs(TorchFunctionMode):
     """Records (input, output) of every Sigmoid / Softmax / LogSoftmax call during a forward pass."""
 
-    calls: list = field(default_factory=list)
-
-    def __post_init__(self) -> None:
+    def __init__(self) -> None:
         super().__init__()
+        self.calls: list[tuple[torch.Tensor, torch.Tensor]] = []
 
     def __torch_function__(self, func, types, args=(), kwargs=None):  # noqa: ANN001, ANN204
         out = func(*args, **(kwargs or {}))

@@ -14,6 +14,7 @@ pytest.importorskip("transformers")
 onnx = pytest.importorskip("onnx")
 
 import hf_models  # noqa: E402
+from cli_helpers import explained_overlay_sizes  # noqa: E402
 from click.testing import CliRunner  # noqa: E402
 from PIL import Image  # noqa: E402
 
@@ -46,12 +47,7 @@ def test_exported_verified_and_explained(name: str, target: str, layout: str, tm
 
     photo = tmp_path / "photo.png"
     Image.fromarray(np.random.default_rng(0).integers(0, 255, (120, 150, 3), dtype=np.uint8)).save(photo)
-    explained = CliRunner().invoke(main, ["explain", str(out), str(photo), "--out", str(tmp_path / "maps"),
-                                          "--method", "gradcam", "--method", "ablationcam"])
-    assert explained.exit_code == 0, explained.output
-    for method in ("gradcam", "ablationcam"):
-        with Image.open(tmp_path / "maps" / f"photo.{method}.png") as im:
-            assert im.size == (150, 120)
+    assert explained_overlay_sizes(out, photo, ("gradcam", "ablationcam"), tmp_path / "maps") == [(150, 120)] * 2
     explainer = Explainer(out)
     heatmap = explainer.explain(str(photo), "gradcam").heatmaps[0]
     assert heatmap.shape == (96, 96) and np.isfinite(heatmap).all() and heatmap.max() > 0
