@@ -1,14 +1,14 @@
 """Cost of an explanation: explanation-graph latency ÷ plain ONNX inference latency.
 
 Rows: ResNet-50 (torchvision) at ``layer4``; the same network quantized by onnxruntime
-(``quantize_static`` QDQ with int8 and with uint8 activations, ``quantize_dynamic``) at the
+(``quantize_static`` QDQ with int8 and with uint8 activations, QOperator, ``quantize_dynamic``) at the
 exporter's default target, each against the quantized model itself; and a ViT (timm
 ``vit_small_patch16_224``) at ``blocks.11.norm1``. Seeded random weights (latency does not
 depend on the values), onnxruntime CPU with a fixed thread count, batch 1 and 8, the best of three
 medians of ``--runs`` timed runs after warm-up, the two sessions interleaved so that machine noise
 hits both alike. Prints a Markdown table. Goals: float ≤ 1.2×, int8 ≤ 1.1×, ViT ≤ 1.05×.
 
-    python benchmarks/overhead.py [--threads 2] [--runs 15] [--rows resnet50,int8,uint8,dynamic,vit]
+    python benchmarks/overhead.py [--threads 2] [--runs 15] [--rows resnet50,int8,uint8,qoperator,dynamic,vit]
 """
 from __future__ import annotations
 
@@ -33,7 +33,7 @@ from onnxcam.exporter.onnx_source import load_classifier
 from onnxcam.exporter.torch_export import TARGET, export_with_target
 
 EXPLANATION_OUTPUTS = ["logits", "target", "activations", "gradients", "gradients_pow2", "gradients_pow3"]
-ROWS = ("resnet50", "int8", "uint8", "dynamic", "vit")
+ROWS = ("resnet50", "int8", "uint8", "qoperator", "dynamic", "vit")
 
 
 def median_latency(run, runs: int, warmup: int = 3) -> float:
@@ -71,10 +71,14 @@ def _quantized_pair(kind: str, workdir: Path) -> tuple[onnx.ModelProto, onnx.Mod
     if kind == "dynamic":
         quantization.quantize_dynamic(str(source), str(out), weight_type=quantization.QuantType.QInt8)
     else:
-        activations = quantization.QuantType.QUInt8 if kind == "uint8" else quantization.QuantType.QInt8
-        quantization.quantize_static(str(source), str(out), _Calibration("input"),
-                                     quant_format=quantization.QuantFormat.QDQ, per_channel=True,
-                                     activation_type=activations)
+        activations = quantization.QuantType.QInt8 if kind == "int8" else quantization.QuantType.QUInt8
+        form = quantization.QuantFormat.QOperator if kind == "qoperator" else quantization.QuantFormat.QDQ
+        if kind == "qoperator":  # its quantizer needs the shapes inferred
+            from onnxruntime.quantization.shape_inference import quant_pre_process
+
+            quant_pre_process(str(source), str(source))
+        quantization.quantize_static(str(source), str(out), _Calibration("input"), quant_format=form,
+                                     per_channel=True, activation_type=activations)
     return onnx.load(str(out)), export(str(out), mean=[0, 0, 0], std=[1, 1, 1])
 
 
@@ -90,7 +94,8 @@ def _pairs(rows: list[str]) -> Iterator[tuple[str, onnx.ModelProto, onnx.ModelPr
                 net = timm.create_model("vit_small_patch16_224", pretrained=False)
                 yield "vit_small_patch16_224 @ blocks.11.norm1", *_torch_pair(net, "blocks.11.norm1")
             else:
-                label = {"int8": "QDQ int8", "uint8": "QDQ uint8", "dynamic": "dynamic int8"}[row]
+                label = {"int8": "QDQ int8", "uint8": "QDQ uint8", "qoperator": "QOperator uint8",
+                         "dynamic": "dynamic int8"}[row]
                 yield f"resnet50 {label} @ default target", *_quantized_pair(row, Path(tmp))
 
 

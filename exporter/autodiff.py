@@ -14,7 +14,8 @@ import onnx_ir as ir
 from onnxcam.exporter.builder import GraphBuilder
 from onnxcam.exporter.errors import ExportError, UnsupportedOperator  # noqa: F401 (re-exported)
 from onnxcam.exporter.probe import TensorFacts
-from onnxcam.exporter.rules import PIECEWISE_LINEAR, RULES, Rule
+from onnxcam.exporter.rules import PIECEWISE_LINEAR, RULES, Rule, rule_key
+from onnxcam.exporter.rules.qoperator import OUTPUT_QUANTIZATION, output_quantization
 
 #: operators whose outputs never carry a gradient (integer or boolean results, or shape data)
 NON_DIFFERENTIABLE = {
@@ -37,16 +38,19 @@ class Path:
 
 
 #: operators whose integer outputs stand for real numbers (see ``rules.quantization``)
-QUANTIZED = {"QuantizeLinear", "DynamicQuantizeLinear", "MatMulInteger", "ConvInteger"}
+QUANTIZED = {"DynamicQuantizeLinear", "MatMulInteger", "ConvInteger", *OUTPUT_QUANTIZATION}
 
 
 def _carries_gradient(value: ir.Value, facts: TensorFacts) -> bool:
-    """Float tensors and the integer outputs of quantized operators; not the scale and zero
-    point a DynamicQuantizeLinear computes (constants under the straight-through rule)."""
+    """Float tensors and the integer outputs of quantized operators (also once max-pooled or
+    reshaped); not the scale and zero point a DynamicQuantizeLinear computes (constants under the
+    straight-through rule)."""
     producer = value.producer()
     if producer is not None and producer.op_type == "DynamicQuantizeLinear":
         return value is producer.outputs[0]
-    return facts.is_float(value.name) or (producer is not None and producer.op_type in QUANTIZED)
+    if facts.is_float(value.name) or (producer is not None and producer.op_type in QUANTIZED):
+        return True
+    return producer is not None and value is producer.outputs[0] and output_quantization(value) is not None
 
 
 def is_straight_through(path: Path) -> bool:
@@ -81,7 +85,7 @@ def find_path(graph: ir.Graph, facts: TensorFacts, target: ir.Value, output: ir.
 
 def unsupported_nodes(path: Path) -> list[ir.Node]:
     """Nodes on ``path`` for which no rule exists."""
-    return [n for n in path.nodes if n.op_type not in RULES or n.domain not in ("", "ai.onnx")]
+    return [n for n in path.nodes if rule_key(n) not in RULES]
 
 
 def is_piecewise_linear(path: Path) -> bool:
@@ -98,7 +102,7 @@ def is_piecewise_linear(path: Path) -> bool:
         elif node.op_type == "Div":
             if node.inputs[1] in path.values:
                 return False
-        elif node.op_type not in PIECEWISE_LINEAR:
+        elif rule_key(node) not in PIECEWISE_LINEAR:
             return False
     return True
 
@@ -121,7 +125,7 @@ def differentiate(
         if all(g is None for g in output_grads):
             continue
         needs = [i is not None and i in path.values for i in node.inputs]
-        input_grads = rules[node.op_type](builder, node, output_grads, needs)
+        input_grads = rules[rule_key(node)](builder, node, output_grads, needs)
         for inp, need, grad in zip(node.inputs, needs, input_grads):
             if not need or grad is None:
                 continue

@@ -118,14 +118,14 @@ def raw_map(arrays: OnnxArrays, method: str, A: ir.Value, g: ir.Value, g2: ir.Va
     return FORMULAS[check_method(method)](arrays, *symbols).value
 
 
-def postprocess(ops: OnnxArrays, raw: ir.Value, fmap: tuple[int, int], size: tuple[int, int]) -> ir.Value:
-    """ReLU → min-max → bilinear half-pixel resize to ``size`` (skipped when the sizes agree) →
-    ReLU → min-max."""
+def postprocess(ops: OnnxArrays, raw: ir.Value, fmap: tuple, size: tuple[int, int] | ir.Value) -> ir.Value:
+    """ReLU → min-max → bilinear half-pixel resize to ``size`` (skipped when the sizes agree;
+    a [2] tensor when the image size is only known at run time) → ReLU → min-max."""
     b = ops.b
     cam = ops.minmax(b.op("Relu", raw))
-    if tuple(fmap) != tuple(size):
+    if isinstance(size, ir.Value) or tuple(fmap) != tuple(size):
         batch = b.op("Slice", b.op("Shape", cam), b.ints([0]), b.ints([1]))
-        sizes = b.op("Concat", batch, b.ints(list(size)), axis=0)
+        sizes = b.op("Concat", batch, size if isinstance(size, ir.Value) else b.ints(list(size)), axis=0)
         cam = b.op("Resize", cam, None, None, sizes, mode="linear", coordinate_transformation_mode="half_pixel")
     return ops.minmax(b.op("Relu", cam))
 
@@ -150,14 +150,22 @@ class BakeHeatmapPass(ir.passes.InPlacePass):
             raise ExportError(f"the graph already has a '{HEATMAP}' output")
         A = outputs[ACTIVATIONS]
         dims = list(A.shape) if A.shape is not None else []
-        if len(dims) != 4 or not all(isinstance(d, int) for d in dims[2:]):
-            raise ExportError(f"cannot bake a heatmap: the activations need a static spatial size, got {dims}")
+        if len(dims) != 4:
+            raise ExportError(f"cannot bake a heatmap: the activations are not [N, K, h, w], got {dims}")
         ops = OnnxArrays(GraphBuilder(graph, TensorFacts(), default_opset(model), prefix="onnxcam/heatmap"))
+        image = next(v for v in graph.inputs if v.name == meta.image_input)
+        hw_axes = [1, 2] if meta.preprocess.layout == "NHWC" else [2, 3]
+        image_hw = [image.shape[a] for a in hw_axes] if image.shape is not None else [None, None]
+        if not all(isinstance(d, int) for d in image_hw + dims[2:]):  # any image size: read it at run time
+            size = ops.b.op("Gather", ops.b.op("Shape", image), ops.b.ints(hw_axes), axis=0)
+            image_hw = [d if isinstance(d, int) else str(d) for d in image_hw]
+        else:
+            image_hw = list(size)
         raw = raw_map(ops, self.method, A, outputs[GRADIENTS], outputs.get(GRADIENTS_POW2), outputs.get(GRADIENTS_POW3))
         heatmap = postprocess(ops, raw, (dims[2], dims[3]), size)
         heatmap.name = HEATMAP
         heatmap.type = ir.TensorType(ir.DataType.FLOAT)
-        heatmap.shape = ir.Shape([dims[0], size[0], size[1]])
+        heatmap.shape = ir.Shape([dims[0], *image_hw])
         graph.outputs.append(heatmap)
         model.metadata_props[Key.HEATMAP_METHOD] = self.method
         return ir.passes.PassResult(model, modified=True)

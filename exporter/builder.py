@@ -15,6 +15,7 @@ import onnx_ir as ir
 from onnx_ir import tape
 from onnxcam.exporter.errors import ExportError, UnsupportedOperator
 from onnxcam.exporter.probe import TensorFacts
+from onnxcam.models.errors import param
 
 _NUMPY_TO_ONNX = {
     np.dtype(np.float32): ir.DataType.FLOAT,
@@ -149,6 +150,42 @@ class GraphBuilder:
     def zeros_like(self, value: ir.Value) -> ir.Value:
         dtype = _NUMPY_TO_ONNX.get(self.dtype(value), ir.DataType.FLOAT)
         return self.op("ConstantOfShape", self.shape_of(value), value=ir.tensor(np.zeros(1, dtype.numpy())))
+
+    def check_fixed_size(self, axes: Sequence[int], node: ir.Node, value: ir.Value | None = None,
+                         why: str = "bakes the size of an axis into its gradient") -> None:
+        """Refuse when ``axes`` of ``value`` (the node's first input) follow the image size of a
+        graph exported with a symbolic height and width: the rule ``why``."""
+        value = node.inputs[0] if value is None else value
+        rank = len(self.facts.shape(value.name))
+        if set(self.facts.axes_with_size(value.name)) & {int(a) % rank for a in axes}:
+            raise ExportError(f"{node.op_type} node '{node.name}' needs a fixed image size (it {why}); "
+                              f"export with {param('input_shape', 'C,H,W')}")
+
+    def size_of(self, value: ir.Value, axes: Sequence[int]) -> ir.Value | float:
+        """∏ of the sizes of ``axes`` of ``value``: a number when they are fixed, else a rank-0
+        tensor of ``value``'s float type computed from ``Shape(value)`` at run time."""
+        shape = self.static_shape(value)
+        if not set(self.facts.axes_with_size(value.name)) & set(axes):
+            return float(np.prod([shape[a] for a in axes]))
+        sizes = self.op("Gather", self.shape_of(value), self.ints(list(axes)), axis=0)
+        count = self.reduce("ReduceProd", sizes, [0], keepdims=False)
+        return self.op("Cast", count, to=ir.DataType.from_numpy(self.dtype(value)))
+
+    def divide_by(self, x: ir.Value, count: ir.Value | float, like: ir.Value) -> ir.Value:
+        """x / count (``count`` from :meth:`size_of`)."""
+        if isinstance(count, float):
+            return self.op("Mul", x, self.scalar(1.0 / count, like))
+        return self.op("Div", x, count)
+
+    def fit_to(self, dx: ir.Value, like: ir.Value, axes: Sequence[int]) -> ir.Value:
+        """``dx`` cut or zero-padded at the end of ``axes`` to the run-time size of ``like``
+        there (the last rows of a strided convolution's input that no window reached get 0)."""
+        ends = self.op("Gather", self.shape_of(like), self.ints(list(axes)), axis=0)
+        cut = self.op("Slice", dx, self.ints([0] * len(axes)), ends, self.ints(list(axes)))
+        rank = self.rank(like)
+        missing = self.op("Sub", self.shape_of(like), self.op("Shape", cut))
+        pads = self.op("Concat", self.ints([0] * rank), missing, axis=0)
+        return self.op("Pad", cut, pads)
 
     def check_batch_axis(self, axes: Sequence[int], node: ir.Node, value: ir.Value | None = None) -> None:
         """Refuse to bake the probed batch size: ``axes`` of ``value`` (the node's first input)

@@ -26,6 +26,7 @@ from onnxcam.exporter.head import Head, add_head_path
 from onnxcam.exporter.layout import grid_size, image_size, target_layout, to_nchw
 from onnxcam.exporter.probe import TensorFacts
 from onnxcam.exporter.rules.guided import GUIDED_RULES
+from onnxcam.exporter.rules.qoperator import output_quantization
 from onnxcam.models.contract import (
     ACTIVATIONS,
     CLASS_INPUT,
@@ -123,6 +124,7 @@ class ExplanationGraphPass(ir.passes.InPlacePass):
         logits, target, image = values[spec.logits], resolve_identity(values[spec.target]), values[spec.image_input]
         builder = GraphBuilder(graph, facts, max(17, default_opset(model)))
         batch = self._batch(image)
+        image_dims = [batch, *self._image_dims(image)]
         layout = self._layout(target, image)
         num_classes = facts.shape(logits.name)[1]
 
@@ -144,7 +146,7 @@ class ExplanationGraphPass(ir.passes.InPlacePass):
         _free_reserved_names(values, {image} | ({logits} if logits.name == LOGITS and builder.dtype(logits) == np.float32
                                                 else set()), facts)
         graph.outputs.clear()
-        fmap = [batch, int(self._channels(target, layout)), *grid_size(facts.shape(target.name), layout)]
+        fmap = [batch, int(self._channels(target, layout)), *self._grid_dims(target, layout)]
         _set_output(graph, builder, _as_float32(builder, logits), LOGITS, ir.DataType.FLOAT, [batch, num_classes])
         _set_output(graph, builder, chosen, TARGET, ir.DataType.INT64, [batch])
         gradient_pow2 = builder.op("Mul", gradient, gradient)
@@ -154,7 +156,7 @@ class ExplanationGraphPass(ir.passes.InPlacePass):
         if head is not None:
             _set_output(graph, builder, head.logits, HEAD_OUTPUT, ir.DataType.FLOAT, ["M", num_classes])
         for name, value in input_outputs.items():
-            _set_output(graph, builder, value, name, ir.DataType.FLOAT, [batch, *facts.shape(image.name)[1:]])
+            _set_output(graph, builder, value, name, ir.DataType.FLOAT, image_dims)
         for value in values.values():  # a former output declared without an element type
             if value.type is not None and value.dtype == ir.DataType.UNDEFINED and value not in graph.outputs:
                 value.type = None
@@ -170,6 +172,25 @@ class ExplanationGraphPass(ir.passes.InPlacePass):
             return facts.shape(image.name)[0]
         return declared.value if isinstance(declared, ir.SymbolicDim) and declared.value else "N"
 
+    def _image_dims(self, image: ir.Value) -> list[int | str]:
+        """The image input's dims after the batch: a symbolic height and width kept when the graph
+        runs at any size, else fixed at the probed size (the source bakes it into its arithmetic)."""
+        probed, dims = self.facts.shape(image.name), list(image.shape)
+        for axis in range(1, len(dims)):
+            if isinstance(dims[axis], ir.SymbolicDim):
+                dims[axis] = (dims[axis].value or f"image_{axis}") if self.facts.size_dynamic else probed[axis]
+        image.shape = ir.Shape(dims)
+        return dims[1:]
+
+    def _grid_dims(self, target: ir.Value, layout: TargetLayout) -> list[int | str]:
+        """(h, w) of the NCHW outputs: symbols ``h``/``w`` along the axes that follow the image size."""
+        h, w = grid_size(self.facts.shape(target.name), layout)
+        if layout.layout == "tokens":
+            return [h, w]
+        axes = (2, 3) if layout.layout == "NCHW" else (1, 2)
+        follows = self.facts.axes_with_size(target.name)
+        return ["h" if axes[0] in follows else h, "w" if axes[1] in follows else w]
+
     def _layout(self, target: ir.Value, image: ir.Value) -> TargetLayout:
         """The target's layout (NCHW, NHWC, or tokens of the image's patch grid), or an error."""
         pre = self.spec.preprocess
@@ -180,6 +201,9 @@ class ExplanationGraphPass(ir.passes.InPlacePass):
             raise ExportError(
                 f"target '{self.spec.target_layer}' has shape {list(self.facts.shape(target.name))}; a feature map "
                 f"[N, C, h, w] / [N, h, w, C] or tokens [N, prefix + h·w, D] of the image's patch grid is needed")
+        if layout.layout == "tokens" and self.facts.axes_with_size(target.name):
+            raise ExportError(f"target '{self.spec.target_layer}' is a token tensor whose grid follows the image "
+                              f"size; export with {param('input_shape', 'C,H,W')}")
         return layout
 
     def _channels(self, target: ir.Value, layout: TargetLayout) -> int:
@@ -189,9 +213,15 @@ class ExplanationGraphPass(ir.passes.InPlacePass):
     @staticmethod
     def _feature_outputs(builder: GraphBuilder, target: ir.Value, layout: TargetLayout,
                          gradient: ir.Value) -> tuple[ir.Value, ir.Value]:
-        """(activations, gradients) as float32 NCHW (see ``layout.to_nchw``)."""
+        """(activations, gradients) as float32 NCHW (see ``layout.to_nchw``); a quantized target
+        q (of an operator-oriented quantized model) as the real A = (q − z)·s, ∂S/∂A = (∂S/∂q)/s."""
         activations = target
-        if builder.dtype(target) != np.float32:  # a gradient has its tensor's dtype
+        quantization = output_quantization(target) if np.issubdtype(builder.dtype(target), np.integer) else None
+        if quantization is not None:
+            scale, zero = quantization
+            activations = builder.op("DequantizeLinear", target, scale, *([zero] if zero is not None else []))
+            gradient = builder.op("Div", gradient, scale)
+        elif builder.dtype(target) != np.float32:  # a gradient has its tensor's dtype
             activations = builder.op("Cast", target, to=ir.DataType.FLOAT)
             gradient = builder.op("Cast", gradient, to=ir.DataType.FLOAT)
         return to_nchw(builder, activations, layout), to_nchw(builder, gradient, layout)

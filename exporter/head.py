@@ -27,6 +27,7 @@ from onnx_ir import tape
 from onnxcam.exporter.builder import GraphBuilder
 from onnxcam.exporter.layout import TargetLayout, grid_size, prefix_tokens
 from onnxcam.exporter.probe import TensorFacts
+from onnxcam.exporter.rules.qoperator import output_quantization
 from onnxcam.models.contract import HEAD_IMAGE_INDEX, HEAD_INPUT
 
 
@@ -67,7 +68,11 @@ def _head_start(builder: GraphBuilder, head_input: ir.Value, target: ir.Value, l
     """``head_activations`` [M, K, h, w] in the target's own dtype and layout (main graph: with
     M = 0 these nodes cost nothing)."""
     start = head_input
-    if builder.dtype(target) != np.float32:
+    quantization = output_quantization(target) if np.issubdtype(builder.dtype(target), np.integer) else None
+    if quantization is not None:  # the real activations back to the target's levels
+        scale, zero = quantization
+        start = builder.op("QuantizeLinear", start, scale, *([zero] if zero is not None else []))
+    elif builder.dtype(target) != np.float32:
         start = builder.op("Cast", start, to=ir.DataType.from_numpy(builder.dtype(target)))
     if layout.layout == "NCHW":
         return start
@@ -132,7 +137,10 @@ def add_head_path(builder: GraphBuilder, graph: ir.Graph, facts: TensorFacts, im
     shape = facts.shape(target.name)
     k = shape[2] if layout.layout == "tokens" else shape[1] if layout.layout == "NCHW" else shape[3]
     h, w = grid_size(shape, layout)
-    head_input = _overridable_input(graph, HEAD_INPUT, np.zeros((0, k, h, w), np.float32), ["M", k, h, w])
+    follows = facts.axes_with_size(target.name)  # an NCHW / NHWC grid that follows the image size
+    axes = (2, 3) if layout.layout == "NCHW" else (1, 2)
+    dims = ["M", k, "h" if axes[0] in follows else h, "w" if axes[1] in follows else w]
+    head_input = _overridable_input(graph, HEAD_INPUT, np.zeros((0, k, h, w), np.float32), dims)
     rows = None
     if path.context or layout.prefix:
         rows = _image_rows(builder, _overridable_input(graph, HEAD_IMAGE_INDEX, np.zeros(0, np.int64), ["M"]),
@@ -148,7 +156,8 @@ def add_head_path(builder: GraphBuilder, graph: ir.Graph, facts: TensorFacts, im
                 copies[i] = branch.op("Constant", [], {"value": i.const_value})    # inference needs them
         inputs = [copies.get(i, i) if i is not None else None for i in node.inputs]
         attributes = {name: attr.value for name, attr in node.attributes.items()}
-        outputs = branch.op_multi_out(node.op_type, inputs, attributes, num_outputs=len(node.outputs))
+        outputs = branch.op_multi_out(node.op_type, inputs, attributes, domain=node.domain,
+                                      num_outputs=len(node.outputs))
         for original, copy in zip(node.outputs, outputs):  # element types for the checker's inference
             if original.name in facts.dtypes:
                 copy.type = ir.TensorType(ir.DataType.from_numpy(facts.dtypes[original.name]))

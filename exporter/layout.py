@@ -13,17 +13,19 @@ import onnx_ir as ir
 
 from onnxcam.exporter.builder import GraphBuilder
 from onnxcam.exporter.probe import TensorFacts
+from onnxcam.exporter.rules.qoperator import output_quantization
 from onnxcam.models.contract import TargetLayout
 from onnxcam.models.grids import token_grid
 
 _NCHW_PRODUCERS = {"Conv", "ConvTranspose", "MaxPool", "AveragePool", "BatchNormalization",
                    "GlobalAveragePool", "GlobalMaxPool", "LpPool", "InstanceNormalization", "ConvInteger",
-                   "QLinearConv"}
+                   "QLinearConv", "QLinearAveragePool", "QLinearGlobalAveragePool"}
 _NCHW_CONSUMERS = _NCHW_PRODUCERS - {"GlobalMaxPool"}
 _LAYOUT_PRESERVING = {"Relu", "Clip", "LeakyRelu", "Sigmoid", "HardSigmoid", "HardSwish", "Tanh", "Add",
                       "Sub", "Mul", "Div", "Identity", "Dropout", "Cast", "Erf", "Gelu", "Concat", "Neg",
                       "Sum", "Max", "Min", "Where", "Elu", "Selu", "PRelu", "Softplus", "Mish",
-                      "QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear"}
+                      "QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear", "QLinearAdd", "QLinearMul",
+                      "QLinearConcat", "QLinearLeakyRelu", "QLinearSigmoid"}
 _TO_NHWC, _TO_NCHW = [0, 2, 3, 1], [0, 3, 1, 2]
 _INT64_MAX = 2**63 - 1
 
@@ -97,7 +99,7 @@ def target_layout(value: ir.Value, facts: TensorFacts, image_hw: tuple[int, int]
     map nor tokens of the image (nor, without ``assume_nchw``, a 4-D tensor whose operators say
     how it is laid out)."""
     shape = facts.shapes.get(value.name)
-    if shape is None or not facts.is_float(value.name):
+    if shape is None or not (facts.is_float(value.name) or output_quantization(value) is not None):
         return None
     if len(shape) == 4:
         layout = feature_layout(value, facts) or ("NCHW" if assume_nchw else None)

@@ -1,6 +1,6 @@
 """The export as a sequence of passes over one ``onnx_ir`` model, checked and serialised once.
 
-classifier IR ─ MaxPoolIndicesPass ─ ExplanationGraphPass ─ RemoveUnusedNodes ─ TopologicalSort
+classifier IR ─ SelectTokensFirstPass ─ MaxPoolIndicesPass ─ ExplanationGraphPass ─ RemoveUnusedNodes ─ TopologicalSort
 ─ SeparateDequantizeReadersPass ─ GateInputGradientsPass ─ [BakeHeatmapPass] ─ [RawInputPass] → one proto → onnx.checker → file.
 
 Every pass changes the model in place (onnx-ir's pass infrastructure); the model is converted to
@@ -23,6 +23,7 @@ from onnxcam.exporter.graph_values import values_by_name
 from onnxcam.exporter.probe import TensorFacts
 from onnxcam.exporter.qdq_groups import SeparateDequantizeReadersPass
 from onnxcam.exporter.rules.pooling import MaxPoolIndicesPass
+from onnxcam.exporter.token_readout import SelectTokensFirstPass
 
 
 def apply_passes(model: ir.Model, passes: list[ir.passes.PassBase]) -> ir.Model:
@@ -40,7 +41,7 @@ def explanation_passes(spec: GraphSpec, facts: TensorFacts, heatmap: str | None 
     paths = [find_path(spec.model.graph, facts, values[name], values[spec.logits])
              for name in differentiated_sources(spec)]
     passes: list[ir.passes.PassBase] = [
-        MaxPoolIndicesPass(paths), ExplanationGraphPass(spec, facts),
+        SelectTokensFirstPass(facts, spec.target), MaxPoolIndicesPass(paths), ExplanationGraphPass(spec, facts),
         ir_passes.RemoveUnusedNodesPass(), ir_passes.TopologicalSortPass(), SeparateDequantizeReadersPass(),
         GateInputGradientsPass(),
     ]

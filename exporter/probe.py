@@ -10,6 +10,12 @@ When the batch axis is dynamic the probe runs with a batch of 2, so that an axis
 broadcasts (size 1) cannot be mistaken for the batch axis, and once more with a batch of 1 to
 learn which axes of each tensor grow with the batch (attention's ``[3, N, heads, T, d]`` has it
 second); rules never bake the probed batch size into the graph they write.
+
+When the height and width are symbolic too, the probe runs at 224×224 and once more at
+288×192 to learn which axes of each tensor follow the image size; integer values that differ
+between the runs (shapes computed from the image) are not recorded as constants. Rules that
+would bake a size along such an axis refuse with the node's name (``check_fixed_size``); a
+graph that only runs at one size keeps the probed size.
 """
 from __future__ import annotations
 
@@ -24,6 +30,8 @@ from onnxcam.models.errors import param
 
 #: integer tensors up to this many elements have their values recorded
 _SMALL_INT_TENSOR = 64
+#: the sizes given to symbolic image axes (height, width) in the first and in the second run
+PROBE_SIZES = ((224, 224), (288, 192))
 
 
 @dataclass
@@ -36,6 +44,8 @@ class TensorFacts:
     batch_dynamic: bool = True
     probe_batch: int = 2
     batch_axes: dict[str, tuple[int, ...]] = field(default_factory=dict)
+    size_dynamic: bool = False
+    size_axes: dict[str, tuple[int, ...]] = field(default_factory=dict)
 
     def shape(self, name: str) -> tuple[int, ...]:
         try:
@@ -56,30 +66,38 @@ class TensorFacts:
         shape = self.shapes.get(name, ())
         return (0,) if shape[:1] == (self.probe_batch,) else ()
 
+    def axes_with_size(self, name: str) -> tuple[int, ...]:
+        """The axes of tensor ``name`` whose size follows a symbolic image height or width."""
+        return self.size_axes.get(name, ()) if self.size_dynamic else ()
+
     def rename(self, old: str, new: str) -> None:
         """Follow a tensor that was renamed after probing."""
-        for table in (self.shapes, self.dtypes, self.values, self.batch_axes):
+        for table in (self.shapes, self.dtypes, self.values, self.batch_axes, self.size_axes):
             if old in table:
                 table[new] = table.pop(old)
 
 
-def _input_shape(value: ir.Value, batch: int) -> tuple[list[int], bool]:
-    """Concrete input shape for the probe and whether the batch axis is dynamic."""
+def _input_shape(value: ir.Value, batch: int, size: tuple[int, int]) -> tuple[list[int], bool, bool]:
+    """Concrete input shape for the probe (symbolic height and width get ``size``) and whether
+    its batch axis and its other axes are symbolic."""
     if value.shape is None or len(value.shape) == 0:
         raise ExportError(f"input '{value.name}' has no declared shape; pass {param('input_shape', 'C,H,W')}")
-    shape, dynamic = [], False
+    shape, batch_dynamic, symbolic = [], False, []
     for axis, dim in enumerate(value.shape):
         if isinstance(dim, int) and dim > 0:
             shape.append(dim)
         elif axis == 0:
             shape.append(batch)
-            dynamic = True
+            batch_dynamic = True
         else:
-            raise ExportError(
-                f"input '{value.name}' has a symbolic axis {axis} ('{dim}'); "
-                f"pass {param('input_shape', 'C,H,W')} to fix it"
-            )
-    return shape, dynamic
+            symbolic.append(axis)
+            shape.append(0)
+    if len(symbolic) > 2 or (symbolic and len(shape) != 4):
+        raise ExportError(f"input '{value.name}' has symbolic axes {symbolic} ({list(value.shape)}); "
+                          f"pass {param('input_shape', 'C,H,W')} to fix them")
+    for axis, extent in zip(symbolic, size[-len(symbolic):] if symbolic else ()):
+        shape[axis] = extent
+    return shape, batch_dynamic, bool(symbolic)
 
 
 def data_independent(graph: ir.Graph) -> set[str]:
@@ -107,20 +125,35 @@ def _probe_session(model: ir.Model, names: list[str]) -> ort.InferenceSession:
         raise ExportError(f"onnxruntime cannot load the model: {str(exc).splitlines()[0]}") from None
 
 
-def _record_batch_axes(session: ort.InferenceSession, names: list[str], feeds: dict[str, np.ndarray],
-                       facts: TensorFacts) -> None:
-    """Run once more with the first image of ``feeds`` and record, per tensor, the axes whose
-    size changed (left empty when that run fails: ``axes_with_batch`` then assumes axis 0)."""
+def _changed_axes(session: ort.InferenceSession, names: list[str], feeds: dict[str, np.ndarray],
+                  facts: TensorFacts) -> dict[str, tuple[int, ...]] | None:
+    """Run once more on ``feeds`` and return, per tensor, the axes whose size differs from the
+    first run; integer values that differ are forgotten (they are not constants). None when the
+    graph does not run on these feeds."""
     try:
-        results = session.run(None, {k: v[:1] for k, v in feeds.items()})
-    except Exception:  # noqa: BLE001  (a graph that only runs at the probed batch)
-        return
-    for name, array in zip(names, results):
-        full = facts.shapes[name]
-        if len(full) == np.ndim(array):
-            facts.batch_axes[name] = tuple(a for a, (d2, d1) in enumerate(zip(full, np.shape(array))) if d2 != d1)
-    for name, array in feeds.items():
-        facts.batch_axes[name] = (0,)
+        results = session.run(None, feeds)
+    except Exception:  # noqa: BLE001  (a graph that only runs at the probed batch or size)
+        return None
+    changed = {}
+    for name, array in list(zip(names, results)) + list(feeds.items()):
+        first = facts.shapes[name]
+        if len(first) == np.ndim(array):
+            changed[name] = tuple(a for a, (d1, d2) in enumerate(zip(first, np.shape(array))) if d1 != d2)
+        if name in facts.values and not np.array_equal(facts.values[name], array):
+            del facts.values[name]
+    return changed
+
+
+def _random_feeds(inputs: list[ir.Value], batch: int, size: tuple[int, int],
+                  rng: np.random.Generator) -> tuple[dict[str, np.ndarray], bool, bool]:
+    """Random feeds for ``inputs`` and whether any has a symbolic batch / a symbolic image size."""
+    feeds, batch_dynamic, sized = {}, False, False
+    for value in inputs:
+        shape, batch_here, sized_here = _input_shape(value, batch, size)
+        batch_dynamic, sized = batch_dynamic or batch_here, sized or sized_here
+        dtype = value.dtype.numpy() if value.dtype is not None else np.float32
+        feeds[value.name] = rng.standard_normal(shape).astype(dtype)
+    return feeds, batch_dynamic, sized
 
 
 def probe(model: ir.Model, seed: int = 0) -> TensorFacts:
@@ -136,12 +169,7 @@ def probe(model: ir.Model, seed: int = 0) -> TensorFacts:
     rng = np.random.default_rng(seed)
     last_error: Exception | None = None
     for batch in (2, 1):
-        feeds, dynamic = {}, False
-        for value in graph_inputs:
-            shape, dynamic_here = _input_shape(value, batch)
-            dynamic = dynamic or dynamic_here
-            dtype = value.dtype.numpy() if value.dtype is not None else np.float32
-            feeds[value.name] = rng.standard_normal(shape).astype(dtype)
+        feeds, dynamic, sized = _random_feeds(graph_inputs, batch, PROBE_SIZES[0], rng)
         if batch == 2 and not dynamic:
             continue
         try:
@@ -157,8 +185,12 @@ def probe(model: ir.Model, seed: int = 0) -> TensorFacts:
             facts.dtypes[name] = array.dtype
             if name in static and np.issubdtype(array.dtype, np.integer) and array.size <= _SMALL_INT_TENSOR:
                 facts.values[name] = array.copy()
-        if facts.batch_dynamic:
-            _record_batch_axes(session, names, feeds, facts)
+        if facts.batch_dynamic:  # left empty when the graph only runs at batch 2: axis 0 is assumed
+            facts.batch_axes = _changed_axes(session, names, {k: v[:1] for k, v in feeds.items()}, facts) or {}
+        if sized:
+            resized = _random_feeds(graph_inputs, batch, PROBE_SIZES[1], rng)[0]
+            facts.size_axes = _changed_axes(session, names, resized, facts) or {}
+            facts.size_dynamic = any(facts.size_axes.values())
         for name, init in graph.initializers.items():
             tensor = init.const_value
             facts.shapes[name] = tuple(int(d) for d in tensor.shape)
@@ -166,4 +198,10 @@ def probe(model: ir.Model, seed: int = 0) -> TensorFacts:
             if np.issubdtype(facts.dtypes[name], np.integer) and tensor.size <= _SMALL_INT_TENSOR:
                 facts.values[name] = tensor.numpy()
         return facts
-    raise ExportError(f"onnxruntime cannot run the model: {str(last_error).splitlines()[0]}")
+    reason = str(last_error).splitlines()[0]
+    if sized:
+        h, w = PROBE_SIZES[0]
+        names = ", ".join(f"'{v.name}'" for v in graph_inputs)
+        raise ExportError(f"input {names} has a symbolic height and width, and the model does not run at "
+                          f"{h}×{w} ({reason}); pass {param('input_shape', 'C,H,W')} with its size")
+    raise ExportError(f"onnxruntime cannot run the model: {reason}")

@@ -7,8 +7,10 @@ straight-through gradient 1/s where a level lies strictly between the bounds (to
 ``fake_quantize_per_tensor_affine`` backward except on values that round exactly onto a bound,
 which onnxcam cannot tell from clipped ones without breaking onnxruntime's fusions), DequantizeLinear
 → (q − z)·s, DynamicQuantizeLinear → levels at the scale and zero point of x's own range (held
-constant), MatMulInteger / ConvInteger → the float product of the levels minus their zero points.
-Float operators run as torch functions. Only what the tests' models contain is read.
+constant), MatMulInteger / ConvInteger → the float product of the levels minus their zero points,
+the operator-oriented QLinearConv, QLinearAdd, QLinearGlobalAveragePool, QGemm … → their float
+operator on the dequantized operands, quantized as QuantizeLinear is. Float operators run as torch
+functions. Only what the tests' models contain is read.
 """
 from __future__ import annotations
 
@@ -96,6 +98,56 @@ def _run(node: onnx.NodeProto, x: list, a: dict, levels: dict):  # noqa: C901 �
     raise NotImplementedError(op)
 
 
+#: (scale, zero point) positions of the output of each operator-oriented quantized operator
+QOPERATOR_OUTPUT = {"QLinearConv": (6, 7), "QLinearAdd": (6, 7), "QLinearMatMul": (6, 7),
+                    "QLinearGlobalAveragePool": (3, 4), "QGemm": (7, 8)}
+
+
+def _real(q: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor | None, axis: int = 1) -> torch.Tensor:
+    """(q − z)·s, per channel along ``axis`` when the parameters are vectors."""
+    zero = torch.tensor(0.0) if zero is None else _per_channel(zero, axis, q.dim())
+    return (q - zero) * _per_channel(scale, axis, q.dim())
+
+
+def _qoperator(node: onnx.NodeProto, x: list, a: dict, levels: dict) -> torch.Tensor:
+    """An operator-oriented quantized operator: its float operator on the dequantized operands,
+    then quantized (``x`` positional, None for an absent optional input)."""
+    op = node.op_type
+    if op == "QLinearConv":
+        bias = x[8] * _per_channel(x[1] * x[4], 0, 1).reshape(-1) if len(x) > 8 and x[8] is not None else None
+        y = _conv(_real(x[0], x[1], x[2]), _real(x[3], x[4], x[5], axis=0), bias, a)
+    elif op == "QLinearMatMul":
+        y = _real(x[0], x[1], x[2]) @ _real(x[3], x[4], x[5], axis=-1)
+    elif op == "QLinearAdd":
+        y = _real(x[0], x[1], x[2]) + _real(x[3], x[4], x[5])
+    elif op == "QLinearGlobalAveragePool":
+        y = _real(x[0], x[1], x[2]).mean((1, 2) if a.get("channels_last", 0) else (2, 3), keepdim=True)
+    elif op == "QGemm":
+        w = _real(x[3], x[4], x[5], axis=0 if a.get("transB", 0) else 1)
+        y = a.get("alpha", 1.0) * (_real(x[0], x[1], x[2]) @ (w.T if a.get("transB", 0) else w))
+        if x[6] is not None:
+            y = y + x[6] * x[1] * x[4]
+        if len(x) < 8 or x[7] is None:
+            return y
+    else:
+        raise NotImplementedError(op)
+    s, z = QOPERATOR_OUTPUT[op]
+    zero = x[z] if len(x) > z and x[z] is not None else None
+    dtype = zero.onnx_dtype if zero is not None else onnx.TensorProto.UINT8
+    return _quantize(y, x[s], zero if zero is not None else torch.tensor(0.0), dtype, 1, levels.get(node.output[0]))
+
+
+def target_levels(model: onnx.ModelProto, target: str, activations: torch.Tensor) -> torch.Tensor:
+    """The levels a/s + z of a quantized target tensor (made by an operator-oriented quantized
+    operator) from its real activations a; a float target as it is."""
+    producer = next(n for n in model.graph.node if target in n.output)
+    if producer.op_type not in QOPERATOR_OUTPUT:
+        return activations
+    constants = {i.name: _constant(i) for i in model.graph.initializer}
+    s, z = (producer.input[i] if len(producer.input) > i else "" for i in QOPERATOR_OUTPUT[producer.op_type])
+    return activations / constants[s] + (constants[z] if z else 0.0)
+
+
 class _Tensor(torch.Tensor):
     """An initializer: a float tensor that remembers its ONNX element type."""
 
@@ -110,7 +162,8 @@ def _constant(proto: onnx.TensorProto) -> _Tensor:
 
 def quantizer_outputs(model: onnx.ModelProto) -> list[str]:
     """The quantized tensors of ``model`` (QuantizeLinear, DynamicQuantizeLinear outputs)."""
-    return [n.output[0] for n in model.graph.node if n.op_type in ("QuantizeLinear", "DynamicQuantizeLinear")]
+    return [n.output[0] for n in model.graph.node
+            if n.op_type in ("QuantizeLinear", "DynamicQuantizeLinear", *QOPERATOR_OUTPUT)]
 
 
 def head_scores(model: onnx.ModelProto, target: str, target_value: torch.Tensor, logits: str,
@@ -126,7 +179,10 @@ def head_scores(model: onnx.ModelProto, target: str, target_value: torch.Tensor,
             continue
         if target in node.output or not all(i in values for i in node.input if i):
             continue
-        result = _run(node, [values[i] for i in node.input if i], _attrs(node), levels or {})
+        if node.op_type in QOPERATOR_OUTPUT:
+            result = _qoperator(node, [values[i] if i else None for i in node.input], _attrs(node), levels or {})
+        else:
+            result = _run(node, [values[i] for i in node.input if i], _attrs(node), levels or {})
         for name, value in zip(node.output, result if isinstance(result, list) else [result]):
             values[name] = value.as_subclass(torch.Tensor) if isinstance(value, _Tensor) else value
     return values[logits]

@@ -209,17 +209,35 @@ def _small(extra=None) -> Net:
     return net
 
 
-def test_symbolic_spatial_axes_need_input_shape(tmp_path):
-    model = _small().model(["logits"])
+def _symbolic(model: onnx.ModelProto, path) -> str:
     for dim in model.graph.input[0].type.tensor_type.shape.dim[2:]:
         dim.Clear()
         dim.dim_param = "side"
-    source = tmp_path / "symbolic.onnx"
-    onnx.save(model, str(source))
+    onnx.save(model, str(path))
+    return str(path)
+
+
+def test_symbolic_spatial_axes_stay_symbolic(tmp_path):
+    """A fully convolutional source with symbolic H, W exports without --input-shape, and keeps
+    them (tests/test_exporter_any_size.py checks the gradients at several sizes)."""
+    source = _symbolic(_small().model(["logits"]), tmp_path / "symbolic.onnx")
+    out = tmp_path / "x.cam.onnx"
+    result = CliRunner().invoke(main, ["export", source, "-o", str(out)])
+    assert result.exit_code == 0, result.stderr
+    image = onnx.load(str(out)).graph.input[0]
+    assert [d.dim_param or d.dim_value for d in image.type.tensor_type.shape.dim] == ["N", 3, "side", "side"]
+
+
+def test_symbolic_spatial_axes_that_do_not_run_at_the_probe_size_need_input_shape(tmp_path):
+    net = Net(seed=0, image=(3, 8, 8))
+    stem(net, out="A")
+    net.op("Flatten", "A", axis=1, out="features")  # Gemm over 4·8·8 features: 8×8 only
+    net.op("Gemm", "features", net.param([5, 4 * 8 * 8]), transB=1, out="logits")
+    source = _symbolic(net.model(["logits"]), tmp_path / "symbolic.onnx")
     cli, api = _both(source, tmp_path / "x.cam.onnx")
-    assert "--input-shape C,H,W" in cli and "image" in cli
-    assert "input_shape=C,H,W" in api and "image" in api
-    result = CliRunner().invoke(main, ["export", str(source), "-o", str(tmp_path / "ok.cam.onnx"),
+    assert "--input-shape C,H,W" in cli and "'image' has a symbolic height and width" in cli
+    assert "input_shape=C,H,W" in api and "224×224" in api
+    result = CliRunner().invoke(main, ["export", source, "-o", str(tmp_path / "ok.cam.onnx"),
                                        "--input-shape", "3,8,8"])
     assert result.exit_code == 0, result.stderr
 

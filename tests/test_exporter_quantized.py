@@ -25,6 +25,7 @@ onnx = pytest.importorskip("onnx")
 quantization = pytest.importorskip("onnxruntime.quantization")
 
 import onnxruntime as ort  # noqa: E402
+from onnxruntime.quantization.shape_inference import quant_pre_process  # noqa: E402
 from click.testing import CliRunner  # noqa: E402
 from torch import nn  # noqa: E402
 
@@ -32,9 +33,10 @@ from exporter_helpers import assert_gradients_close  # noqa: E402
 from onnxcam.cli.main import main  # noqa: E402
 from onnxcam.exporter import export  # noqa: E402
 from onnxcam.models.contract import GraphMetadata  # noqa: E402
-from quantized_reference import head_scores, quantizer_outputs  # noqa: E402
+from quantized_reference import head_scores, quantizer_outputs, target_levels  # noqa: E402
 
-QUANTIZED_OPS = {"QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear", "ConvInteger", "MatMulInteger"}
+QUANTIZED_OPS = {"QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear", "ConvInteger", "MatMulInteger",
+                 "QLinearConv", "QLinearAdd", "QLinearGlobalAveragePool", "QGemm"}
 
 
 class SmallNet(nn.Module):
@@ -89,9 +91,12 @@ def _quantized(kind: str, tmp_path: Path, model: nn.Module, size: int) -> Path:
         return _torch_to_onnx(model, tmp_path / "fake_quant.onnx", size)
     source = _torch_to_onnx(model, tmp_path / "float.onnx", size)
     out = tmp_path / f"{kind}.onnx"
-    if kind.startswith("static"):
-        activations = quantization.QuantType.QUInt8 if kind == "static-u8" else quantization.QuantType.QInt8
-        quantization.quantize_static(str(source), str(out), Calibration(size), quant_format=quantization.QuantFormat.QDQ,
+    if kind.startswith(("static", "qoperator")):
+        activations = quantization.QuantType.QUInt8 if kind.endswith("-u8") else quantization.QuantType.QInt8
+        form = quantization.QuantFormat.QOperator if kind.startswith("qoperator") else quantization.QuantFormat.QDQ
+        if kind.startswith("qoperator"):  # its quantizer needs the shapes inferred (and Conv biases found)
+            quant_pre_process(str(source), str(source))
+        quantization.quantize_static(str(source), str(out), Calibration(size), quant_format=form,
                                      per_channel=True, activation_type=activations)
     else:
         quantization.quantize_dynamic(str(source), str(out), weight_type=quantization.QuantType.QInt8)
@@ -101,7 +106,11 @@ def _quantized(kind: str, tmp_path: Path, model: nn.Module, size: int) -> Path:
 def _early_target(model: onnx.ModelProto) -> str:
     """The tensor after the first convolution that a QDQ model dequantizes (outside every
     DequantizeLinear → op → QuantizeLinear group, so onnxruntime still fuses them all), or the
-    float tensor a dynamic model's second quantizer reads."""
+    float tensor a dynamic model's second quantizer reads, or an operator-oriented model's first
+    QLinearConv output (its int8 / uint8 levels)."""
+    qlinear = [n for n in model.graph.node if n.op_type == "QLinearConv"]
+    if qlinear:
+        return qlinear[0].output[0]
     quantizers = [n for n in model.graph.node if n.op_type in ("QuantizeLinear", "DynamicQuantizeLinear")
                   and n.input[0] not in {i.name for i in model.graph.initializer}]
     second = quantizers[1]
@@ -133,6 +142,10 @@ def _check(path: Path, target: str | None, size: int, exact: bool) -> GraphMetad
     plain = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"input": x})[0]
     error, scale = np.abs(out["logits"] - plain).max(), np.abs(plain).max()
     assert error <= (1e-4 if exact else 5e-2) * scale, f"max|Δ scores| = {error:.3g} (max|S| = {scale:.3g})"
+    if "head_logits" in out:  # the head alone on the (dequantized) activations gives the same scores
+        head = session.run(["head_logits"], {"input": x, "class_index": class_index,
+                                             "head_activations": out["activations"]})[0]
+        assert np.abs(head - out["logits"]).max() <= 1e-4 * scale
     # the levels the explanation graph quantized to, read with its quantizers as outputs (which
     # may change what onnxruntime fuses, and a level by one: the reference's scores are compared
     # within a level or two, the gradients at the contract's tolerance)
@@ -146,7 +159,8 @@ def _check(path: Path, target: str | None, size: int, exact: bool) -> GraphMetad
     levels = {n: v.astype(np.int16) - 128 if n in int8 and v.dtype == np.uint8 else v for n, v in levels.items()}
 
     a = torch.from_numpy(out["activations"]).requires_grad_()
-    logits = head_scores(source, meta.target_layer, a, source.graph.output[0].name, levels)
+    target = target_levels(source, meta.target_layer, a)  # the real activations of a quantized target as levels
+    logits = head_scores(source, meta.target_layer, target, source.graph.output[0].name, levels)
     error = np.abs(logits.detach().numpy() - out["logits"]).max()  # a level or two apart, as above
     assert error <= 5e-2 * scale, f"the reference's scores: max|Δ| = {error:.3g} (max|S| = {scale:.3g})"
     logits[torch.arange(3), torch.from_numpy(out["target"])].sum().backward()
@@ -156,7 +170,7 @@ def _check(path: Path, target: str | None, size: int, exact: bool) -> GraphMetad
     return meta
 
 
-@pytest.mark.parametrize("kind", ["fake-quant", "static-s8", "static-u8", "dynamic"])
+@pytest.mark.parametrize("kind", ["fake-quant", "static-s8", "static-u8", "dynamic", "qoperator-s8", "qoperator-u8"])
 @pytest.mark.parametrize("where", ["early", "default"])
 def test_gradients_are_straight_through(kind: str, where: str, tmp_path: Path) -> None:
     path = _quantized(kind, tmp_path, SmallNet(fake_quant=kind == "fake-quant"), 16)
@@ -171,7 +185,7 @@ def test_gradients_are_straight_through(kind: str, where: str, tmp_path: Path) -
         assert json.loads(shown.output)["gradients_straight_through"] is True
 
 
-@pytest.mark.parametrize("kind", ["static-s8", "static-u8", "dynamic"])
+@pytest.mark.parametrize("kind", ["static-s8", "static-u8", "dynamic", "qoperator-s8", "qoperator-u8"])
 def test_resnet18(kind: str, tmp_path: Path) -> None:
     torchvision = pytest.importorskip("torchvision")
     torch.manual_seed(0)

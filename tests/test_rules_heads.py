@@ -64,6 +64,41 @@ def _attention(net, a):
     return y, fn
 
 
+def _class_token_block(net, a):
+    """A ViT's last block after its attention: residual → LayerNorm → MLP (MatMul, exact GELU as
+    Erf) → residual → final LayerNorm → the class token (Gather index 0 on the token axis), which
+    ``SelectTokensFirstPass`` moves above all of it."""
+    tokens = net.op("Transpose", net.op("Reshape", a, net.const([0, K, -1])), perm=[0, 2, 1])   # [N, hw, K]
+    g1, g2 = net.param([K], low=0.5, high=1.5), net.param([K], low=0.5, high=1.5)
+    w1, b1, w2 = net.param([K, 3 * K]), net.param([3 * K]), net.param([3 * K, K])
+    h = net.op("Add", net.op("MatMul", net.op("LayerNormalization", tokens, g1, axis=-1), w1), b1)
+    half = net.param([], values=0.5)
+    gelu = net.op("Mul", h, net.op("Mul", half, net.op("Add", net.op("Erf", net.op("Div", h, net.param([], values=2**0.5))),
+                                                          net.param([], values=1.0))))
+    out = net.op("LayerNormalization", net.op("Add", tokens, net.op("MatMul", gelu, w2)), g2, axis=-1)
+    y = net.op("Gather", out, net.const(0), axis=1)
+
+    def fn(t):
+        tok = t.reshape(t.shape[0], K, -1).transpose(1, 2)
+        hh = F.layer_norm(tok, [K], g1.t) @ w1.t + b1.t
+        return F.layer_norm(tok + F.gelu(hh) @ w2.t, [K], g2.t)[:, 0]
+    return y, fn
+
+
+case("Head-class-token-block", False)(_class_token_block)
+
+
+def test_the_class_token_is_selected_before_the_token_wise_layers():
+    """The read-out Gather is moved above the MLP and the norms: they run on [N, K], one row."""
+    c = classifier(_class_token_block)
+    graph = explanation_graph(c.model)
+    gathers = [n for n in graph.graph.node if n.op_type == "Gather" and not n.name.startswith("onnxcam")]
+    assert gathers and all("/selected" in n.output[0] for n in gathers)
+    norms = [n for n in graph.graph.node if n.op_type == "LayerNormalization"]
+    assert len(norms) == 2 and all(n.output[0].endswith("/selected") for n in norms)
+    check_against_torch(c)
+
+
 # The engine: branches, fan-out, Softmax at the end, head path, powers
 # ---------------------------------------------------------------------------------------------
 def test_branch_not_depending_on_target_is_left_alone():

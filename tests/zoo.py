@@ -50,12 +50,17 @@ OTHERS = [  # family, example, default target, how it is checked
      "`swin.layernorm`", "`--verify`, labels from `id2label` (test_exporter_huggingface.py)"),
     ("int8 QDQ (`quantize_static`, int8 or uint8 activations; torch fake-quant export)", "resnet18",
      "last dequantized map", "straight-through gradients = torch (test_exporter_quantized.py)"),
+    ("int8 QOperator (`quantize_static` QOperator: QLinearConv, QLinearAdd, QLinearGlobalAveragePool, QGemm)",
+     "resnet18", "last quantized map (dequantized)", "straight-through gradients = torch (test_exporter_quantized.py)"),
     ("int8 dynamic (`quantize_dynamic`: ConvInteger, MatMulInteger)", "resnet18", "last map",
      "straight-through gradients = torch (test_exporter_quantized.py)"),
     ("fp16 (onnxconverter-common, fp16 input or fp16 inside)", "resnet18", "the target given",
      "gradients within 1e-2 of float64 autograd, float32 outputs (test_exporter_fp16.py)"),
     ("ONNX from other frameworks", "CNTK MNIST, TFLite-converted MobileNets (fp16 weights, opset 8)",
      "last spatial map", "finite differences (test_exporter_onnx_fixtures.py)"),
+    ("any input size (ONNX with symbolic H, W)", "resnet18, a net of strided / pooled / concatenated maps",
+     "last spatial map", "one graph at 224², 320×256 and 81×53, each = float64 autograd and pytorch-grad-cam "
+     "(test_exporter_any_size.py)"),
     ("binary `[N, 1]` and Sigmoid multi-label heads", "hand-made", "the target given",
      "class 1 = the logit, class 0 = its negation (test_exporter_scores.py)"),
 ]

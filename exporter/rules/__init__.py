@@ -13,6 +13,7 @@ from onnxcam.exporter.builder import GraphBuilder
 
 Rule = Callable[[GraphBuilder, ir.Node, Sequence["ir.Value | None"], Sequence[bool]], Sequence["ir.Value | None"]]
 
+#: rules by operator: ``"Conv"`` for the default domain, ``"com.microsoft::QGemm"`` for others
 RULES: dict[str, Rule] = {}
 
 #: operators along which ∂²S/∂A² = 0 (S is piecewise linear in A); Mul/Div/MatMul/Gemm qualify
@@ -20,8 +21,13 @@ RULES: dict[str, Rule] = {}
 PIECEWISE_LINEAR: set[str] = set()
 
 
+def rule_key(node: ir.Node) -> str:
+    """The key of ``node``'s operator in ``RULES``."""
+    return node.op_type if node.domain in ("", "ai.onnx") else f"{node.domain}::{node.op_type}"
+
+
 def rule(*op_types: str, piecewise_linear: bool = False) -> Callable[[Rule], Rule]:
-    """Register ``fn`` as the reverse-mode rule of ``op_types``."""
+    """Register ``fn`` as the reverse-mode rule of ``op_types`` (keys as in ``RULES``)."""
 
     def register(fn: Rule) -> Rule:
         for op_type in op_types:
@@ -40,6 +46,7 @@ def _load_rule_modules() -> None:
         linear,
         normalization,
         pooling,
+        qoperator,
         quantization,
         resampling,
         shape,

@@ -72,6 +72,9 @@ def conv_geometry(b: GraphBuilder, node: ir.Node, x_shape, y_shape, kernel) -> t
     elif auto_pad == "VALID":
         pads = [0] * 2 * spatial
     else:
+        if any(s > 1 for s in strides):
+            b.check_fixed_size(range(2, 2 + spatial), node, why=f"pads by {auto_pad} at a stride > 1, which depends "
+                                                                "on the size")
         begins, ends = [], []
         for i in range(spatial):
             total = max(0, (y_shape[2 + i] - 1) * strides[i] + (kernel[i] - 1) * dilations[i] + 1 - x_shape[2 + i])
@@ -117,7 +120,6 @@ def conv(b: GraphBuilder, node: ir.Node, dys: Grads, needs: Sequence[bool]) -> G
     x_shape, y_shape = b.static_shape(x), b.static_shape(node.outputs[0])
     kernel = b.static_shape(w)[2:]
     strides, dilations, pads = conv_geometry(b, node, x_shape, y_shape, kernel)
-    spatial = len(kernel)
     group = node.attributes.get_int("group", 1)
     reach = [(k - 1) * d for k, d in zip(kernel, dilations)]
     if all(s == 1 for s in strides) and all(p <= r for p, r in zip(pads, reach + reach)):
@@ -127,16 +129,29 @@ def conv(b: GraphBuilder, node: ir.Node, dys: Grads, needs: Sequence[bool]) -> G
             kernel_shape=list(kernel),
         )
         return [dx] + [None] * (len(node.inputs) - 1)
-    output_padding = []
+    dx = transpose_to_input(b, node, dys[0], w, x, strides, dilations, pads, group, list(kernel), x_shape, y_shape)
+    return [dx] + [None] * (len(node.inputs) - 1)
+
+
+def transpose_to_input(b: GraphBuilder, node: ir.Node, dy: ir.Value, w: ir.Value, x: ir.Value, strides, dilations,
+                       pads, group: int, kernel: list[int], x_shape, y_shape) -> ir.Value:
+    """ConvTranspose(dy, W) of x's size: ``output_padding`` restores the rows of the stride the
+    forward pass dropped, and an end pad beyond the windows (ceil mode) is cropped instead. When
+    the image size is symbolic the rows are cut or zero-filled at run time (``fit_to``)."""
+    spatial = len(kernel)
+    axes = list(range(2, 2 + spatial))
+    if set(b.facts.axes_with_size(x.name)) & set(axes):
+        dx = b.op("ConvTranspose", dy, w, strides=strides, dilations=dilations, pads=pads[:spatial] + [0] * spatial,
+                  group=group, kernel_shape=kernel)
+        return b.fit_to(dx, x, axes)
+    output_padding, back_pads = [], list(pads)
     for i in range(spatial):
         covered = (y_shape[2 + i] - 1) * strides[i] + (kernel[i] - 1) * dilations[i] + 1
-        output_padding.append(x_shape[2 + i] + pads[i] + pads[spatial + i] - covered)
-    dx = b.op(
-        "ConvTranspose", dys[0], w,
-        strides=strides, dilations=dilations, pads=pads, group=group,
-        kernel_shape=list(kernel), output_padding=output_padding,
-    )
-    return [dx] + [None] * (len(node.inputs) - 1)
+        missing = x_shape[2 + i] + pads[i] + pads[spatial + i] - covered
+        output_padding.append(max(0, missing))
+        back_pads[spatial + i] += max(0, -missing)
+    return b.op("ConvTranspose", dy, w, strides=strides, dilations=dilations, pads=back_pads, group=group,
+                kernel_shape=kernel, output_padding=output_padding)
 
 
 @rule("ConvTranspose", piecewise_linear=True)

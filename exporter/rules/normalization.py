@@ -3,7 +3,6 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-import numpy as np
 import onnx_ir as ir
 from onnxcam.exporter.builder import GraphBuilder
 from onnxcam.exporter.errors import ExportError
@@ -81,7 +80,7 @@ def group_norm(b: GraphBuilder, node: ir.Node, dys: Grads, needs: Sequence[bool]
     gamma = scale if per_channel else b.op("Expand", b.op("Reshape", scale, b.ints([groups, 1])),
                                            b.ints([groups, channels // groups]))
     gamma = b.op("Reshape", gamma, b.ints([-1] + [1] * (len(shape) - 2)))
-    grouped = b.ints([-1, groups, int(np.prod(shape[1:])) // groups])
+    grouped = b.ints([0, groups, -1])  # no size baked in
     g_hat = b.op("Reshape", b.op("Mul", dys[0], gamma), grouped)
     dx = _normalised_gradient(b, b.op("Reshape", x, grouped), g_hat, [2], node.attributes.get_float("epsilon", 1e-5))
     return [b.op("Reshape", dx, b.shape_of(x))] + [None] * (len(node.inputs) - 1)

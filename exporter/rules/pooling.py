@@ -9,7 +9,7 @@ import onnx_ir as ir
 from onnxcam.exporter.builder import GraphBuilder
 from onnxcam.exporter.errors import ExportError
 from onnxcam.exporter.rules import rule
-from onnxcam.exporter.rules.linear import conv_geometry
+from onnxcam.exporter.rules.linear import conv_geometry, transpose_to_input
 
 if TYPE_CHECKING:  # pragma: no cover
     from onnxcam.exporter.autodiff import Path
@@ -76,35 +76,43 @@ def average_pool(b: GraphBuilder, node: ir.Node, dys: Grads, needs: Sequence[boo
     x_shape, y_shape = b.static_shape(x), b.static_shape(y)
     kernel = list(node.attributes.get_ints("kernel_shape"))
     strides, dilations, pads = conv_geometry(b, node, x_shape, y_shape, kernel)
-    spatial, channels = len(kernel), x_shape[1]
+    channels, dtype = x_shape[1], b.dtype(x)
+    counts = _window_counts(b, node, x, strides, dilations, pads, kernel)
+    scaled = b.op("Div", dys[0], counts)
+    ones = b.const(np.ones([channels, 1] + kernel, dtype=dtype), "window")
+    return [transpose_to_input(b, node, scaled, ones, x, strides, dilations, pads, channels, kernel, x_shape, y_shape)]
+
+
+def _window_counts(b: GraphBuilder, node: ir.Node, x: ir.Value, strides, dilations, pads, kernel) -> ir.Value:
+    """n_o as a constant, or computed at run time when the image size is symbolic and
+    the windows at the border count fewer elements (a Conv of ones of x's size)."""
+    x_shape, y_shape = b.static_shape(x), b.static_shape(node.outputs[0])
+    spatial = len(kernel)
     include_pad = bool(node.attributes.get_int("count_include_pad", 0))
+    if set(b.facts.axes_with_size(x.name)) & set(range(2, 2 + spatial)):
+        if node.attributes.get_int("ceil_mode", 0):
+            b.check_fixed_size(range(2, 2 + spatial), node, why="has ceil-mode windows, whose counts depend on the size")
+        if include_pad or not any(pads):
+            return b.scalar(float(np.prod(kernel)), x)
+        one_map = b.op("Concat", b.ints([1, 1]), b.op("Slice", b.shape_of(x), b.ints([2]), b.ints([2 + spatial])),
+                       axis=0)
+        ones = b.op("ConstantOfShape", one_map, value=ir.tensor(np.ones(1, b.dtype(x))))
+        return b.op("Conv", ones, b.const(np.ones([1, 1] + kernel, b.dtype(x)), "window"), strides=strides,
+                    dilations=dilations, pads=pads, kernel_shape=kernel)
     counts = np.ones(())
     for i in range(spatial):
         axis_counts = window_counts(x_shape[2 + i], kernel[i], strides[i], dilations[i], pads[i],
                                     pads[spatial + i], y_shape[2 + i], include_pad)
         counts = np.multiply.outer(counts, axis_counts)
-    dtype = b.dtype(x)
-    scaled = b.op("Mul", dys[0], b.const((1.0 / counts)[None, None].astype(dtype), "inverse_window_count"))
-    # A ceil_mode window may end beyond the padded input: ConvTranspose has no negative
-    # output_padding, so the excess is cropped with a larger end pad instead.
-    output_padding, back_pads = [], list(pads)
-    for i in range(spatial):
-        covered = (y_shape[2 + i] - 1) * strides[i] + (kernel[i] - 1) * dilations[i] + 1
-        missing = x_shape[2 + i] + pads[i] + pads[spatial + i] - covered
-        output_padding.append(max(0, missing))
-        back_pads[spatial + i] += max(0, -missing)
-    ones = b.const(np.ones([channels, 1] + kernel, dtype=dtype), "window")
-    dx = b.op("ConvTranspose", scaled, ones, strides=strides, dilations=dilations, pads=back_pads,
-              group=channels, kernel_shape=kernel, output_padding=output_padding)
-    return [dx]
+    return b.const(counts[None, None].astype(b.dtype(x)), "window_count")
 
 
 @rule("GlobalAveragePool", piecewise_linear=True)
 def global_average_pool(b: GraphBuilder, node: ir.Node, dys: Grads, needs: Sequence[bool]) -> Grads:
     """y = mean over space of x:  dx = expand(dy) / (h·w)."""
     x = node.inputs[0]
-    area = int(np.prod(b.static_shape(x)[2:]))
-    return [b.op("Expand", b.op("Mul", dys[0], b.scalar(1.0 / area, x)), b.shape_of(x))]
+    area = b.size_of(x, range(2, b.rank(x)))
+    return [b.op("Expand", b.divide_by(dys[0], area, x), b.shape_of(x))]
 
 
 def _reduction_axes(b: GraphBuilder, node: ir.Node) -> list[int] | None:
@@ -133,8 +141,7 @@ def reduce_mean_sum(b: GraphBuilder, node: ir.Node, dys: Grads, needs: Sequence[
     if not node.attributes.get_int("keepdims", 1):
         dy = b.op("Unsqueeze", dy, b.ints(axes))
     if node.op_type == "ReduceMean":
-        count = int(np.prod([b.static_shape(x)[a] for a in axes]))
-        dy = b.op("Mul", dy, b.scalar(1.0 / count, x))
+        dy = b.divide_by(dy, b.size_of(x, axes), x)
     return [b.op("Expand", dy, b.shape_of(x))] + [None] * (len(node.inputs) - 1)
 
 

@@ -80,6 +80,7 @@ def resize(b: GraphBuilder, node: ir.Node, dys: Grads, needs: Sequence[bool]) ->
     changed = [a for a in range(rank) if x_shape[a] != y_shape[a]]
     if 0 in changed:
         raise ExportError(f"Resize node '{node.name}' resizes the batch axis")
+    b.check_fixed_size(changed, node, why="has an interpolation matrix per input size")
     dx = dys[0]
     for axis in changed:
         matrix = interpolation_matrix(node, axis, x_shape[axis], y_shape[axis], rank,

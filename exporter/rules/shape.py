@@ -50,6 +50,9 @@ def concat(b: GraphBuilder, node: ir.Node, dys: Grads, needs: Sequence[bool]) ->
     rank = b.rank(node.outputs[0])
     axis = node.attributes.get_int("axis") % rank
     b.check_batch_axis([axis], node, node.outputs[0])
+    if axis in b.facts.axes_with_size(node.outputs[0].name):  # the pieces' sizes read at run time
+        sizes = b.op("Concat", *(b.op("Gather", b.shape_of(x), b.ints([axis]), axis=0) for x in node.inputs), axis=0)
+        return b.op_multi("Split", dys[0], sizes, num_outputs=len(node.inputs), axis=axis)
     sizes = [b.static_shape(x)[axis] for x in node.inputs]
     return b.split_sizes(dys[0], axis, sizes)
 
@@ -99,7 +102,9 @@ def slice_(b: GraphBuilder, node: ir.Node, dys: Grads, needs: Sequence[bool]) ->
     x = node.inputs[0]
     x_shape = b.static_shape(x)
     ranges = _slice_ranges(b, node)
-    b.check_batch_axis([a for a, kept in ranges.items() if kept != range(x_shape[a])], node)
+    sliced = [a for a, kept in ranges.items() if kept != range(x_shape[a])]
+    b.check_batch_axis(sliced, node)
+    b.check_fixed_size(sliced, node, why="slices an axis whose size follows the image")
     rest = [None] * (len(node.inputs) - 1)
     if all(kept.step == 1 and len(kept) > 0 for kept in ranges.values()):
         begins, ends = [0] * len(x_shape), [0] * len(x_shape)
@@ -198,6 +203,7 @@ def tile(b: GraphBuilder, node: ir.Node, dys: Grads, needs: Sequence[bool]) -> G
     x_shape = b.static_shape(x)
     if repeats[0] != 1:
         b.check_batch_axis([0], node)
+    b.check_fixed_size(range(1, len(x_shape)), node, why="reshapes to sizes read off the probe")
     interleaved = [d for r, n in zip(repeats, x_shape) for d in (r, n)]
     interleaved[1] = -1 if repeats[0] == 1 else interleaved[1]  # the batch: never baked in
     summed = b.reduce("ReduceSum", b.op("Reshape", dys[0], b.ints(interleaved)),
@@ -232,6 +238,7 @@ def depth_space(b: GraphBuilder, node: ir.Node, dys: Grads, needs: Sequence[bool
     inverse permutation (reshape to the transposed view → inverse transpose → x's shape)."""
     x = node.inputs[0]
     n, c, h, w = b.static_shape(x)
+    b.check_fixed_size([2, 3], node, why="reshapes to sizes read off the probe")
     bs = node.attributes.get_int("blocksize")
     perm, view = _block_permutation(node.op_type, node.attributes.get_string("mode", "DCR"))
     if view == "space":
