@@ -172,12 +172,14 @@ def provider_options(command: Callable) -> Callable:
 
 
 # -- the explainer and the inputs --------------------------------------------------------------
-def make_explainer(model: str, providers: Any, threads: int | None, batch_size: int, debug: bool) -> Any:
+def make_explainer(model: str, providers: Any, threads: int | None, batch_size: int, debug: bool,
+                   spinning: bool = True) -> Any:
     """The runtime's Explainer for MODEL, or one error line and exit 2."""
     from onnxcam.runtime import Explainer
 
     try:
-        return Explainer(model, providers=providers, intra_op_threads=threads, batch_size=batch_size)
+        return Explainer(model, providers=providers, intra_op_threads=threads, batch_size=batch_size,
+                         spinning=spinning)
     except OnnxcamError as exc:
         fail(exc, EXIT_USAGE, debug)
     except Exception as exc:  # noqa: BLE001

@@ -28,7 +28,6 @@ from onnxcam.cli.common import (
     save_png,
     setup_logging,
 )
-from onnxcam.models.errors import OnnxcamError
 
 DEFAULT_OUT = "onnxcam-out"
 TABLE_HEADERS = ("file", "top1", "label", "score", "explained", "files written")
@@ -78,32 +77,6 @@ class ImageResult:
         return [self.file, str(self.top1), self.label, f"{self.score:.3f}", explained, names]
 
 
-def load_batch(explainer: Any, files: list[Path], report: Reporter):
-    """Read and preprocess files → (kept indices, originals, x [n, ...] or None, geometries)."""
-    import numpy as np
-    from onnxcam.runtime import load_image
-
-    kept, originals, xs, geos = [], [], [], []
-    for i, f in enumerate(files):
-        try:
-            img = load_image(f)
-            x, geo = explainer.prepare_image(img)  # uint8 pixels for a --raw-input graph
-        except OnnxcamError as exc:
-            report.error(exc)
-            continue
-        except MemoryError:
-            report.error(f"{f}: out of memory while reading the image")
-            continue
-        except Exception as exc:  # noqa: BLE001  (a decoder failure still gets one line)
-            report.error(f"{f}: cannot read ({type(exc).__name__}: {exc})")
-            continue
-        kept.append(i)
-        originals.append(img)
-        xs.append(x)
-        geos.append(geo)
-    return kept, originals, (np.stack(xs) if xs else None), geos
-
-
 def write_image_outputs(results: dict, i: int, original: Any, geometry: Any, targets, overwrite: bool,
                         layout: str = "NCHW", color: str = "RGB") -> list[Path]:
     """Write one image's pictures (``runtime.pictures.method_picture``: an overlay on the photo,
@@ -121,73 +94,35 @@ def write_image_outputs(results: dict, i: int, original: Any, geometry: Any, tar
     return written
 
 
-def _explain_images(explainer: Any, x: Any, files: list[Path], methods: list[str], class_index: int | None,
-                    report: Reporter) -> list[tuple[int, dict]]:
-    """(index in ``x``, results) for the images that could be explained: the batch in one run, and
-    when that fails image by image, so that one image that breaks the graph loses only itself."""
-    from onnxcam.runtime import ClassIndexError, ModelError
-
-    try:
-        res = explainer.explain_many(x, methods=methods, class_index=class_index)
-        return [(j, {m: r.select(j) for m, r in res.items()}) for j in range(len(x))]
-    except (ClassIndexError, ModelError):
-        raise
-    except Exception:  # noqa: BLE001
-        if len(x) == 1:
-            raise
-    done = []
-    for j in range(len(x)):
-        try:
-            res = explainer.explain_many(x[j:j + 1], methods=methods, class_index=class_index)
-            done.append((j, {m: r.select(0) for m, r in res.items()}))
-        except (ClassIndexError, ModelError):
-            raise
-        except Exception as exc:  # noqa: BLE001
-            report.error(f"{files[j]}: explanation failed ({type(exc).__name__}: {exc})")
-    return done
-
-
-def _explain_batch(explainer: Any, batch: list[tuple[Path, list]], methods: list[str],
-                   class_index: int | None, overwrite: bool, report: Reporter) -> list[ImageResult]:
-    """Load one batch, run the graph once for all methods, write every image's files. A failure
-    at any stage (reading, explaining, writing) is one error line for that image."""
+def _write_item(explainer: Any, item: Any, targets, methods: list[str], overwrite: bool,
+                report: Reporter) -> ImageResult | None:
+    """Write one explained image's files; a failure (or the image's own error) is one error line."""
     from onnxcam.models.files import OutputError
     from onnxcam.runtime.postprocess import softmax
 
-    files = [f for f, _ in batch]
-    kept, originals, x, geos = load_batch(explainer, files, report)
-    if x is None:
-        return []
+    if item.error is not None:
+        report.error(item.error)
+        return None
+    f, first = item.source.path, item.results[methods[0]]
     try:
-        explained = _explain_images(explainer, x, [files[i] for i in kept], methods, class_index, report)
-    except (OnnxcamError, MemoryError):
-        raise
-    except Exception as exc:  # noqa: BLE001  (a single image that breaks the graph)
-        report.error(f"{files[kept[0]]}: explanation failed ({type(exc).__name__}: {exc})")
-        return []
-    labels, done = explainer.labels, []
-    for j, res in explained:
-        f, targets = batch[kept[j]]
-        first = res[methods[0]]
-        try:
-            written = write_image_outputs(res, 0, originals[j], geos[j], targets, overwrite,
-                                          layout=explainer.info.layout, color=explainer.info.preprocess.color)
-        except OutputError as exc:
-            report.error(exc)
-            continue
-        except OSError as exc:
-            report.error(f"{f}: cannot write {exc.filename or 'output'} ({exc.strerror or exc})")
-            continue
-        except Exception as exc:  # noqa: BLE001  (out of memory on a huge photo, ...)
-            report.error(f"{f}: cannot make its pictures ({type(exc).__name__}: {exc})")
-            continue
-        finally:
-            originals[j] = None  # free the decoded photo early
-        probs = softmax(first.logits)[0]
-        top1, explained_class = int(probs.argmax()), int(first.class_index[0])
-        done.append(ImageResult(str(f), top1, label_of(labels, top1), float(probs[top1]), explained_class,
-                                label_of(labels, explained_class), written))
-    return done
+        written = write_image_outputs(item.results, 0, item.image, item.geometry, targets, overwrite,
+                                      layout=explainer.info.layout, color=explainer.info.preprocess.color)
+    except OutputError as exc:
+        report.error(exc)
+        return None
+    except OSError as exc:
+        report.error(f"{f}: cannot write {exc.filename or 'output'} ({exc.strerror or exc})")
+        return None
+    except Exception as exc:  # noqa: BLE001  (out of memory on a huge photo, ...)
+        report.error(f"{f}: cannot make its pictures ({type(exc).__name__}: {exc})")
+        return None
+    finally:
+        item.image = None  # free the decoded photo early
+    probs = softmax(first.logits)[0]
+    top1, explained_class = int(probs.argmax()), int(first.class_index[0])
+    labels = explainer.labels
+    return ImageResult(str(f), top1, label_of(labels, top1), float(probs[top1]), explained_class,
+                       label_of(labels, explained_class), written)
 
 
 def _todo(files: list[Path], out_dir: Path, methods: list[str], save_npy: bool, overwrite: bool,
@@ -222,11 +157,29 @@ def _todo(files: list[Path], out_dir: Path, methods: list[str], save_npy: bool, 
 @click.option("--overwrite", is_flag=True, help="Replace existing output files (never replaced otherwise).")
 @click.option("-b", "--batch-size", type=click.IntRange(1), default=8, show_default=True,
               help="Images per graph run (also Score-CAM's masked-input batch).")
+@click.option("--parquet", "parquet", metavar="DIR", default=None,
+              help="Write a sharded Parquet dataset to DIR instead of pictures (one row per image and method; "
+                   "inputs may also be glob patterns, .txt lists and .csv/.parquet manifests). A rerun resumes.")
+@click.option("--engine", type=click.Choice(["local", "ray"]), default="local", show_default=True,
+              help="With --parquet: the dataset engine (local: decoding threads ahead of one session; ray: Ray "
+                   "Data, one explainer per actor, pip install 'onnxcam[ray]').")
+@click.option("--ray-address", default=None, metavar="ADDRESS",
+              help="With --engine ray: join this Ray cluster (default: start a local one).")
+@click.option("--actors", type=click.IntRange(1), default=1, show_default=True,
+              help="With --engine ray: explaining actors.")
+@click.option("--cpus-per-actor", type=click.FloatRange(0.05), default=0.5, show_default=True,
+              help="With --engine ray: CPUs each actor reserves (a fraction leaves room for the decoders).")
+@click.option("--gpus-per-actor", type=click.FloatRange(0), default=0.0, show_default=True,
+              help="With --engine ray: GPUs each actor reserves.")
+@click.option("--shard-size", type=click.IntRange(1), default=256, show_default=True,
+              help="With --parquet: images per Parquet file.")
+@click.option("--recursive", is_flag=True, help="With --parquet: also the images in sub-directories.")
 @provider_options
 @click.option("--debug", is_flag=True, help="Show tracebacks.")
 def explain_command(model: str, inputs: tuple[str, ...], methods: tuple[str, ...], class_: str, out: str,
-                    save_npy: bool, overwrite: bool, batch_size: int, providers: Any, threads: int | None,
-                    debug: bool) -> None:
+                    save_npy: bool, overwrite: bool, batch_size: int, parquet: str | None, engine: str,
+                    ray_address: str | None, actors: int, cpus_per_actor: float, gpus_per_actor: float,
+                    shard_size: int, recursive: bool, providers: Any, threads: int | None, debug: bool) -> None:
     """Explain images with an explanation graph (made by `onnxcam export`).
 
     For each image and method, writes OUT/<stem>.<method>.png (the heatmap over the original
@@ -236,18 +189,27 @@ def explain_command(model: str, inputs: tuple[str, ...], methods: tuple[str, ...
     """
     setup_logging(debug)
     from onnxcam.runtime import ClassIndexError, ModelError
+    from onnxcam.runtime.datasets import iter_explain
     from onnxcam.runtime.explainer import class_indices
     from tqdm import tqdm
 
     method_list = parse_methods(methods)
     class_index = parse_class(class_)
-    explainer = make_explainer(model, providers, threads, batch_size, debug)
+    explainer = make_explainer(model, providers, threads, batch_size, debug, spinning=False)  # decoders run beside it
     try:
         explainer.preprocessing()
         explainer.method_specs(method_list)
         class_indices(class_index, 1, explainer.info.num_classes)
     except (ClassIndexError, ModelError) as exc:
         fail(exc, EXIT_USAGE, debug)
+    if parquet is not None:
+        from onnxcam.cli.dataset_cmd import explain_dataset
+
+        ray = dict(actors=actors, cpus_per_actor=cpus_per_actor, gpus_per_actor=gpus_per_actor,
+                   address=ray_address) if engine == "ray" else None
+        explain_dataset(explainer, model, inputs, method_list, class_index, parquet,
+                        dict(shard_size=shard_size, batch_size=batch_size, overwrite=overwrite), recursive, debug, ray)
+        return
     out_dir = prepare_output_dir(out, debug)
     report = Reporter(debug)
     files, input_errors = expand_inputs(inputs, exclude=out_dir)
@@ -255,12 +217,13 @@ def explain_command(model: str, inputs: tuple[str, ...], methods: tuple[str, ...
         report.error(message)
     todo = _todo(files, out_dir, method_list, save_npy, overwrite, report)
     results: list[ImageResult] = []
-    batches = [todo[s:s + batch_size] for s in range(0, len(todo), batch_size)]
-    with tqdm(total=len(batches), desc="explaining", unit="batch", file=sys.stderr, leave=False,
-              dynamic_ncols=True, disable=None if batches else True) as bar:
+    with tqdm(total=len(todo), desc="explaining", unit="img", file=sys.stderr, leave=False,
+              dynamic_ncols=True, disable=None if todo else True) as bar:
         try:
-            for batch in batches:
-                results.extend(_explain_batch(explainer, batch, method_list, class_index, overwrite, report))
+            for item in iter_explain(explainer, [str(f) for f, _ in todo], method_list, class_index,
+                                     batch_size=batch_size, keep_images=True):
+                done = _write_item(explainer, item, todo[item.index][1], method_list, overwrite, report)
+                results.extend([done] if done else [])
                 bar.update(1)
         except (ClassIndexError, ModelError) as exc:
             bar.close()

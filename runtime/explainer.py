@@ -115,19 +115,20 @@ class Explainer:
     ``providers=None`` picks CUDA when it really initialises, else CPU; ``intra_op_threads``
     sets ORT's intra-op thread count; the graph runs on at most ``batch_size`` images at a time
     (also the Score-CAM masked-input batch); Ablation-CAM feeds ``head_batch_size`` ablated
-    copies at a time to the head-only path.
+    copies at a time to the head-only path. ``spinning=False`` lets ORT's idle threads sleep, which
+    leaves the cores to image decoding threads (the dataset engine).
     """
 
     def __init__(self, model_path: str | Path, providers: Sequence[ProviderSpec] | None = None,
                  intra_op_threads: int | None = None, batch_size: int = 16,
-                 head_batch_size: int = 128, io_binding: bool | None = None) -> None:
+                 head_batch_size: int = 128, io_binding: bool | None = None, spinning: bool = True) -> None:
         path = str(model_path)
         if not Path(path).is_file():
             raise ModelError(f"{path}: no such model file")
         if batch_size < 1 or head_batch_size < 1:
             raise ValueError("batch_size and head_batch_size must be ≥ 1")
         try:
-            self.runner = Runner(path, providers, intra_op_threads, io_binding)
+            self.runner = Runner(path, providers, intra_op_threads, io_binding, spinning)
         except Exception as exc:  # noqa: BLE001  (ORT raises several types for bad files)
             first = (str(exc) or type(exc).__name__).splitlines()[0]
             raise ModelError(f"{path}: cannot load as an ONNX model ({first})") from None

@@ -116,9 +116,11 @@ class Runner:
     """
 
     def __init__(self, model: str | bytes, providers: Sequence[ProviderSpec] | None = None,
-                 intra_op_threads: int | None = None, io_binding: bool | None = None) -> None:
+                 intra_op_threads: int | None = None, io_binding: bool | None = None, spinning: bool = True) -> None:
         opts = ort.SessionOptions()
         opts.log_severity_level = 3  # e.g. "initializer appears in graph inputs" is expected
+        if not spinning:  # idle intra-op threads sleep instead of spinning: other threads (decoders) get the cores
+            opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
         if intra_op_threads is not None:
             if int(intra_op_threads) < 0:
                 raise ValueError(f"intra_op_threads must be ≥ 0, got {intra_op_threads}")

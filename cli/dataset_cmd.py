@@ -1,0 +1,81 @@
+"""``onnxcam explain --parquet``: a whole dataset into sharded Parquet files (the runtime's
+``datasets`` engine does the work; this module parses, reports and prints)."""
+from __future__ import annotations
+
+import hashlib
+import signal
+import sys
+from typing import Any
+
+import click
+from onnxcam.cli.common import EXIT_PARTIAL, EXIT_USAGE, Reporter, fail
+from onnxcam.models.files import OutputError
+
+
+def _interrupted(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt
+
+
+def file_digest(path: str) -> str:
+    """The SHA-256 of a file (a run is resumed only with the very same model)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def explain_dataset(explainer: Any, model: str, inputs: tuple[str, ...], methods: list[str],
+                    class_index: int | None, out: str, options: dict, recursive: bool, debug: bool,
+                    ray: dict | None = None) -> None:
+    """Explain ``inputs`` into ``out`` with a progress bar (images/s, failures) and a summary line;
+    exit 1 when some images failed. ``ray``: the Ray engine's options (None: the local engine)."""
+    try:
+        from onnxcam.runtime.datasets.parquet import explain_to_parquet
+    except ImportError:
+        fail("--parquet needs pyarrow: pip install 'onnxcam[parquet]'", EXIT_USAGE, debug)
+    if ray is not None:
+        try:
+            import ray as _  # noqa: F401
+        except ImportError:
+            fail("--engine ray needs Ray: pip install 'onnxcam[ray]'", EXIT_USAGE, debug)
+        from onnxcam.runtime.datasets.ray_engine import RayOptions
+
+        options = {**options, "ray": RayOptions(**ray)}
+    from onnxcam.runtime.datasets import expand_sources
+    from tqdm import tqdm
+
+    report = Reporter(debug)
+    sources, errors = expand_sources(inputs, recursive)
+    for message in errors:
+        report.error(message)
+    with tqdm(total=len(sources), desc="explaining", unit="img", file=sys.stderr, leave=False,
+              dynamic_ncols=True, disable=None if sources else True) as bar:
+        def progress(item) -> None:
+            if item.error is not None:
+                report.error(item.error)
+                bar.set_postfix(failed=report.failed, refresh=False)
+            bar.update(1)
+
+        previous = signal.signal(signal.SIGTERM, _interrupted)  # finish cleanly: whole shards only
+        try:
+            summary = explain_to_parquet(explainer, sources, out, methods, class_index, progress=progress,
+                                         parameters={"model_sha256": file_digest(model)}, **options)
+        except OutputError as exc:
+            bar.close()
+            fail(exc, EXIT_USAGE, debug)
+        except KeyboardInterrupt:
+            bar.close()
+            click.echo(f"interrupted: the shards written so far are in {out}; run the same command again to "
+                       "finish the others", err=True)
+            sys.exit(130)
+        finally:
+            signal.signal(signal.SIGTERM, previous)
+    skipped = f"; {summary.skipped_shards} shard(s) already done" if summary.skipped_shards else ""
+    line = (f"explained {summary.explained} of {len(sources)} images with {', '.join(methods)} into {out}"
+            f"{skipped}")
+    if report.failed:
+        line += f"; {report.failed} failed (error rows in the dataset, and the lines above)"
+    click.echo(line)
+    if report.failed:
+        sys.exit(EXIT_PARTIAL)

@@ -1,0 +1,118 @@
+"""Explain any number of images with bounded memory: the local dataset engine.
+
+``iter_explain`` decodes and preprocesses images on a thread pool (Pillow releases the GIL while
+decoding) a few batches ahead of the session, runs the graph once per batch for all methods, and
+yields one :class:`Item` per source in input order — its results, or the one-line reason it
+failed. A failure (an unreadable file, an image that breaks the graph) costs that image only; a
+batch that fails is retried image by image. At most ``(prefetch + 1) · batch_size`` decoded
+images are alive at a time, so memory does not grow with the number of images.
+"""
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+
+import numpy as np
+from onnxcam.models.errors import OnnxcamError
+from onnxcam.runtime.datasets.sources import Source
+from onnxcam.runtime.errors import ClassIndexError, ModelError
+from onnxcam.runtime.explainer import Explainer, Explanation
+from onnxcam.runtime.images import Geometry, load_image
+from PIL import Image
+
+
+@dataclass
+class Item:
+    """One image of a run: ``index`` in the input order, its source, and either ``results``
+    (method → its :class:`Explanation` of this image alone) or ``error`` (one line)."""
+
+    index: int
+    source: Source
+    results: dict[str, Explanation] | None = None
+    error: str | None = None
+    geometry: Geometry | None = None
+    image: Image.Image | None = None  # the decoded photo, kept only with ``keep_images``
+
+
+@dataclass
+class _Decoded:
+    x: np.ndarray | None
+    geometry: Geometry | None
+    image: Image.Image | None
+    error: str | None
+
+
+def decode(prepare: Callable[[Image.Image], tuple[np.ndarray, Geometry]], source: Source,
+           keep_image: bool = False) -> _Decoded:
+    """Read one image and ``prepare`` it (``Explainer.prepare_image``); a failure becomes its
+    one-line reason."""
+    try:
+        image = load_image(source.path)
+        x, geometry = prepare(image)
+        return _Decoded(x, geometry, image if keep_image else None, None)
+    except OnnxcamError as exc:
+        return _Decoded(None, None, None, str(exc))
+    except MemoryError:
+        return _Decoded(None, None, None, f"{source.path}: out of memory while reading the image")
+    except Exception as exc:  # noqa: BLE001  (a decoder failure still gets one line)
+        return _Decoded(None, None, None, f"{source.path}: cannot read ({type(exc).__name__}: {exc})")
+
+
+def explain_batch(explainer: Explainer, x: np.ndarray, methods: Sequence[str], classes: np.ndarray,
+                  names: Sequence[str]) -> list[dict[str, Explanation] | str]:
+    """Per image of ``x``: method → its explanation, or why it failed. The batch runs once; when it
+    fails, image by image, so one image that breaks the graph loses only itself. Errors of the
+    model or of the classes (the same for every image) are raised."""
+    try:
+        res = explainer.explain_many(x, methods=list(methods), class_index=classes)
+        return [{m: r.select(j) for m, r in res.items()} for j in range(len(x))]
+    except (ClassIndexError, ModelError):
+        raise
+    except Exception as exc:  # noqa: BLE001
+        if len(x) == 1:
+            return [f"{names[0]}: explanation failed ({type(exc).__name__}: {exc})"]
+    return [explain_batch(explainer, x[j:j + 1], methods, classes[j:j + 1], names[j:j + 1])[0] for j in range(len(x))]
+
+
+def _run(explainer: Explainer, batch: list[tuple[int, Source, _Decoded]], methods: Sequence[str],
+         class_index: int | None) -> list[Item]:
+    good = [(i, s, d) for i, s, d in batch if d.error is None]
+    items = {i: Item(i, s, error=d.error) for i, s, d in batch if d.error is not None}
+    if good:
+        classes = np.array([s.class_index if s.class_index is not None else (-1 if class_index is None else class_index)
+                            for _, s, _ in good], np.int64)
+        outcomes = explain_batch(explainer, np.stack([d.x for _, _, d in good]), methods, classes,
+                                 [s.path for _, s, _ in good])
+        for (i, s, d), outcome in zip(good, outcomes):
+            items[i] = Item(i, s, error=outcome) if isinstance(outcome, str) else \
+                Item(i, s, results=outcome, geometry=d.geometry, image=d.image)
+    return [items[i] for i, _, _ in batch]
+
+
+def iter_explain(explainer: Explainer, sources: Iterable[Source | str], methods: Sequence[str],
+                 class_index: int | None = None, *, batch_size: int | None = None, workers: int = 2,
+                 prefetch: int = 2, keep_images: bool = False) -> Iterator[Item]:
+    """Explain ``sources`` with ``methods`` (see the module docstring), yielding one
+    :class:`Item` per source in order. ``class_index``: the class for sources without their own
+    (None: each image's top-1); ``batch_size``: images per graph run (default: the explainer's);
+    ``workers`` decoding threads; ``prefetch`` batches decoded ahead; ``keep_images`` keeps the
+    decoded photo on each item (for overlays)."""
+    explainer.preprocessing()  # a graph without preprocessing metadata cannot read files
+    size = batch_size or explainer.batch_size
+    pending: deque[tuple[int, Source, Future]] = deque()
+    stream = ((i, s if isinstance(s, Source) else Source(str(s))) for i, s in enumerate(sources))
+    with ThreadPoolExecutor(max_workers=max(1, workers), thread_name_prefix="onnxcam-decode") as pool:
+        def fill() -> None:
+            while len(pending) < (prefetch + 1) * size:
+                nxt = next(stream, None)
+                if nxt is None:
+                    return
+                pending.append((*nxt, pool.submit(decode, explainer.prepare_image, nxt[1], keep_images)))
+
+        fill()
+        while pending:
+            batch = [pending.popleft() for _ in range(min(size, len(pending)))]
+            fill()  # decode the next batches while this one runs
+            yield from _run(explainer, [(i, s, f.result()) for i, s, f in batch], methods, class_index)

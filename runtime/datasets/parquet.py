@@ -1,0 +1,256 @@
+"""Explanations as a Parquet dataset: sharded, written atomically, resumable.
+
+Two tables in the output directory: ``explanations/`` with one row per (image, method) —
+every heatmap present, so pandas, pyarrow and Ray Data read the column as tensors — and
+``errors/`` with one row per image that failed. Columns of ``explanations`` (:func:`schema`):
+
+| column | type | meaning |
+|---|---|---|
+| ``index`` | int64 | the image's position in the run's input order |
+| ``path`` | string | the image file |
+| ``height``, ``width`` | int32 | the original image's size |
+| ``method`` | string | the CAM / input-space method |
+| ``class_index``, ``label`` | int64, string | the class explained |
+| ``top_classes``, ``top_scores`` | list<int64>, list<float32> | the top-k classes and their softmax scores |
+| ``heatmap`` | ``arrow.fixed_shape_tensor`` float32 [H, W] | the heatmap at the model input size, in [0, 1] |
+
+and of ``errors``: ``index``, ``path``, ``error`` (one line: why it failed).
+
+Input ``i`` belongs to shard ``i // shard_size``: ``errors/part-NNNNN.parquet`` (when some of
+its images failed) and then ``explanations/part-NNNNN.parquet``, which marks the shard done.
+Each file goes through a temporary file renamed in one step, so a killed run leaves whole
+shards only. The run's parameters are kept in ``_onnxcam_run.json``; a rerun with the same
+parameters and inputs skips the shards already written, another one is refused (``overwrite``
+starts afresh).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Iterable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+from onnxcam.models.files import OutputError, check_target, write_output
+from onnxcam.runtime.datasets.engine import Item
+from onnxcam.runtime.datasets.sources import Source
+from onnxcam.runtime.postprocess import softmax
+
+RUN_FILE = "_onnxcam_run.json"
+
+
+def schema(input_size: tuple[int, int]) -> pa.Schema:
+    """The rows' schema for heatmaps of the model input size (H, W)."""
+    return pa.schema([
+        ("index", pa.int64()), ("path", pa.string()), ("height", pa.int32()), ("width", pa.int32()),
+        ("method", pa.string()), ("class_index", pa.int64()), ("label", pa.string()),
+        ("top_classes", pa.list_(pa.int64())), ("top_scores", pa.list_(pa.float32())),
+        ("heatmap", pa.fixed_shape_tensor(pa.float32(), list(input_size))),
+    ])
+
+
+ERROR_SCHEMA = pa.schema([("index", pa.int64()), ("path", pa.string()), ("error", pa.string())])
+EXPLANATIONS, ERRORS = "explanations", "errors"
+
+
+def shard_name(shard: int) -> str:
+    return f"part-{shard:05d}.parquet"
+
+
+def _label(labels: list[str] | None, index: int) -> str | None:
+    return labels[index] if labels and 0 <= index < len(labels) else None
+
+
+def _fixed_lists(values: np.ndarray, value_type: pa.DataType) -> pa.Array:
+    """The rows of a 2-D array as an Arrow fixed-size list array."""
+    return pa.FixedSizeListArray.from_arrays(pa.array(values.ravel(), value_type), values.shape[1])
+
+
+def to_table(items: Iterable[Item], labels: list[str] | None, input_size: tuple[int, int], top_k: int = 5) -> pa.Table:
+    """The explanations of ``items`` (those that have results) as one table of :func:`schema`:
+    one row per (image, method), in the items' order and then the methods'."""
+    done = [item for item in items if item.results is not None]
+    sch = schema(input_size)
+    if not done:
+        return sch.empty_table()
+    explanations = [e for item in done for e in item.results.values()]
+    per_image = len(done[0].results)
+    logits = np.concatenate([e.logits for e in explanations])
+    probs = softmax(logits)
+    top = np.argsort(-probs, axis=1, kind="stable")[:, :top_k]
+    explained = np.concatenate([e.class_index for e in explanations]).astype(np.int64)
+    sizes = np.array([item.geometry.original_size if item.geometry else (0, 0) for item in done], np.int32)
+    maps = np.stack([e.heatmaps[0] for e in explanations]).astype(np.float32, copy=False)
+    columns = {
+        "index": pa.array(np.repeat([item.index for item in done], per_image), pa.int64()),
+        "path": pa.array([item.source.path for item in done for _ in range(per_image)], pa.string()),
+        "height": pa.array(np.repeat(sizes[:, 0], per_image), pa.int32()),
+        "width": pa.array(np.repeat(sizes[:, 1], per_image), pa.int32()),
+        "method": pa.array([e.method for e in explanations], pa.string()),
+        "class_index": pa.array(explained, pa.int64()),
+        "label": pa.array([_label(labels, int(c)) for c in explained], pa.string()),
+        "top_classes": _fixed_lists(top.astype(np.int64), pa.int64()).cast(pa.list_(pa.int64())),
+        "top_scores": _fixed_lists(np.take_along_axis(probs, top, 1).astype(np.float32), pa.float32())
+        .cast(pa.list_(pa.float32())),
+        "heatmap": pa.ExtensionArray.from_storage(sch.field("heatmap").type,
+                                                  _fixed_lists(maps.reshape(len(maps), -1), pa.float32())),
+    }
+    return pa.table([columns[name] for name in sch.names], schema=sch)
+
+
+@dataclass
+class ShardedRun:
+    """The output directory of one run (see the module docstring)."""
+
+    out: Path
+    shard_size: int
+    count: int  # inputs
+
+    @classmethod
+    def open(cls, out: str | Path, parameters: dict, sources: list[Source], shard_size: int,
+             overwrite: bool = False) -> ShardedRun:
+        """Create or resume the run in ``out``; OutputError when ``out`` holds another run
+        (unless ``overwrite``, which removes its shards)."""
+        out = Path(out)
+        out.mkdir(parents=True, exist_ok=True)
+        digest = hashlib.sha256("\n".join(f"{s.path}\t{s.class_index}" for s in sources).encode()).hexdigest()
+        record = {**parameters, "shard_size": shard_size, "inputs": len(sources), "inputs_sha256": digest}
+        run_file = out / RUN_FILE
+        for table in (EXPLANATIONS, ERRORS):
+            if (out / table).is_symlink():
+                raise OutputError(f"{out / table} is a symbolic link; refusing to write through it")
+            (out / table).mkdir(exist_ok=True)
+        if overwrite:
+            for old in [*out.glob(f"{EXPLANATIONS}/part-*.parquet"), *out.glob(f"{ERRORS}/part-*.parquet")]:
+                check_target(old, overwrite=True).unlink()
+        elif run_file.exists() or run_file.is_symlink():
+            try:
+                previous = json.loads(run_file.read_text(encoding="utf-8"))
+            except (OSError, ValueError):
+                previous = None
+            if previous != record:
+                raise OutputError(f"{out} holds another run (other model, methods or inputs: see {RUN_FILE}); "
+                                  "choose another directory or pass --overwrite to start afresh")
+            run = cls(out, shard_size, len(sources))
+            run.remove_leftovers()
+            return run
+        elif any(out.glob(f"{EXPLANATIONS}/part-*.parquet")):
+            raise OutputError(f"{out} has Parquet shards but no {RUN_FILE}; choose another directory or pass "
+                              "--overwrite")
+        write_output(run_file, json.dumps(record, indent=1).encode(), overwrite=True)
+        return cls(out, shard_size, len(sources))
+
+    def remove_leftovers(self) -> None:
+        """Temporary files of a run killed while writing a shard (never a finished one)."""
+        for tmp in [*self.out.glob(f"{EXPLANATIONS}/.part-*.tmp"), *self.out.glob(f"{ERRORS}/.part-*.tmp")]:
+            if tmp.is_file() and not tmp.is_symlink():
+                tmp.unlink(missing_ok=True)
+
+    @property
+    def shards(self) -> int:
+        return -(-self.count // self.shard_size)
+
+    def done(self, shard: int) -> bool:
+        """Whether the shard's explanations file is in place and whole (Parquet's closing bytes)."""
+        path = self.out / EXPLANATIONS / shard_name(shard)
+        if not path.is_file() or path.is_symlink() or path.stat().st_size < 8:
+            return False
+        with open(path, "rb") as f:
+            f.seek(-4, os.SEEK_END)
+            return f.read(4) == b"PAR1"
+
+    def pending(self) -> list[int]:
+        """The input indices of the shards not written yet."""
+        return [i for s in range(self.shards) if not self.done(s)
+                for i in range(s * self.shard_size, min((s + 1) * self.shard_size, self.count))]
+
+    def write(self, items: Iterator[Item], labels: list[str] | None, input_size: tuple[int, int],
+              top_k: int = 5) -> Iterator[list[Item]]:
+        """Write ``items`` (of the pending inputs, in order, ``index`` as in the whole run) shard by
+        shard, each on a writer thread while the next is explained (one shard in flight at most);
+        yields each shard's items once its files are in place."""
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="onnxcam-parquet") as pool:
+            writing: Future | None = None
+            current, shard = [], None
+            for item in items:
+                if shard is not None and item.index // self.shard_size != shard:
+                    if writing is not None:
+                        yield writing.result()
+                    writing = pool.submit(self._flush, shard, current, labels, input_size, top_k)
+                    current = []
+                shard = item.index // self.shard_size
+                current.append(item)
+            if writing is not None:
+                yield writing.result()
+            if current:
+                yield self._flush(shard, current, labels, input_size, top_k)
+
+    def _flush(self, shard: int, items: list[Item], labels, input_size, top_k) -> list[Item]:
+        failed = [{"index": i.index, "path": i.source.path, "error": i.error} for i in items if i.results is None]
+        if failed:  # a killed run may have left this shard's errors without its explanations: replaced
+            errors = pa.Table.from_pylist(failed, schema=ERROR_SCHEMA)
+            write_output(self.out / ERRORS / shard_name(shard), lambda f: pq.write_table(errors, f), overwrite=True)
+        table = to_table(items, labels, input_size, top_k)
+        write_output(self.out / EXPLANATIONS / shard_name(shard), lambda f: pq.write_table(table, f), overwrite=False)
+        return items
+
+
+def read_heatmaps(table: pa.Table) -> np.ndarray:
+    """The ``heatmap`` column of an explanations table as float32 [rows, H, W]."""
+    return table.column("heatmap").combine_chunks().to_numpy_ndarray()
+
+
+@dataclass
+class RunSummary:
+    """What a dataset run did: images explained and failed in this run, shards skipped as done."""
+
+    explained: int = 0
+    failed: int = 0
+    skipped_shards: int = 0
+    errors: list[str] | None = None
+
+
+def explain_to_parquet(explainer, sources: list[Source], out: str | Path, methods: list[str],
+                       class_index: int | None = None, *, shard_size: int = 256, top_k: int = 5,
+                       batch_size: int | None = None, workers: int = 2, overwrite: bool = False,
+                       parameters: dict | None = None, progress=None, ray=None) -> RunSummary:
+    """Explain ``sources`` into the sharded Parquet dataset ``out`` (see the module docstring),
+    resuming a run with the same ``parameters`` (model, methods, class, …) and inputs.
+    ``progress(item)`` is called with each item as it is explained (or fails). With ``ray``
+    (a ``ray_engine.RayOptions``) the images are explained on Ray Data instead of the local engine."""
+    from dataclasses import replace
+
+    from onnxcam.runtime.datasets.engine import iter_explain
+
+    record = {"methods": list(methods), "class_index": class_index, "top_k": top_k, **(parameters or {})}
+    run = ShardedRun.open(out, record, sources, shard_size, overwrite)
+    todo = run.pending()
+    summary = RunSummary(skipped_shards=run.shards - len({i // shard_size for i in todo}), errors=[])
+
+    def explained():
+        chosen = [sources[i] for i in todo]
+        if ray is None:
+            return iter_explain(explainer, chosen, methods, class_index, batch_size=batch_size, workers=workers)
+        from onnxcam.runtime.datasets.ray_engine import ray_explain
+
+        return ray_explain(explainer.info.path, chosen, methods, class_index, options=ray,
+                           batch_size=batch_size or explainer.batch_size)  # each actor picks its own device
+
+    def items():
+        for item in explained():
+            item = replace(item, index=todo[item.index])  # its index in the whole run
+            if progress is not None:
+                progress(item)
+            yield item
+
+    for shard in run.write(items(), explainer.labels, explainer.info.input_size, top_k):
+        failed = [item.error for item in shard if item.error is not None]
+        summary.explained += len(shard) - len(failed)
+        summary.failed += len(failed)
+        summary.errors += failed
+    return summary

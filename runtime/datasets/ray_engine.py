@@ -1,0 +1,125 @@
+"""The same dataset run on Ray Data, for more images than one machine explains in time.
+
+Stages: the sources (index, path, class) → decoding and preprocessing with onnxcam's own loader
+as a CPU stage (EXIF orientation, RGBA, the decompression-bomb guard: what the local engine
+does) → explaining in an actor pool, one ``Explainer`` per actor (``cpus_per_actor`` may be a
+fraction, so a 2-core node runs the reader and the actors without deadlock; ``gpus_per_actor``
+on GPU nodes) → the rows back on the driver in input order, as the local engine's
+:class:`~onnxcam.runtime.datasets.engine.Item`, so the Parquet writer and the summaries are the
+same. ``address`` joins a running cluster; without it a local Ray starts (``num_cpus`` cores).
+"""
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from functools import partial
+
+import numpy as np
+from onnxcam.runtime.datasets.engine import Item, decode, explain_batch
+from onnxcam.runtime.datasets.sources import Source
+from onnxcam.runtime.explainer import Explainer, Explanation
+from onnxcam.runtime.images import Geometry, image_pixels, preprocess_image
+
+_GEOMETRY = ("original_size", "resized_size", "crop_offset", "input_size")
+
+
+@dataclass
+class RayOptions:
+    """Where and how wide the Ray run is."""
+
+    actors: int = 1
+    cpus_per_actor: float = 0.5
+    gpus_per_actor: float = 0.0
+    address: str | None = None
+    num_cpus: int | None = None
+
+
+def _decode_batch(batch: dict, spec, raw: bool) -> dict:
+    """Decode rows {index, path, class_index} → + x, the geometry and error ('' when none)."""
+    prepare = partial(image_pixels if raw else preprocess_image, spec=spec)
+    decoded = [decode(lambda image: prepare(image), Source(str(p))) for p in batch["path"]]
+    shape = next((d.x.shape for d in decoded if d.error is None), None)
+    dtype = next((d.x.dtype for d in decoded if d.error is None), np.float32)
+    batch["x"] = np.stack([d.x if d.error is None else np.zeros(shape or (1,), dtype) for d in decoded])
+    batch["error"] = np.array([d.error or "" for d in decoded], dtype=object)
+    for field in _GEOMETRY:
+        batch[field] = np.array([getattr(d.geometry, field) if d.geometry else (0, 0) for d in decoded], np.int64)
+    return batch
+
+
+class _ExplainStage:
+    """One Explainer per actor; explains the decoded rows of each batch (``explain_batch``)."""
+
+    def __init__(self, model: str, methods: Sequence[str], class_index: int | None, providers) -> None:
+        self.explainer = Explainer(model, providers=providers, spinning=False)  # decoding tasks share the node
+        self.methods, self.class_index = list(methods), class_index
+
+    def __call__(self, batch: dict) -> dict:
+        good = [j for j, e in enumerate(batch["error"]) if not e]
+        n, info = len(batch["path"]), self.explainer.info
+        h, w = info.input_size
+        for m in self.methods:
+            batch[f"heatmap:{m}"] = np.zeros((n, h, w), np.float32)
+        batch["logits"] = np.zeros((n, info.num_classes or 1), np.float32)
+        batch["explained"] = np.full(n, -1, np.int64)
+        raws: dict[str, list] = {m: [np.zeros((1, 1), np.float32)] * n for m in self.methods}
+        if good:
+            wanted = np.where(batch["class_index"][good] >= 0, batch["class_index"][good],
+                              -1 if self.class_index is None else self.class_index)
+            outcomes = explain_batch(self.explainer, batch["x"][good], self.methods, wanted.astype(np.int64),
+                                     [str(batch["path"][j]) for j in good])
+            errors = list(batch["error"])
+            for j, outcome in zip(good, outcomes):
+                if isinstance(outcome, str):
+                    errors[j] = outcome
+                    continue
+                for m, e in outcome.items():
+                    batch[f"heatmap:{m}"][j], raws[m][j] = e.heatmaps[0], e.raw[0]
+                batch["logits"][j], batch["explained"][j] = e.logits[0], e.class_index[0]
+            batch["error"] = np.array(errors, dtype=object)
+        for m in self.methods:  # raw maps: one shape per method, as the graph gives them
+            shape = next((r.shape for r in raws[m] if r.shape != (1, 1)), (1, 1))
+            batch[f"raw:{m}"] = np.stack([r if r.shape == shape else np.zeros(shape, np.float32) for r in raws[m]])
+        del batch["x"]
+        return batch
+
+
+def _item(row: dict, methods: Sequence[str], source: Source) -> Item:
+    if row["error"]:
+        return Item(int(row["index"]), source, error=str(row["error"]))
+    geometry = Geometry(*(tuple(int(v) for v in row[f]) for f in _GEOMETRY))
+    results = {m: Explanation(m, np.asarray(row[f"heatmap:{m}"])[None], np.asarray(row["logits"])[None],
+                              np.array([row["explained"]], np.int64), np.asarray(row[f"raw:{m}"])[None], [geometry])
+               for m in methods}
+    return Item(int(row["index"]), source, results=results, geometry=geometry)
+
+
+def ray_explain(model: str, sources: Sequence[Source], methods: Sequence[str], class_index: int | None = None, *,
+                batch_size: int = 8, options: RayOptions | None = None, providers=None) -> Iterator[Item]:
+    """Explain ``sources`` on Ray Data (see the module docstring), yielding one Item per source in
+    order, exactly as ``iter_explain`` would."""
+    import ray
+
+    options = options or RayOptions()
+    if not ray.is_initialized():
+        kwargs = {"address": options.address} if options.address else {"num_cpus": options.num_cpus}
+        ray.init(include_dashboard=False, log_to_driver=False, logging_level=logging.WARNING, **kwargs)
+    driver = Explainer(model)
+    info, spec = driver.info, driver.preprocessing()
+    context = ray.data.DataContext.get_current()
+    context.execution_options.preserve_order = True  # the rows come back in input order
+    context.enable_progress_bars = False  # the caller shows its own
+    logging.getLogger("ray.data").setLevel(logging.WARNING)
+    rows = [{"index": i, "path": s.path, "class_index": -1 if s.class_index is None else s.class_index}
+            for i, s in enumerate(sources)]
+    if not rows:
+        return
+    dataset = ray.data.from_items(rows, override_num_blocks=max(1, min(len(rows) // batch_size, 64)))
+    dataset = dataset.map_batches(_decode_batch, batch_size=batch_size, fn_kwargs={"spec": spec, "raw": info.raw_input},
+                                  num_cpus=max(0.1, 1 - options.cpus_per_actor) / 2)
+    dataset = dataset.map_batches(_ExplainStage, fn_constructor_args=(model, list(methods), class_index, providers),
+                                  batch_size=batch_size, compute=ray.data.ActorPoolStrategy(size=options.actors),
+                                  num_cpus=options.cpus_per_actor, num_gpus=options.gpus_per_actor or None)
+    for row in dataset.iter_rows():
+        yield _item(row, methods, sources[int(row["index"])])

@@ -1,0 +1,187 @@
+"""Whole datasets: the local engine (``onnxcam.runtime.datasets``) and ``onnxcam explain --parquet``
+on the committed tiny graph — every good image explained exactly as ``Explainer`` does, every
+broken one an error row, shards that resume after a kill."""
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+pa = pytest.importorskip("pyarrow")
+pq = pytest.importorskip("pyarrow.parquet")
+
+from cli_helpers import run_cli as run  # noqa: E402
+from onnxcam.runtime import Explainer  # noqa: E402
+from onnxcam.runtime.datasets import Source, expand_sources, iter_explain  # noqa: E402
+from onnxcam.runtime.datasets.parquet import ERRORS, EXPLANATIONS, RUN_FILE, read_heatmaps  # noqa: E402
+from test_cli_explain import huge_png  # noqa: E402
+
+TINY = Path(__file__).parent / "data" / "tiny.cam.onnx"
+METHODS = ("gradcam", "gradcam++")
+
+
+def write_images(folder: Path, count: int, seed: int = 0, size: tuple[int, int] = (30, 40)) -> list[Path]:
+    """``count`` random RGB PNGs of slightly different sizes."""
+    folder.mkdir(parents=True, exist_ok=True)
+    rng, paths = np.random.default_rng(seed), []
+    for i in range(count):
+        shape = (size[0] + i % 7, size[1] + i % 5, 3)
+        paths.append(folder / f"img{i:04d}.png")
+        Image.fromarray(rng.integers(0, 255, shape, dtype=np.uint8)).save(paths[-1])
+    return paths
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory) -> tuple[Path, list[Path], list[Path]]:
+    """200 good images and 5 broken ones (truncated, empty, text, a decompression bomb, a
+    directory named like an image) in one folder."""
+    root = tmp_path_factory.mktemp("dataset")
+    good = write_images(root, 200)
+    truncated = root / "truncated.png"
+    truncated.write_bytes(good[0].read_bytes()[:60])
+    empty = root / "empty.png"
+    empty.write_bytes(b"")
+    text = root / "text.png"
+    text.write_text("not a picture\n")
+    bomb = huge_png(root / "bomb.png")
+    directory = root / "x.jpg"
+    directory.mkdir()
+    return root, good, [truncated, empty, text, bomb, directory]
+
+
+def read(out: Path) -> pa.Table:
+    """The explanations table of a run, in input order."""
+    return pq.read_table(out / EXPLANATIONS).sort_by([("index", "ascending"), ("method", "ascending")])
+
+
+def read_errors(out: Path) -> pa.Table:
+    return pq.read_table(out / ERRORS).sort_by("index")
+
+
+def test_a_folder_with_broken_images(folder, tmp_path) -> None:
+    """195+ explained images (two rows each), the 5 broken ones as error rows, exit 1; every
+    heatmap equal to ``Explainer.explain_many`` on the same image (max|Δ| = 0)."""
+    root, good, bad = folder
+    out = tmp_path / "out"
+    result = run("explain", TINY, root, "--parquet", out, *[a for m in METHODS for a in ("-m", m)],
+                 "--shard-size", "64", "-b", "8")
+    assert result.exit_code == 1, result.stderr
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 5 and "Traceback" not in result.stderr
+    failed = read_errors(out)
+    assert sorted(failed.column("path").to_pylist()) == sorted(str(p) for p in bad)
+    assert all(e.startswith(p) for p, e in zip(failed.column("path").to_pylist(), failed.column("error").to_pylist()))
+    rows = read(out)
+    assert rows.num_rows == 2 * len(good)
+    assert sorted(set(rows.column("path").to_pylist())) == sorted(str(p) for p in good)
+    assert sorted(p.name for p in out.iterdir()) == [RUN_FILE, ERRORS, EXPLANATIONS]
+    assert sorted(p.name for p in (out / EXPLANATIONS).iterdir()) == [f"part-0000{i}.parquet" for i in range(4)]
+
+    explainer = Explainer(str(TINY), batch_size=8)
+    heatmaps = read_heatmaps(rows)
+    paths, methods = rows.column("path").to_pylist(), rows.column("method").to_pylist()
+    for start in range(0, len(good), 8):  # the engine's batches: 8 good images in input order
+        batch = [str(p) for p in good[start:start + 8]]
+        want = explainer.explain_many(explainer.prepare(batch)[0], methods=list(METHODS))
+        for j, path in enumerate(batch):
+            for method in METHODS:
+                k = next(i for i, (p, m) in enumerate(zip(paths, methods)) if p == path and m == method)
+                assert np.max(np.abs(heatmaps[k] - want[method].heatmaps[j])) == 0, (path, method)
+    first = rows.slice(0, 1).to_pylist()[0]
+    assert (first["height"], first["width"]) == Image.open(first["path"]).size[::-1]
+    assert len(first["top_classes"]) == 5 and first["label"] == explainer.labels[first["class_index"]]
+
+
+def test_sources_from_globs_lists_and_manifests(tmp_path) -> None:
+    images = write_images(tmp_path / "a" / "b", 6)
+    (tmp_path / "list.txt").write_text("# two of them\na/b/img0000.png\na/b/img0001.png\n")
+    (tmp_path / "manifest.csv").write_text("path,class\na/b/img0002.png,3\na/b/img0003.png,\n")
+    sources, errors = expand_sources([str(tmp_path / "list.txt"), str(tmp_path / "manifest.csv"),
+                                      str(tmp_path / "**" / "*.png"), str(tmp_path / "nothing*.png")])
+    assert [Path(s.path).resolve() for s in sources] == [p.resolve() for p in images]
+    assert [s.class_index for s in sources[:4]] == [None, None, 3, None]
+    assert len(errors) == 1 and "matches no image files" in errors[0]
+    recursive, _ = expand_sources([str(tmp_path)], recursive=True)
+    assert len(recursive) == 6
+    _, errors = expand_sources([str(tmp_path)])
+    assert errors == [f"{tmp_path}: directory has no images"]
+
+
+def test_a_manifest_class_is_explained(tmp_path) -> None:
+    images = write_images(tmp_path / "img", 3)
+    manifest = tmp_path / "m.csv"
+    manifest.write_text("path,class\n" + "".join(f"img/{p.name},{c}\n" for p, c in zip(images, (7, 2, 9))))
+    out = tmp_path / "out"
+    assert run("explain", TINY, manifest, "--parquet", out).exit_code == 0
+    assert read(out).column("class_index").to_pylist() == [7, 2, 9]
+
+
+def test_the_engine_streams_in_order_with_errors_in_place(folder) -> None:
+    root, good, bad = folder
+    explainer = Explainer(str(TINY), batch_size=4)
+    sources = [Source(str(p)) for p in [good[0], bad[0], good[1], bad[1], good[2]]]
+    items = list(iter_explain(explainer, sources, ["gradcam"], workers=2, prefetch=1))
+    assert [i.index for i in items] == list(range(5))
+    assert [i.error is None for i in items] == [True, False, True, False, True]
+    assert items[1].error.startswith(str(bad[0]))
+
+
+def test_another_run_into_the_same_directory_is_refused(tmp_path) -> None:
+    write_images(tmp_path / "img", 4)
+    out = tmp_path / "out"
+    assert run("explain", TINY, tmp_path / "img", "--parquet", out).exit_code == 0
+    before = (out / EXPLANATIONS / "part-00000.parquet").read_bytes()
+    again = run("explain", TINY, tmp_path / "img", "--parquet", out, "-m", "layercam")
+    assert again.exit_code == 2 and "holds another run" in again.stderr
+    assert (out / EXPLANATIONS / "part-00000.parquet").read_bytes() == before
+    replaced = run("explain", TINY, tmp_path / "img", "--parquet", out, "-m", "layercam", "--overwrite")
+    assert replaced.exit_code == 0
+    assert set(read(out).column("method").to_pylist()) == {"layercam"}
+
+
+def test_a_killed_run_resumes_with_the_missing_shards_only(tmp_path) -> None:
+    """SIGTERM once a few shards are written; the rerun writes the others (the finished shards
+    are not touched) and the union equals an uninterrupted run."""
+    images = tmp_path / "img"
+    write_images(images, 300, size=(120, 160))
+    args = [sys.executable, "-m", "onnxcam.cli.main", "explain", str(TINY), str(images), "-m", "scorecam",
+            "-m", "gradcam", "--shard-size", "15", "-b", "4", "--parquet"]
+    out = tmp_path / "killed"
+    process = subprocess.Popen(args + [str(out)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 120
+    while not (out / EXPLANATIONS / "part-00002.parquet").exists() and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    process.send_signal(signal.SIGTERM)
+    process.wait(timeout=60)
+    assert process.returncode == 130 and b"run the same command again" in process.stderr.read()
+    done = {p.name: (p.stat().st_mtime_ns, p.read_bytes()) for p in (out / EXPLANATIONS).glob("part-*.parquet")}
+    assert 3 <= len(done) < 20, f"the run was not killed halfway ({len(done)} of 20 shards)"
+    resumed = subprocess.run(args + [str(out)], capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr
+    assert "shard(s) already done" in resumed.stdout
+    for name, (mtime, content) in done.items():
+        path = out / EXPLANATIONS / name
+        assert path.stat().st_mtime_ns == mtime and path.read_bytes() == content
+    whole = tmp_path / "whole"
+    assert subprocess.run(args + [str(whole)], capture_output=True, timeout=300).returncode == 0
+    assert len(list((out / EXPLANATIONS).glob("part-*.parquet"))) == 20
+    assert read(out).equals(read(whole))
+    assert not [p for p in out.rglob(".*")], "a temporary file was left behind"
+
+
+def test_the_dataset_reads_back_as_fixed_shape_tensors(tmp_path) -> None:
+    pd = pytest.importorskip("pandas")
+    write_images(tmp_path / "img", 3)
+    out = tmp_path / "out"
+    assert run("explain", TINY, tmp_path / "img", "--parquet", out).exit_code == 0
+    table = pq.read_table(out / EXPLANATIONS)
+    assert isinstance(table.schema.field("heatmap").type, pa.FixedShapeTensorType)
+    assert read_heatmaps(table).shape == (3, 32, 32)
+    frame = pd.read_parquet(out / EXPLANATIONS)
+    assert len(frame) == 3 and np.asarray(frame["heatmap"].iloc[0]).size == 32 * 32

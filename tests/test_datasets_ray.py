@@ -1,0 +1,50 @@
+"""The Ray engine (``--engine ray``) against the local one on the same images: the same rows,
+heatmaps and error rows, and a dataset Ray Data reads back as fixed-shape tensors. One local Ray
+(``ray.init(num_cpus=2)``, fractional CPUs per actor) for the whole test: it takes seconds to start."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+ray = pytest.importorskip("ray")
+pq = pytest.importorskip("pyarrow.parquet")
+
+from cli_helpers import run_cli as run  # noqa: E402
+from onnxcam.runtime import Explainer  # noqa: E402
+from onnxcam.runtime.datasets import expand_sources  # noqa: E402
+from onnxcam.runtime.datasets.parquet import EXPLANATIONS, explain_to_parquet, read_heatmaps  # noqa: E402
+from onnxcam.runtime.datasets.ray_engine import RayOptions  # noqa: E402
+from test_datasets import TINY, read, read_errors, write_images  # noqa: E402
+
+METHODS = ["gradcam", "layercam"]
+
+
+def test_ray_equals_local(tmp_path) -> None:
+    images = write_images(tmp_path / "img", 40)
+    (tmp_path / "img" / "broken.png").write_bytes(b"not an image")
+    (tmp_path / "img" / "empty.jpg").write_bytes(b"")
+    sources, _ = expand_sources([str(tmp_path / "img")])
+    assert len(sources) == len(images) + 2
+    explainer = Explainer(str(TINY), batch_size=8)
+    local = explain_to_parquet(explainer, sources, tmp_path / "local", METHODS, shard_size=16)
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    try:
+        on_ray = explain_to_parquet(explainer, sources, tmp_path / "ray", METHODS, shard_size=16,
+                                    ray=RayOptions(actors=2, cpus_per_actor=0.5))
+        assert (on_ray.explained, on_ray.failed) == (local.explained, local.failed) == (40, 2)
+        a, b = read(tmp_path / "local"), read(tmp_path / "ray")
+        assert a.drop_columns(["heatmap"]).equals(b.drop_columns(["heatmap"]))
+        assert np.max(np.abs(read_heatmaps(a) - read_heatmaps(b))) <= 1e-6
+        assert read_errors(tmp_path / "local").equals(read_errors(tmp_path / "ray"))
+        parts = sorted(p.name for p in (tmp_path / "ray" / EXPLANATIONS).glob("part-*"))
+        assert parts == [f"part-0000{i}.parquet" for i in range(3)]
+
+        back = ray.data.read_parquet(str(tmp_path / "ray" / EXPLANATIONS)).take(2)
+        assert np.asarray(back[0]["heatmap"]).shape == (32, 32)
+
+        cli = run("explain", TINY, tmp_path / "img", "--parquet", tmp_path / "cli", "--engine", "ray",
+                  "-m", "gradcam", "--actors", "1", "--shard-size", "16")
+        assert cli.exit_code == 1 and "2 failed" in cli.stdout, cli.stderr
+        assert (read(tmp_path / "cli").num_rows, read_errors(tmp_path / "cli").num_rows) == (40, 2)
+    finally:
+        ray.shutdown()
