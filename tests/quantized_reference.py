@@ -99,8 +99,8 @@ def _run(node: onnx.NodeProto, x: list, a: dict, levels: dict):  # noqa: C901 â€
 
 
 #: (scale, zero point) positions of the output of each operator-oriented quantized operator
-QOPERATOR_OUTPUT = {"QLinearConv": (6, 7), "QLinearAdd": (6, 7), "QLinearMatMul": (6, 7),
-                    "QLinearGlobalAveragePool": (3, 4), "QGemm": (7, 8)}
+QOPERATOR_OUTPUT = {"QLinearConv": (6, 7), "QLinearAdd": (6, 7), "QLinearMul": (6, 7), "QLinearMatMul": (6, 7),
+                    "QLinearGlobalAveragePool": (3, 4), "QLinearConcat": (0, 1), "QGemm": (7, 8)}
 
 
 def _real(q: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor | None, axis: int = 1) -> torch.Tensor:
@@ -120,6 +120,10 @@ def _qoperator(node: onnx.NodeProto, x: list, a: dict, levels: dict) -> torch.Te
         y = _real(x[0], x[1], x[2]) @ _real(x[3], x[4], x[5], axis=-1)
     elif op == "QLinearAdd":
         y = _real(x[0], x[1], x[2]) + _real(x[3], x[4], x[5])
+    elif op == "QLinearMul":
+        y = _real(x[0], x[1], x[2]) * _real(x[3], x[4], x[5])
+    elif op == "QLinearConcat":
+        y = torch.cat([_real(x[i], x[i + 1], x[i + 2]) for i in range(2, len(x), 3)], dim=a["axis"])
     elif op == "QLinearGlobalAveragePool":
         y = _real(x[0], x[1], x[2]).mean((1, 2) if a.get("channels_last", 0) else (2, 3), keepdim=True)
     elif op == "QGemm":
