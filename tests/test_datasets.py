@@ -185,3 +185,14 @@ def test_the_dataset_reads_back_as_fixed_shape_tensors(tmp_path) -> None:
     assert read_heatmaps(table).shape == (3, 32, 32)
     frame = pd.read_parquet(out / EXPLANATIONS)
     assert len(frame) == 3 and np.asarray(frame["heatmap"].iloc[0]).size == 32 * 32
+
+
+def test_a_manifest_class_out_of_range_fails_that_image_only(tmp_path) -> None:
+    images = write_images(tmp_path / "img", 3)
+    manifest = tmp_path / "m.csv"
+    manifest.write_text("path,class\n" + "".join(f"img/{p.name},{c}\n" for p, c in zip(images, (1, 10, 2))))
+    out = tmp_path / "out"
+    result = run("explain", TINY, manifest, "--parquet", out)
+    assert result.exit_code == 1 and "class 10 is out of range (the model has 10 classes)" in result.stderr
+    assert read(out).column("class_index").to_pylist() == [1, 2]
+    assert read_errors(out).column("index").to_pylist() == [1]

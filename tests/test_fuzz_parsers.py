@@ -152,3 +152,20 @@ def test_forged_png_sizes_are_refused_without_decoding(tmp_path) -> None:
     (tmp_path / "bomb.png").write_bytes(bytes(data))
     with pytest.raises(ImageError, match="decompression-bomb guard"):
         load_image(tmp_path / "bomb.png")
+
+
+@FUZZ
+@given(content=st.binary(max_size=400) | st.text(max_size=400).map(str.encode),
+       suffix=st.sampled_from([".csv", ".txt", ".parquet"]))
+def test_a_manifest_or_list_of_any_bytes_is_read_or_refused_in_one_line(tmp_path_factory, content: bytes,
+                                                                        suffix: str) -> None:
+    """``expand_sources`` on a .csv / .txt / .parquet file holding any bytes: sources with a
+    class that is None or an integer ≥ 0, or one error line naming the file — never an exception."""
+    from onnxcam.runtime.datasets import expand_sources
+
+    path = tmp_path_factory.mktemp("manifest") / f"m{suffix}"
+    path.write_bytes(content)
+    sources, errors = expand_sources([str(path)])
+    assert all(e.startswith(str(path)) and "\n" not in e for e in errors)
+    assert all(s.class_index is None or (isinstance(s.class_index, int) and s.class_index >= 0) for s in sources)
+    assert bool(errors) != bool(sources) or not content.strip()

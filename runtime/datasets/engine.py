@@ -76,10 +76,21 @@ def explain_batch(explainer: Explainer, x: np.ndarray, methods: Sequence[str], c
     return [explain_batch(explainer, x[j:j + 1], methods, classes[j:j + 1], names[j:j + 1])[0] for j in range(len(x))]
 
 
+def _class_error(source: Source, num_classes: int | None) -> str | None:
+    """Why a source's own class (from a manifest) cannot be explained, or None."""
+    if source.class_index is None or num_classes is None or source.class_index < num_classes:
+        return None
+    return f"{source.path}: class {source.class_index} is out of range (the model has {num_classes} classes)"
+
+
 def _run(explainer: Explainer, batch: list[tuple[int, Source, _Decoded]], methods: Sequence[str],
          class_index: int | None) -> list[Item]:
-    good = [(i, s, d) for i, s, d in batch if d.error is None]
-    items = {i: Item(i, s, error=d.error) for i, s, d in batch if d.error is not None}
+    checked = []
+    for i, s, d in batch:
+        error = d.error or _class_error(s, explainer.info.num_classes)
+        checked.append((i, s, d if error is None else _Decoded(None, None, None, error)))
+    good = [(i, s, d) for i, s, d in checked if d.error is None]
+    items = {i: Item(i, s, error=d.error) for i, s, d in checked if d.error is not None}
     if good:
         classes = np.array([s.class_index if s.class_index is not None else (-1 if class_index is None else class_index)
                             for _, s, _ in good], np.int64)

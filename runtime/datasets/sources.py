@@ -23,6 +23,10 @@ from onnxcam.runtime.images import IMAGE_EXTENSIONS
 _GLOB_CHARS = set("*?[")
 
 
+class SourceError(ValueError):
+    """An argument that names no images (one line, naming it)."""
+
+
 @dataclass(frozen=True)
 class Source:
     """One image to explain: its path and the class to explain (None: its top-1)."""
@@ -45,27 +49,36 @@ def _class_of(value: object, where: str) -> int | None:
     try:
         number = float(value)
     except (TypeError, ValueError):
-        raise ValueError(f"{where}: class {value!r} is not an integer class index") from None
-    if not number.is_integer() or number < 0:
-        raise ValueError(f"{where}: class {value!r} is not a class index ≥ 0")
+        raise SourceError(f"{where}: class {value!r} is not an integer class index") from None
+    if not number.is_integer() or not 0 <= number < 2**62:
+        raise SourceError(f"{where}: class {value!r} is not a class index ≥ 0")
     return int(number)
 
 
-def _manifest_rows(path: Path) -> list[dict]:
+def _manifest_rows(path: Path) -> tuple[list[str], list[dict]]:
+    """(column names, rows) of a CSV or Parquet manifest."""
     if path.suffix.lower() == ".parquet":
         import pyarrow.parquet as pq
 
-        return pq.read_table(path).to_pylist()
+        table = pq.read_table(path)
+        return table.column_names, table.to_pylist()
     with open(path, newline="", encoding="utf-8") as f:
-        return list(csv.DictReader(f))
+        reader = csv.DictReader(f)
+        rows = list(reader)
+        return list(reader.fieldnames or []), rows
 
 
 def read_manifest(path: Path) -> list[Source]:
     """The rows of a CSV / Parquet manifest (``path`` column, optional ``class``), paths relative
     to the manifest's directory."""
-    rows = _manifest_rows(path)
-    if rows and "path" not in rows[0]:
-        raise ValueError(f"{path}: a manifest needs a 'path' column (found {', '.join(map(str, rows[0]))})")
+    columns, rows = _manifest_rows(path)
+    if "path" not in columns:
+        found = ", ".join(repr(c) for c in columns[:5]) or "none"
+        raise SourceError(f"{path}: a manifest needs a 'path' column (found {found})")
+    if not rows:
+        raise SourceError(f"{path}: the manifest lists no images")
+    if any(not isinstance(row.get("path"), str) or not row["path"].strip() for row in rows):
+        raise SourceError(f"{path}: a row has no path")
     base = path.parent
     return [Source(str(base / str(row["path"])), _class_of(row.get("class"), f"{path} row {i + 2}"))
             for i, row in enumerate(rows)]
@@ -74,7 +87,10 @@ def read_manifest(path: Path) -> list[Source]:
 def read_list(path: Path) -> list[Source]:
     """The paths of a ``.txt`` list, one per line, relative to its directory."""
     lines = path.read_text(encoding="utf-8").splitlines()
-    return [Source(str(path.parent / line.strip())) for line in lines if line.strip() and not line.startswith("#")]
+    found = [Source(str(path.parent / line.strip())) for line in lines if line.strip() and not line.startswith("#")]
+    if not found:
+        raise SourceError(f"{path}: the list names no images")
+    return found
 
 
 def _expand(arg: str, recursive: bool) -> list[Source]:
@@ -82,7 +98,7 @@ def _expand(arg: str, recursive: bool) -> list[Source]:
     if path.is_dir():
         found = _images_in(path, recursive)
         if not found:
-            raise ValueError(f"{arg}: directory has no images")
+            raise SourceError(f"{arg}: directory has no images")
         return [Source(str(p)) for p in found]
     if path.is_file():
         suffix = path.suffix.lower()
@@ -94,9 +110,13 @@ def _expand(arg: str, recursive: bool) -> list[Source]:
     if _GLOB_CHARS & set(arg):
         found = sorted(p for p in glob.glob(arg, recursive=True) if Path(p).suffix.lower() in IMAGE_EXTENSIONS)
         if not found:
-            raise ValueError(f"{arg}: the pattern matches no image files")
+            raise SourceError(f"{arg}: the pattern matches no image files")
         return [Source(p) for p in found]
-    raise ValueError(f"{arg}: no such file or directory")
+    raise SourceError(f"{arg}: no such file or directory")
+
+
+def _one_line(message: str) -> str:
+    return " ".join(message.split())
 
 
 def expand_sources(args: Iterable[str], recursive: bool = False) -> tuple[list[Source], list[str]]:
@@ -106,11 +126,14 @@ def expand_sources(args: Iterable[str], recursive: bool = False) -> tuple[list[S
     for arg in args:
         try:
             found = _expand(arg, recursive)
-        except (OSError, ValueError, UnicodeDecodeError) as exc:
-            errors.append(str(exc) if isinstance(exc, ValueError) else f"{arg}: cannot read ({exc})")
+        except UnicodeDecodeError:
+            errors.append(f"{arg}: cannot read (not UTF-8 text)")
             continue
-        except Exception as exc:  # noqa: BLE001  (a corrupt Parquet manifest)
-            errors.append(f"{arg}: cannot read ({type(exc).__name__}: {exc})")
+        except SourceError as exc:
+            errors.append(_one_line(str(exc)))
+            continue
+        except Exception as exc:  # noqa: BLE001  (an unreadable file, a corrupt Parquet manifest)
+            errors.append(_one_line(f"{arg}: cannot read ({type(exc).__name__}: {exc})"))
             continue
         for source in found:
             key = os.path.normcase(os.path.abspath(source.path))
