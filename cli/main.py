@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import click
 from onnxcam.cli.demo_cmd import demo_command
+from onnxcam.cli.doctor_cmd import doctor_command
 from onnxcam.cli.evaluate_cmd import evaluate_command
 from onnxcam.cli.explain_cmd import explain_command
 from onnxcam.cli.export_cmd import export_command
@@ -24,6 +25,7 @@ main.add_command(demo_command)
 main.add_command(evaluate_command)
 main.add_command(serve_command)
 main.add_command(triton_command)
+main.add_command(doctor_command)
 
 if __name__ == "__main__":  # pragma: no cover
     main()

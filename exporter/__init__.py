@@ -2,6 +2,7 @@
 
 Needs the ``export`` extra (onnx, onnx-ir; torch for PyTorch sources).
 """
+from onnxcam.models.version import __version__  # noqa: F401
 from onnxcam.exporter.api import export
 from onnxcam.exporter.errors import ExportError
 

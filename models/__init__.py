@@ -1,0 +1,1 @@
+from onnxcam.models.version import __version__  # noqa: F401

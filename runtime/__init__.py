@@ -6,6 +6,7 @@
 ``METHODS`` is the method registry (name → ``MethodSpec``, see ``runtime.registry``);
 ``ALL_METHODS`` (the CAM family), ``EXTRA_METHODS`` and ``EVERY_METHOD`` are read from it.
 """
+from onnxcam.models.version import __version__  # noqa: F401
 from onnxcam.runtime.colormap import colorize, overlay
 from onnxcam.runtime.errors import ClassIndexError, ImageError, ModelError, OnnxcamError
 from onnxcam.runtime.explainer import Explainer, Explanation

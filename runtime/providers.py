@@ -1,20 +1,31 @@
 """Execution providers, chosen once per process, and a session runner.
 
-``providers=None`` means CUDA when it really initialises, else CPU. "Really" is probed
-quietly: the provider must be listed by ``onnxruntime.get_available_providers()`` *and* a
-session on a tiny in-memory model must keep it in ``session.get_providers()`` (ORT silently
-falls back to CPU when e.g. libcublas is missing). During the probe ORT's default logger is
-set to severity 4 (fatal only) and Python-level prints of onnxruntime are captured, so a CPU
-machine prints nothing; afterwards the default logger is reset to ORT's default (2, warning). Probe results are cached per process.
+``providers=None`` means CUDA when it really initialises, else CPU. "Really" is probed: the
+provider must be in ``onnxruntime.get_available_providers()`` *and* a session on a tiny
+in-memory model must keep it in ``session.get_providers()`` (ORT silently falls back to CPU when
+e.g. libcublas is missing). Before a GPU provider is probed, ``onnxruntime.preload_dlls()`` makes
+the CUDA / cuDNN libraries of NVIDIA's pip wheels (``onnxcam[cuda]``) loadable. The probe's own
+output (ORT's logger writes to file descriptor 2) is captured, never shown, and read for the
+reason; ORT's process-wide log level is left alone. A provider that was asked for (or CUDA when a
+GPU is visible) and does not work gets one warning line with that reason and the fix, once.
+Probe results are cached per (provider, options).
 """
 from __future__ import annotations
 
 import contextlib
 import functools
+import glob
 import io
 import logging
+import os
+import re
+import shutil
+import sys
+import tempfile
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from importlib import metadata
 from typing import Any
-from collections.abc import Sequence
 
 import numpy as np
 import onnxruntime as ort
@@ -27,7 +38,11 @@ _ALIASES = {"cpu": CPU, "cuda": CUDA, "gpu": CUDA, "tensorrt": "TensorrtExecutio
             "trt": "TensorrtExecutionProvider", "rocm": "ROCMExecutionProvider",
             "openvino": "OpenVINOExecutionProvider", "dml": "DmlExecutionProvider",
             "coreml": "CoreMLExecutionProvider"}
-_ORT_DEFAULT_SEVERITY = 2
+_GPU_PROVIDERS = {CUDA, "TensorrtExecutionProvider"}
+#: the pip distributions that install the ``onnxruntime`` package (only one may be installed)
+RUNTIME_DISTRIBUTIONS = ("onnxruntime", "onnxruntime-gpu", "onnxruntime-directml", "onnxruntime-openvino",
+                         "onnxruntime-qnn", "onnxruntime-rocm")
+_warned: set[str] = set()
 
 
 def _field(num: int, payload: bytes | str | int) -> bytes:
@@ -61,24 +76,126 @@ def canonical_name(provider: str) -> str:
     return _ALIASES.get(provider.lower(), provider)
 
 
+@dataclass(frozen=True)
+class Probe:
+    """Whether a provider works here, and onnxruntime's reason when it does not."""
+
+    name: str
+    works: bool
+    reason: str | None = None
+
+
+@contextlib.contextmanager
+def _captured_output() -> Iterator[io.StringIO]:
+    """Everything written to file descriptor 2 (ORT's C++ logger) and to Python's stdout / stderr
+    while the block runs, collected into the yielded buffer instead of shown."""
+    buffer = io.StringIO()
+    with tempfile.TemporaryFile() as sink:
+        sys.stderr.flush()
+        saved = os.dup(2)
+        os.dup2(sink.fileno(), 2)
+        try:
+            with contextlib.redirect_stdout(buffer), contextlib.redirect_stderr(buffer):
+                yield buffer
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            sink.seek(0)
+            buffer.write(sink.read().decode("utf-8", "replace"))
+
+
+def _reason(text: str) -> str | None:
+    """The most telling line of ORT's output about a provider that failed (a library it could not
+    load, else its first error), without colours and timestamps."""
+    text = re.sub(r"\x1b\[[0-9;]*m", "", text)
+    found = re.search(r"with error: ([^\n]+)", text)
+    if found:
+        return found.group(1).strip()
+    lines = [re.sub(r"^\S+ \S+ \[[EW]:onnxruntime:[^\]]*\] ", "", line).strip()
+             for line in text.splitlines() if "rror" in line or "ailed" in line]
+    return lines[0][:300] if lines else None
+
+
 @functools.cache
-def provider_works(name: str) -> bool:
-    """True when ``name`` is available and a probe session really runs on it (cached)."""
+def _preload_gpu_libraries() -> None:
+    """``onnxruntime.preload_dlls()`` once (onnxruntime-gpu ≥ 1.21), quietly."""
+    preload = getattr(ort, "preload_dlls", None)
+    if preload is None:
+        return
+    with _captured_output():
+        try:
+            preload()
+        except Exception:  # noqa: BLE001  (missing NVIDIA wheels: the probe says why)
+            pass
+
+
+@functools.cache
+def _probe(name: str, options: tuple[tuple[str, str], ...]) -> Probe:
     if name == CPU:
-        return True
+        return Probe(name, True)
     if name not in ort.get_available_providers():
-        return False
+        return Probe(name, False, f"not in this onnxruntime build ({', '.join(ort.get_available_providers())})")
+    if name in _GPU_PROVIDERS:
+        _preload_gpu_libraries()
     opts = ort.SessionOptions()
     opts.log_severity_level = 4
-    ort.set_default_logger_severity(4)
-    try:  # ORT's Python layer also print()s an "EP Error" banner before falling back
-        with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
-            sess = ort.InferenceSession(probe_model_bytes(), opts, providers=[name, CPU])
-        return name in sess.get_providers()
-    except Exception:  # noqa: BLE001  (any failure means "does not work here")
-        return False
-    finally:
-        ort.set_default_logger_severity(_ORT_DEFAULT_SEVERITY)
+    with _captured_output() as output:
+        try:
+            session = ort.InferenceSession(probe_model_bytes(), opts, providers=[(name, dict(options)), CPU])
+        except Exception as exc:  # noqa: BLE001  (any failure means "does not work here")
+            return Probe(name, False, " ".join(str(exc).split())[:300] or type(exc).__name__)
+    if name in session.get_providers():
+        return Probe(name, True)
+    return Probe(name, False, _reason(output.getvalue()) or "onnxruntime fell back to the CPU")
+
+
+def probe(name: str, options: dict[str, Any] | None = None) -> Probe:
+    """Whether provider ``name`` (aliases accepted) with ``options`` really runs here (cached)."""
+    return _probe(canonical_name(name), tuple(sorted((str(k), str(v)) for k, v in (options or {}).items())))
+
+
+def provider_works(name: str) -> bool:
+    """True when ``name`` is available and a probe session really runs on it (cached)."""
+    return probe(name).works
+
+
+def gpu_visible() -> bool:
+    """An NVIDIA device node or ``nvidia-smi`` on this machine."""
+    return bool(glob.glob("/dev/nvidia[0-9]*")) or shutil.which("nvidia-smi") is not None
+
+
+def installed_runtimes() -> list[str]:
+    """The installed distributions that provide the ``onnxruntime`` package."""
+    found = []
+    for name in RUNTIME_DISTRIBUTIONS:
+        try:
+            found.append(f"{name} {metadata.version(name)}")
+        except metadata.PackageNotFoundError:
+            continue
+    return found
+
+
+def _fix(name: str) -> str:
+    if name in _GPU_PROVIDERS:
+        return "pip install 'onnxcam[cuda]' (CUDA and cuDNN from pip) and check the NVIDIA driver (nvidia-smi)"
+    return f"install an onnxruntime build with {name}"
+
+
+def _warn_once(key: str, message: str) -> None:
+    if key not in _warned:
+        _warned.add(key)
+        log.warning(message)
+
+
+def _check_one_runtime() -> None:
+    runtimes = installed_runtimes()
+    if len(runtimes) > 1:
+        names = [r.split()[0] for r in runtimes]
+        keep = "onnxruntime-gpu" if "onnxruntime-gpu" in names else names[-1]
+        others = " ".join(n for n in names if n != keep)
+        _warn_once("runtimes", f"warning: {' and '.join(runtimes)} are all installed and share the onnxruntime "
+                               f"package, so one silently replaces the other; fix: pip uninstall -y {others} && "
+                               f"pip install --force-reinstall {keep}")
 
 
 def resolve_providers(providers: Sequence[ProviderSpec] | None = None) -> list[ProviderSpec]:
@@ -88,16 +205,22 @@ def resolve_providers(providers: Sequence[ProviderSpec] | None = None) -> list[P
     quietly drops providers that are unavailable or fail the probe (logged at INFO).
     Entries are names (aliases 'cuda', 'cpu', 'tensorrt', ... accepted) or (name, options).
     """
+    _check_one_runtime()
     if providers is None:
-        return [CUDA, CPU] if provider_works(CUDA) else [CPU]
+        cuda = probe(CUDA)
+        if not cuda.works and gpu_visible():
+            _warn_once(CUDA, f"warning: a GPU is visible but CUDA does not work ({cuda.reason}); running on the CPU. "
+                             f"Fix: {_fix(CUDA)}")
+        return [CUDA, CPU] if cuda.works else [CPU]
     if isinstance(providers, (str, tuple)):
         providers = [providers]
     chosen: list[ProviderSpec] = []
     for entry in providers:
         name, opts = (entry[0], entry[1]) if isinstance(entry, tuple) else (entry, None)
         name = canonical_name(name)
-        if not provider_works(name):
-            log.info("execution provider %s does not work here; skipped", name)
+        result = probe(name, opts)
+        if not result.works:
+            _warn_once(name, f"warning: {name} does not work here ({result.reason}); falling back. Fix: {_fix(name)}")
             continue
         chosen.append((name, opts) if opts else name)
     if CPU not in [c[0] if isinstance(c, tuple) else c for c in chosen]:

@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import glob
+import logging
+import os
 
 import numpy as np
 import onnxruntime as ort
@@ -18,8 +20,24 @@ def test_probe_model_runs_and_is_valid_onnx():
     onnx.checker.check_model(onnx.load_from_string(probe_model_bytes()), full_check=True)
 
 
+@pytest.fixture(autouse=True)
+def fresh_probes():
+    """Every test probes afresh and may warn again."""
+    prov._probe.cache_clear()
+    prov._preload_gpu_libraries.cache_clear()
+    prov._warned.clear()
+    yield
+    prov._probe.cache_clear()
+    prov._preload_gpu_libraries.cache_clear()
+    prov._warned.clear()
+
+
+def _probes(working: set[str]):
+    return lambda name, options=None: prov.Probe(prov.canonical_name(name), prov.canonical_name(name) in working,
+                                                 None if prov.canonical_name(name) in working else "no device")
+
+
 def test_cuda_probe_is_quiet_and_honest(capfd):
-    provider_works.cache_clear()
     works = provider_works(CUDA)
     out, err = capfd.readouterr()
     assert out == "" and err == ""
@@ -29,19 +47,79 @@ def test_cuda_probe_is_quiet_and_honest(capfd):
 
 
 def test_resolve_none_prefers_cuda_only_when_it_works(monkeypatch):
-    monkeypatch.setattr(prov, "provider_works", lambda name: name == CPU)
+    monkeypatch.setattr(prov, "probe", _probes({CPU}))
     assert resolve_providers(None) == [CPU]
-    monkeypatch.setattr(prov, "provider_works", lambda name: name in (CPU, CUDA))
+    monkeypatch.setattr(prov, "probe", _probes({CPU, CUDA}))
     assert resolve_providers(None) == [CUDA, CPU]
 
 
 def test_explicit_providers_keep_order_drop_broken_ones_and_end_with_cpu(monkeypatch):
-    monkeypatch.setattr(prov, "provider_works", lambda name: name in (CPU, CUDA))
+    monkeypatch.setattr(prov, "probe", _probes({CPU, CUDA}))
     assert resolve_providers(["cuda"]) == [CUDA, CPU]
     assert resolve_providers([("CUDAExecutionProvider", {"device_id": 1}), "cpu"]) == [(CUDA, {"device_id": 1}), CPU]
     assert resolve_providers("tensorrt") == [CPU]
-    monkeypatch.setattr(prov, "provider_works", lambda name: name == CPU)
+    monkeypatch.setattr(prov, "probe", _probes({CPU}))
     assert resolve_providers(["CUDAExecutionProvider", "CPUExecutionProvider"]) == [CPU]
+
+
+class _FallingBackSession:
+    """An InferenceSession whose CUDA provider fails the way a missing CUDA 13 library makes it."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        os.write(2, b"\x1b[1;31m2026-12-01 [E:onnxruntime:Default, provider_bridge_ort.cc:2458 operator()] Failed "
+                    b"to load library libonnxruntime_providers_cuda.so with error: libcublasLt.so.13: cannot open "
+                    b"shared object file: No such file or directory\n\x1b[m")
+        print("EP Error: falling back")
+
+    def get_providers(self) -> list[str]:
+        return [CPU]
+
+
+def _cuda_that_fails(monkeypatch) -> list:
+    preloaded, severities = [], []
+    monkeypatch.setattr(prov.ort, "get_available_providers", lambda: [CUDA, CPU])
+    monkeypatch.setattr(prov.ort, "InferenceSession", _FallingBackSession)
+    monkeypatch.setattr(prov.ort, "preload_dlls", lambda *a, **k: preloaded.append(True), raising=False)
+    monkeypatch.setattr(prov.ort, "set_default_logger_severity", severities.append)
+    monkeypatch.setattr(prov, "installed_runtimes", lambda: ["onnxruntime-gpu 1.31.1"])
+    return [preloaded, severities]
+
+
+def test_cuda_asked_for_but_broken_warns_once_with_the_reason(monkeypatch, caplog, capfd):
+    preloaded, severities = _cuda_that_fails(monkeypatch)
+    with caplog.at_level(logging.WARNING, logger="onnxcam"):
+        assert resolve_providers(["cuda"]) == [CPU]
+        assert resolve_providers([("cuda", {"device_id": 0})]) == [CPU]  # another probe, the same warning
+        assert resolve_providers(["cuda"]) == [CPU]
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1, warnings
+    assert "libcublasLt.so.13: cannot open shared object file" in warnings[0] and "onnxcam[cuda]" in warnings[0]
+    assert preloaded == [True]  # preload_dlls before the first GPU probe, once
+    assert severities == []  # ORT's process-wide log level is never touched
+    out, err = capfd.readouterr()
+    assert "EP Error" not in out + err and "libcublasLt" not in out + err  # the probe's own output is captured
+
+
+def test_cuda_broken_with_a_gpu_visible_warns_without_one_stays_quiet(monkeypatch, caplog):
+    _cuda_that_fails(monkeypatch)
+    monkeypatch.setattr(prov, "gpu_visible", lambda: False)
+    with caplog.at_level(logging.WARNING, logger="onnxcam"):
+        assert resolve_providers(None) == [CPU]
+    assert not caplog.records
+    monkeypatch.setattr(prov, "gpu_visible", lambda: True)
+    with caplog.at_level(logging.WARNING, logger="onnxcam"):
+        assert resolve_providers(None) == [CPU]
+    assert len(caplog.records) == 1 and "a GPU is visible but CUDA does not work" in caplog.records[0].getMessage()
+
+
+def test_two_onnxruntime_distributions_are_reported_with_the_fix(monkeypatch, caplog):
+    monkeypatch.setattr(prov, "installed_runtimes", lambda: ["onnxruntime 1.31.1", "onnxruntime-gpu 1.31.1"])
+    with caplog.at_level(logging.WARNING, logger="onnxcam"):
+        resolve_providers([CPU])
+        resolve_providers([CPU])
+    assert len(caplog.records) == 1
+    message = caplog.records[0].getMessage()
+    assert "pip uninstall -y onnxruntime && pip install --force-reinstall onnxruntime-gpu" in message
 
 
 def test_runner_threads_and_io_binding_on_cpu():
@@ -55,10 +133,13 @@ def test_runner_threads_and_io_binding_on_cpu():
         Runner(probe_model_bytes(), intra_op_threads=-2)
 
 
-def test_asking_for_cuda_without_a_gpu_falls_back_quietly(capfd):
+def test_asking_for_cuda_without_a_gpu_falls_back_with_one_warning(capfd, caplog):
     if provider_works(CUDA):
         pytest.skip("CUDA works on this machine")
-    runner = Runner(probe_model_bytes(), providers=["CUDAExecutionProvider"])
+    with caplog.at_level(logging.WARNING, logger="onnxcam"):
+        runner = Runner(probe_model_bytes(), providers=["CUDAExecutionProvider"])
+        Runner(probe_model_bytes(), providers=["CUDAExecutionProvider"])
     assert runner.providers == [CPU] and runner.io_binding is False
+    assert len(caplog.records) == 1 and "CUDAExecutionProvider does not work here (" in caplog.records[0].getMessage()
     out, err = capfd.readouterr()
-    assert out == "" and err == ""
+    assert out == "" and "onnxruntime" not in err
