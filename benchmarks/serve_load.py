@@ -10,6 +10,7 @@ with the server's structure: ``--workers`` threads calling one session of ``--th
 
     python benchmarks/serve_load.py [--model X.cam.onnx] [--clients 4] [--requests 200] [--batch 1]
                                     [--method gradcam] [--workers 2] [--threads 1]
+                                    [--max-batch-size 8] [--max-batch-delay 2]
 
 Without ``--model`` it exports torchvision ResNet-18 (seeded random weights; latency does not
 depend on them) at ``--input-shape`` into a temporary directory. Exit status 1 if any request failed.
@@ -38,10 +39,15 @@ from onnxcam.runtime import Explainer
 from onnxcam.runtime.serving.models import model_name
 
 
-def start_server(model: Path, workers: int, threads: int) -> tuple[subprocess.Popen, str]:
-    """``onnxcam serve MODEL --port 0``; returns the process and its ``host:port``."""
+def start_server(model: Path, workers: int, threads: int, max_batch_size: int = 1,
+                 max_batch_delay: float = 2.0) -> tuple[subprocess.Popen, str]:
+    """``onnxcam serve MODEL --port 0``; returns the process and its ``host:port``. With dynamic
+    batching one thread runs the session, so it gets the ``workers × threads`` cores."""
+    if max_batch_size > 1:
+        threads = workers * threads
     cmd = [sys.executable, "-m", "onnxcam.cli.main", "serve", str(model), "--host", "127.0.0.1", "--port", "0",
-           "--workers", str(workers), "--threads", str(threads), "--providers", "cpu"]
+           "--workers", str(workers), "--threads", str(threads), "--providers", "cpu",
+           "--max-batch-size", str(max_batch_size), "--max-batch-delay", str(max_batch_delay)]
     proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
@@ -143,6 +149,8 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=2, help="server inference threads")
     parser.add_argument("--threads", type=int, default=1, help="onnxruntime intra-op threads per session")
     parser.add_argument("--baseline-calls", type=int, default=40, help="calls timed for each in-process baseline")
+    parser.add_argument("--max-batch-size", type=int, default=1, help="the server's dynamic batching (1: off)")
+    parser.add_argument("--max-batch-delay", type=float, default=2.0, help="ms a request waits for its batch")
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -170,7 +178,7 @@ def main() -> None:
                                       args.baseline_calls, args.workers))
 
         before = baselines()
-        proc, url = start_server(model, args.workers, args.threads)
+        proc, url = start_server(model, args.workers, args.threads, args.max_batch_size, args.max_batch_delay)
         try:
             body, headers = request_body(x, info.image_input, args.method)
             load(url, model_name(model), body, headers, args.clients, 2 * args.clients, args.batch)  # warm-up
@@ -186,7 +194,8 @@ def main() -> None:
     served_ips = served_rps * args.batch
     p50, p99 = (float(np.percentile(latencies, q)) * 1e3 for q in (50, 99))
     print(f"{info.source or model.name} {shape}, method {args.method}, onnxruntime {ort.__version__} CPU; "
-          f"server: {args.workers} workers × {args.threads} threads; {args.clients} clients, "
+          f"server: {args.workers} workers × {args.threads} threads, dynamic batching up to {args.max_batch_size} "
+          f"images within {args.max_batch_delay:g} ms; {args.clients} clients, "
           f"{args.requests} requests of batch {args.batch}, loopback HTTP, binary tensors; "
           f"{os.cpu_count()} CPUs shared with other jobs (noisy)\n")
     print("| path | requests/s | images/s | p50 (ms) | p99 (ms) | failed | ÷ plain ORT |")

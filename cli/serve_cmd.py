@@ -53,12 +53,17 @@ def _bind(host: str, port: int) -> socket.socket:
               help="Memory all request bodies being received may hold at once (then 503).")
 @click.option("--batch-size", default=16, show_default=True, type=click.IntRange(1),
               help="Images per graph run (larger requests run in chunks).")
+@click.option("--max-batch-size", default=8, show_default=True, type=click.IntRange(1),
+              help="Dynamic batching: images of concurrent requests run as one graph call, up to this many "
+                   "(1: every request alone).")
+@click.option("--max-batch-delay", default=2.0, show_default=True, type=click.FloatRange(min=0),
+              help="Dynamic batching: milliseconds a request waits for others to join its batch.")
 @providers_option
 @click.option("--debug", is_flag=True, help="Show tracebacks.")
 def serve_command(models: tuple[str, ...], host: str, port: int, workers: int, threads: int | None,
                   max_request_mb: float, max_queue: int, body_timeout: float, header_timeout: float,
                   keep_alive_timeout: float, max_connections: int, max_buffered_mb: float, batch_size: int,
-                  providers: Any, debug: bool) -> None:
+                  max_batch_size: int, max_batch_delay: float, providers: Any, debug: bool) -> None:
     """Serve explanation graphs over the Open Inference Protocol (KServe "V2") HTTP/REST API.
 
     It listens on 127.0.0.1 by default and has no authentication or TLS: to expose it, put it behind a
@@ -82,7 +87,8 @@ def serve_command(models: tuple[str, ...], host: str, port: int, workers: int, t
     from onnxcam.runtime import OnnxcamError
     from onnxcam.runtime.serving.models import ModelRegistry
 
-    intra = threads or max(1, (os.cpu_count() or 1) // workers)
+    batching = max_batch_size > 1  # then one batching thread per model runs the sessions: all cores for it
+    intra = threads or (os.cpu_count() or 1 if batching else max(1, (os.cpu_count() or 1) // workers))
     try:
         registry = ModelRegistry.load(models, providers=providers, intra_op_threads=intra,
                                       batch_size=batch_size)
@@ -91,7 +97,8 @@ def serve_command(models: tuple[str, ...], host: str, port: int, workers: int, t
     except Exception as exc:  # noqa: BLE001
         fail(f"cannot load the models ({type(exc).__name__}: {exc})".splitlines()[0], EXIT_USAGE, debug)
     settings = ServerSettings(workers=workers, max_queue=max_queue, max_request_bytes=int(max_request_mb * 2**20),
-                              body_timeout=body_timeout, max_buffered_bytes=int(max_buffered_mb * 2**20))
+                              body_timeout=body_timeout, max_buffered_bytes=int(max_buffered_mb * 2**20),
+                              max_batch_size=max_batch_size, max_batch_delay=max_batch_delay / 1000)
     try:
         sock = _bind(host, port)
     except OSError as exc:
@@ -104,8 +111,9 @@ def serve_command(models: tuple[str, ...], host: str, port: int, workers: int, t
     for name, model in registry.models.items():
         log.info("model %-20s %s %s %s, methods: %s", name, model.image_input, model.image_datatype,
                  model.image_shape, ", ".join(model.methods))
-    log.info("serving %d model(s) on http://%s:%d/v2 (%d workers × %d onnxruntime threads); Ctrl-C stops",
-             len(registry.models), shown, bound[1], workers, intra)
+    batches = f"batches of up to {max_batch_size} images within {max_batch_delay:g} ms" if batching else "no batching"
+    log.info("serving %d model(s) on http://%s:%d/v2 (%d workers, %d onnxruntime threads, %s); Ctrl-C stops",
+             len(registry.models), shown, bound[1], workers, intra, batches)
     config = server_config(create_app(registry, settings), header_timeout=header_timeout,
                            max_connections=max_connections, keep_alive_timeout=keep_alive_timeout,
                            log_level="debug" if debug else "warning", access_log=False, timeout_graceful_shutdown=30)

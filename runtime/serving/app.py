@@ -32,6 +32,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from onnxcam.runtime.serving.batching import Batcher
 from onnxcam.runtime.serving.models import ModelRegistry
 from onnxcam.runtime.serving.protocol import ProtocolError, encode_response, error_json, parse_request
 
@@ -45,13 +46,17 @@ CLIENT_CLOSED = 499  # the status the access log shows for a client that went aw
 @dataclass(frozen=True)
 class ServerSettings:
     """Limits of one server: inference threads, admitted requests, body size in bytes, the time
-    a client may take to send its body, and the bytes all bodies being read may hold."""
+    a client may take to send its body, the bytes all bodies being read may hold, and dynamic
+    batching (``max_batch_size`` images per graph run, gathered for up to ``max_batch_delay``
+    seconds; 1: every request runs alone)."""
 
     workers: int = 2
     max_queue: int = 64
     max_request_bytes: int = 64 << 20
     body_timeout: float = 30.0   # seconds to receive a request body before 408
     max_buffered_bytes: int = 256 << 20
+    max_batch_size: int = 1
+    max_batch_delay: float = 0.0
 
 
 def _json(payload: Any, status: int = 200) -> Response:
@@ -91,10 +96,10 @@ class V2Server:
     """The endpoint handlers, the worker pool and the admission counter."""
 
     def __init__(self, registry: ModelRegistry, settings: ServerSettings) -> None:
-        if min(settings.workers, settings.max_queue, settings.max_request_bytes, settings.max_buffered_bytes) < 1 \
-                or settings.body_timeout <= 0:
-            raise ValueError("workers, max_queue, max_request_bytes and max_buffered_bytes must be ≥ 1 and "
-                             "body_timeout > 0")
+        if min(settings.workers, settings.max_queue, settings.max_request_bytes, settings.max_buffered_bytes,
+               settings.max_batch_size) < 1 or settings.body_timeout <= 0 or settings.max_batch_delay < 0:
+            raise ValueError("workers, max_queue, max_request_bytes, max_buffered_bytes and max_batch_size must be "
+                             "≥ 1, body_timeout > 0 and max_batch_delay ≥ 0")
         self.registry, self.settings = registry, settings
         self.executor: ThreadPoolExecutor | None = None
         self.in_flight = 0   # admitted inference requests; touched only on the event loop thread
@@ -103,11 +108,21 @@ class V2Server:
     # -- lifecycle -----------------------------------------------------------------------------
     @contextlib.asynccontextmanager
     async def lifespan(self, app: Starlette) -> AsyncIterator[None]:
-        self.executor = ThreadPoolExecutor(self.settings.workers, thread_name_prefix="onnxcam-infer")
+        settings = self.settings
+        batching = settings.max_batch_size > 1
+        if batching:  # a waiting request holds a worker thread: enough of them to fill a batch
+            for model in self.registry.models.values():
+                model.batcher = Batcher(model.explainer, settings.max_batch_size, settings.max_batch_delay)
+        threads = max(settings.workers, 2 * settings.max_batch_size) if batching else settings.workers
+        self.executor = ThreadPoolExecutor(threads, thread_name_prefix="onnxcam-infer")
         try:
             yield
         finally:  # uvicorn has drained the open requests by now
             self.executor.shutdown(wait=True, cancel_futures=True)
+            for model in self.registry.models.values():
+                if model.batcher is not None:
+                    model.batcher.close()
+                    model.batcher = None
 
     # -- health and metadata -------------------------------------------------------------------
     async def live(self, request: Request) -> Response:

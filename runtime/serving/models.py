@@ -18,6 +18,7 @@ import numpy as np
 
 from onnxcam.models.contract import CLASS_INPUT
 from onnxcam.runtime.errors import OnnxcamError
+from onnxcam.runtime.explainer import class_indices
 from onnxcam.runtime.serving.protocol import DATATYPES, ORT_TO_V2, InferRequest, ProtocolError
 
 VERSION = "1"
@@ -56,6 +57,7 @@ class ServedModel:
         self.output_shapes = {"heatmap": [-1, int(height), int(width)],
                               "logits": [-1, int(info.num_classes or -1)], "target": [-1]}
         self.methods: tuple[str, ...] = tuple(explainer.available_methods)
+        self.batcher: Any = None  # a serving.batching.Batcher while the server batches requests
 
     # -- metadata ----------------------------------------------------------------------------
     def metadata(self) -> dict[str, Any]:
@@ -133,7 +135,11 @@ class ServedModel:
         classes = self._classes(request, len(x))
         method, wanted = self._method(request), self._requested(request)
         try:
-            res = self.explainer.explain(x, method=method, class_index=classes)
+            if self.batcher is None:
+                res = self.explainer.explain(x, method=method, class_index=classes)
+            else:  # one class per image, checked here, so that a bad one fails this request only
+                per_image = class_indices(classes, len(x), self.explainer.info.num_classes)
+                res = self.batcher.explain(x, per_image, method)
         except (OnnxcamError, ValueError) as exc:  # class index out of range, non-finite input, ...
             raise ProtocolError(str(exc)) from None
         arrays = {"heatmap": np.asarray(res.heatmaps, np.float32), "logits": np.asarray(res.logits, np.float32),
