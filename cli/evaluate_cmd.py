@@ -107,40 +107,56 @@ class _Data:
 
 def _run(explainer: Any, data: _Data, files: list[Path], methods: list[str], metrics: list[str],
          class_index: int | None, options: Any, report: Reporter):
-    """Evaluate every batch; images that fail get one error line each. → the aggregate."""
-    import numpy as np
-    from onnxcam.runtime import ClassIndexError, ModelError, OnnxcamError
-    from onnxcam.runtime.metrics.evaluate import METRICS, Aggregate, evaluate_batch
+    """Evaluate every image on the dataset engine; images that fail get one error line each. → the aggregate."""
+    from onnxcam.runtime.metrics.dataset import iter_evaluate
+    from onnxcam.runtime.metrics.evaluate import METRICS, Aggregate
     from tqdm import tqdm
 
     need_gt = any(METRICS[m].ground_truth for m in metrics)
     aggregate = Aggregate(methods, metrics)
+    items = iter_evaluate(explainer, [str(f) for f in files], methods, metrics,
+                          lambda source: data.load(explainer, Path(source.path), need_gt), class_index, options)
     with tqdm(total=len(files), desc="evaluating", unit="img", file=sys.stderr, leave=False, dynamic_ncols=True,
               disable=None) as bar:
-        for s in range(0, len(files), options.batch_size):
-            batch, loaded = [], []
-            for f in files[s:s + options.batch_size]:
-                try:
-                    loaded.append(data.load(explainer, f, need_gt))
-                    batch.append(f)
-                except (OnnxcamError, ValueError) as exc:
-                    msg = str(exc)
-                    report.error(msg if msg.startswith(str(f)) else f"{f}: {msg}")
-                    bar.update(1)
-            if not batch:
-                continue
-            x, geos, gts = np.stack([t[0] for t in loaded]), [t[1] for t in loaded], [t[2] for t in loaded]
-            try:
-                result = evaluate_batch(explainer, x, geos, gts, methods, metrics, class_index, options)
-            except (ClassIndexError, ModelError):
-                raise
-            except Exception as exc:  # noqa: BLE001  (an inference failure loses this batch only)
-                for f in batch:
-                    report.error(f"{f}: evaluation failed ({type(exc).__name__}: {exc})")
-                bar.update(len(batch))
-                continue
-            aggregate.add([f.name for f in batch], result)
-            bar.update(len(batch))
+        for item in items:
+            if item.error is not None:
+                report.error(item.error)
+            else:
+                aggregate.add_image(Path(item.source.path).name, item.results)
+            bar.update(1)
+    return aggregate
+
+
+def _run_to_parquet(explainer: Any, model: str, data: _Data, files: list[Path], methods: list[str],
+                    metrics: list[str], class_index: int | None, options: Any, report: Reporter, out: str,
+                    shard_size: int, overwrite: bool, debug: bool):
+    """``_run`` with the rows kept in the Parquet dataset ``out`` (resumed when it holds this run)."""
+    from onnxcam.cli.dataset_cmd import file_digest
+    from onnxcam.models.files import OutputError
+    from onnxcam.runtime.datasets import Source
+    from onnxcam.runtime.metrics.dataset import evaluate_to_parquet
+    from onnxcam.runtime.metrics.evaluate import METRICS
+    from tqdm import tqdm
+
+    need_gt = any(METRICS[m].ground_truth for m in metrics)
+    with tqdm(total=len(files), desc="evaluating", unit="img", file=sys.stderr, leave=False, dynamic_ncols=True,
+              disable=None) as bar:
+        def progress(item) -> None:
+            if item.error is not None:
+                report.error(item.error)
+            bar.update(1)
+
+        try:
+            summary, aggregate = evaluate_to_parquet(
+                explainer, [Source(str(f)) for f in files], out, methods, metrics,
+                lambda source: data.load(explainer, Path(source.path), need_gt), class_index, options,
+                shard_size=shard_size, overwrite=overwrite, parameters={"model_sha256": file_digest(model)},
+                progress=progress)
+        except OutputError as exc:
+            bar.close()
+            fail(exc, EXIT_USAGE, debug)
+    if summary.skipped_shards:
+        click.echo(f"{summary.skipped_shards} shard(s) of {out} already done; the summary covers them too", err=True)
     return aggregate
 
 
@@ -199,12 +215,18 @@ def _write_reports(aggregate: Any, out_dir: Path, overwrite: bool, debug: bool) 
 @click.option("-b", "--batch-size", type=click.IntRange(1), default=16, show_default=True,
               help="Images per graph run, also the perturbed images per run of the metrics.")
 @click.option("--overwrite", is_flag=True, help="Replace existing result files (never replaced otherwise).")
+@click.option("--parquet", "parquet", metavar="DIR", default=None,
+              help="Also keep the per-image rows as a sharded Parquet dataset in DIR (scores/, errors/); a rerun "
+                   "resumes, and the summary covers every shard.")
+@click.option("--shard-size", type=click.IntRange(1), default=256, show_default=True,
+              help="With --parquet: images per Parquet file.")
 @provider_options
 @click.option("--debug", is_flag=True, help="Show tracebacks.")
 def evaluate_command(model: str, data: str, methods: tuple[str, ...], metrics: str | None, out: str,
                      boxes_file: str | None, mask_values: tuple[str, ...], class_: str, percent: float, step: int,
                      tolerance: float, road_noise: float, randomise_layers: int, limit: int | None, batch_size: int,
-                     overwrite: bool, providers: Any, threads: int | None, debug: bool) -> None:
+                     overwrite: bool, parquet: str | None, shard_size: int, providers: Any, threads: int | None,
+                     debug: bool) -> None:
     """Evaluate CAM methods of an explanation graph on the images in DATA_DIR.
 
     Writes OUT/per_image.csv (one row per image and method), OUT/metrics.json
@@ -232,7 +254,7 @@ def evaluate_command(model: str, data: str, methods: tuple[str, ...], metrics: s
             default_metrics(dataset.has_ground_truth)
     except ValueError as exc:
         fail(exc, EXIT_USAGE)
-    explainer = make_explainer(model, providers, threads, batch_size, debug)
+    explainer = make_explainer(model, providers, threads, batch_size, debug, spinning=False)  # decoders beside it
     try:
         check_evaluable(explainer, method_list, metric_list)
     except ModelError as exc:
@@ -246,7 +268,11 @@ def evaluate_command(model: str, data: str, methods: tuple[str, ...], metrics: s
     files = dataset.files[:limit] if limit is not None else dataset.files
     options = EvaluationOptions(percent, step, tolerance, road_noise, randomise_layers, batch_size)
     try:
-        aggregate = _run(explainer, dataset, files, method_list, metric_list, class_index, options, report)
+        if parquet is None:
+            aggregate = _run(explainer, dataset, files, method_list, metric_list, class_index, options, report)
+        else:
+            aggregate = _run_to_parquet(explainer, model, dataset, files, method_list, metric_list, class_index,
+                                        options, report, parquet, shard_size, overwrite, debug)
     except (ClassIndexError, ModelError) as exc:
         fail(exc, EXIT_USAGE, debug)
     if aggregate.images:

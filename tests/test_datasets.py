@@ -196,3 +196,31 @@ def test_a_manifest_class_out_of_range_fails_that_image_only(tmp_path) -> None:
     assert result.exit_code == 1 and "class 10 is out of range (the model has 10 classes)" in result.stderr
     assert read(out).column("class_index").to_pylist() == [1, 2]
     assert read_errors(out).column("index").to_pylist() == [1]
+
+
+def test_evaluate_keeps_per_image_rows_and_resumes_with_the_same_summary(tmp_path) -> None:
+    """``evaluate --parquet``: the summary equals a plain evaluate's; after a shard is lost the
+    rerun rewrites that shard only and the summary (over every shard) is unchanged."""
+    import json
+
+    images = write_images(tmp_path / "img", 12)
+    (tmp_path / "img" / "bad.png").write_bytes(b"xx")
+    args = ["evaluate", TINY, tmp_path / "img", "-m", "gradcam", "-m", "layercam", "--metrics",
+            "confidence_change,deletion,sparsity", "--step", "256"]
+    plain = run(*args, "--out", tmp_path / "plain")
+    assert plain.exit_code == 1, plain.stderr
+    kept = run(*args, "--out", tmp_path / "kept", "--parquet", tmp_path / "pq", "--shard-size", "5")
+    assert kept.exit_code == 1, kept.stderr
+    want = json.loads((tmp_path / "plain" / "metrics.json").read_text())
+    assert json.loads((tmp_path / "kept" / "metrics.json").read_text()) == want
+    scores = pq.read_table(tmp_path / "pq" / "scores")
+    assert scores.num_rows == 2 * len(images) and {"deletion", "curve_deletion", "drop"} <= set(scores.column_names)
+    assert read_errors(tmp_path / "pq").column("path").to_pylist() == [str(tmp_path / "img" / "bad.png")]
+
+    shards = sorted((tmp_path / "pq" / "scores").glob("part-*.parquet"))
+    untouched = {p: p.stat().st_mtime_ns for p in shards[1:]}
+    shards[0].unlink()
+    again = run(*args, "--out", tmp_path / "again", "--parquet", tmp_path / "pq", "--shard-size", "5")
+    assert again.exit_code == 1 and "shard(s) of" in again.stderr
+    assert json.loads((tmp_path / "again" / "metrics.json").read_text()) == want
+    assert shards[0].exists() and all(p.stat().st_mtime_ns == t for p, t in untouched.items())

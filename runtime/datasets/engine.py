@@ -13,6 +13,7 @@ from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 from onnxcam.models.errors import OnnxcamError
@@ -37,27 +38,31 @@ class Item:
 
 
 @dataclass
-class _Decoded:
+class Decoded:
+    """One source read for a batch: its input ``x`` and geometry (and the photo, and what else
+    the batch needs, e.g. ground truth), or why it could not be read."""
+
     x: np.ndarray | None
     geometry: Geometry | None
     image: Image.Image | None
     error: str | None
+    extra: Any = None
 
 
 def decode(prepare: Callable[[Image.Image], tuple[np.ndarray, Geometry]], source: Source,
-           keep_image: bool = False) -> _Decoded:
+           keep_image: bool = False) -> Decoded:
     """Read one image and ``prepare`` it (``Explainer.prepare_image``); a failure becomes its
     one-line reason."""
     try:
         image = load_image(source.path)
         x, geometry = prepare(image)
-        return _Decoded(x, geometry, image if keep_image else None, None)
+        return Decoded(x, geometry, image if keep_image else None, None)
     except OnnxcamError as exc:
-        return _Decoded(None, None, None, str(exc))
+        return Decoded(None, None, None, str(exc))
     except MemoryError:
-        return _Decoded(None, None, None, f"{source.path}: out of memory while reading the image")
+        return Decoded(None, None, None, f"{source.path}: out of memory while reading the image")
     except Exception as exc:  # noqa: BLE001  (a decoder failure still gets one line)
-        return _Decoded(None, None, None, f"{source.path}: cannot read ({type(exc).__name__}: {exc})")
+        return Decoded(None, None, None, f"{source.path}: cannot read ({type(exc).__name__}: {exc})")
 
 
 def explain_batch(explainer: Explainer, x: np.ndarray, methods: Sequence[str], classes: np.ndarray,
@@ -83,12 +88,12 @@ def _class_error(source: Source, num_classes: int | None) -> str | None:
     return f"{source.path}: class {source.class_index} is out of range (the model has {num_classes} classes)"
 
 
-def _run(explainer: Explainer, batch: list[tuple[int, Source, _Decoded]], methods: Sequence[str],
+def _run(explainer: Explainer, batch: list[tuple[int, Source, Decoded]], methods: Sequence[str],
          class_index: int | None) -> list[Item]:
     checked = []
     for i, s, d in batch:
         error = d.error or _class_error(s, explainer.info.num_classes)
-        checked.append((i, s, d if error is None else _Decoded(None, None, None, error)))
+        checked.append((i, s, d if error is None else Decoded(None, None, None, error)))
     good = [(i, s, d) for i, s, d in checked if d.error is None]
     items = {i: Item(i, s, error=d.error) for i, s, d in checked if d.error is not None}
     if good:
@@ -102,6 +107,30 @@ def _run(explainer: Explainer, batch: list[tuple[int, Source, _Decoded]], method
     return [items[i] for i, _, _ in batch]
 
 
+Batch = list[tuple[int, Source, "Decoded"]]
+
+
+def iter_batches(sources: Iterable[Source | str], read: Callable[[Source], Decoded], run: Callable[[Batch], list[Item]],
+                 batch_size: int, *, workers: int = 2, prefetch: int = 2) -> Iterator[Item]:
+    """The engine: ``read`` each source on ``workers`` threads, ``prefetch`` batches of
+    ``batch_size`` ahead of ``run``, which turns one batch into its items; yields them in order."""
+    pending: deque[tuple[int, Source, Future]] = deque()
+    stream = ((i, s if isinstance(s, Source) else Source(str(s))) for i, s in enumerate(sources))
+    with ThreadPoolExecutor(max_workers=max(1, workers), thread_name_prefix="onnxcam-decode") as pool:
+        def fill() -> None:
+            while len(pending) < (prefetch + 1) * batch_size:
+                nxt = next(stream, None)
+                if nxt is None:
+                    return
+                pending.append((*nxt, pool.submit(read, nxt[1])))
+
+        fill()
+        while pending:
+            batch = [pending.popleft() for _ in range(min(batch_size, len(pending)))]
+            fill()  # decode the next batches while this one runs
+            yield from run([(i, s, f.result()) for i, s, f in batch])
+
+
 def iter_explain(explainer: Explainer, sources: Iterable[Source | str], methods: Sequence[str],
                  class_index: int | None = None, *, batch_size: int | None = None, workers: int = 2,
                  prefetch: int = 2, keep_images: bool = False) -> Iterator[Item]:
@@ -111,19 +140,6 @@ def iter_explain(explainer: Explainer, sources: Iterable[Source | str], methods:
     ``workers`` decoding threads; ``prefetch`` batches decoded ahead; ``keep_images`` keeps the
     decoded photo on each item (for overlays)."""
     explainer.preprocessing()  # a graph without preprocessing metadata cannot read files
-    size = batch_size or explainer.batch_size
-    pending: deque[tuple[int, Source, Future]] = deque()
-    stream = ((i, s if isinstance(s, Source) else Source(str(s))) for i, s in enumerate(sources))
-    with ThreadPoolExecutor(max_workers=max(1, workers), thread_name_prefix="onnxcam-decode") as pool:
-        def fill() -> None:
-            while len(pending) < (prefetch + 1) * size:
-                nxt = next(stream, None)
-                if nxt is None:
-                    return
-                pending.append((*nxt, pool.submit(decode, explainer.prepare_image, nxt[1], keep_images)))
-
-        fill()
-        while pending:
-            batch = [pending.popleft() for _ in range(min(size, len(pending)))]
-            fill()  # decode the next batches while this one runs
-            yield from _run(explainer, [(i, s, f.result()) for i, s, f in batch], methods, class_index)
+    return iter_batches(sources, lambda source: decode(explainer.prepare_image, source, keep_images),
+                        lambda batch: _run(explainer, batch, methods, class_index),
+                        batch_size or explainer.batch_size, workers=workers, prefetch=prefetch)

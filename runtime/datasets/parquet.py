@@ -28,7 +28,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -105,15 +105,17 @@ def to_table(items: Iterable[Item], labels: list[str] | None, input_size: tuple[
 
 @dataclass
 class ShardedRun:
-    """The output directory of one run (see the module docstring)."""
+    """The output directory of one run (see the module docstring); ``table`` names the rows'
+    sub-directory (``explanations``, or ``scores`` for an evaluation)."""
 
     out: Path
     shard_size: int
     count: int  # inputs
+    table: str = EXPLANATIONS
 
     @classmethod
     def open(cls, out: str | Path, parameters: dict, sources: list[Source], shard_size: int,
-             overwrite: bool = False) -> ShardedRun:
+             overwrite: bool = False, table: str = EXPLANATIONS) -> ShardedRun:
         """Create or resume the run in ``out``; OutputError when ``out`` holds another run
         (unless ``overwrite``, which removes its shards)."""
         out = Path(out)
@@ -121,12 +123,12 @@ class ShardedRun:
         digest = hashlib.sha256("\n".join(f"{s.path}\t{s.class_index}" for s in sources).encode()).hexdigest()
         record = {**parameters, "shard_size": shard_size, "inputs": len(sources), "inputs_sha256": digest}
         run_file = out / RUN_FILE
-        for table in (EXPLANATIONS, ERRORS):
-            if (out / table).is_symlink():
-                raise OutputError(f"{out / table} is a symbolic link; refusing to write through it")
-            (out / table).mkdir(exist_ok=True)
+        for folder in (table, ERRORS):
+            if (out / folder).is_symlink():
+                raise OutputError(f"{out / folder} is a symbolic link; refusing to write through it")
+            (out / folder).mkdir(exist_ok=True)
         if overwrite:
-            for old in [*out.glob(f"{EXPLANATIONS}/part-*.parquet"), *out.glob(f"{ERRORS}/part-*.parquet")]:
+            for old in [*out.glob(f"{table}/part-*.parquet"), *out.glob(f"{ERRORS}/part-*.parquet")]:
                 check_target(old, overwrite=True).unlink()
         elif run_file.exists() or run_file.is_symlink():
             try:
@@ -136,18 +138,18 @@ class ShardedRun:
             if previous != record:
                 raise OutputError(f"{out} holds another run (other model, methods or inputs: see {RUN_FILE}); "
                                   "choose another directory or pass --overwrite to start afresh")
-            run = cls(out, shard_size, len(sources))
+            run = cls(out, shard_size, len(sources), table)
             run.remove_leftovers()
             return run
-        elif any(out.glob(f"{EXPLANATIONS}/part-*.parquet")):
+        elif any(out.glob(f"{table}/part-*.parquet")):
             raise OutputError(f"{out} has Parquet shards but no {RUN_FILE}; choose another directory or pass "
                               "--overwrite")
         write_output(run_file, json.dumps(record, indent=1).encode(), overwrite=True)
-        return cls(out, shard_size, len(sources))
+        return cls(out, shard_size, len(sources), table)
 
     def remove_leftovers(self) -> None:
         """Temporary files of a run killed while writing a shard (never a finished one)."""
-        for tmp in [*self.out.glob(f"{EXPLANATIONS}/.part-*.tmp"), *self.out.glob(f"{ERRORS}/.part-*.tmp")]:
+        for tmp in [*self.out.glob(f"{self.table}/.part-*.tmp"), *self.out.glob(f"{ERRORS}/.part-*.tmp")]:
             if tmp.is_file() and not tmp.is_symlink():
                 tmp.unlink(missing_ok=True)
 
@@ -157,7 +159,7 @@ class ShardedRun:
 
     def done(self, shard: int) -> bool:
         """Whether the shard's explanations file is in place and whole (Parquet's closing bytes)."""
-        path = self.out / EXPLANATIONS / shard_name(shard)
+        path = self.out / self.table / shard_name(shard)
         if not path.is_file() or path.is_symlink() or path.stat().st_size < 8:
             return False
         with open(path, "rb") as f:
@@ -169,11 +171,10 @@ class ShardedRun:
         return [i for s in range(self.shards) if not self.done(s)
                 for i in range(s * self.shard_size, min((s + 1) * self.shard_size, self.count))]
 
-    def write(self, items: Iterator[Item], labels: list[str] | None, input_size: tuple[int, int],
-              top_k: int = 5) -> Iterator[list[Item]]:
+    def write(self, items: Iterator[Item], to_table: Callable[[list[Item]], pa.Table]) -> Iterator[list[Item]]:
         """Write ``items`` (of the pending inputs, in order, ``index`` as in the whole run) shard by
-        shard, each on a writer thread while the next is explained (one shard in flight at most);
-        yields each shard's items once its files are in place."""
+        shard — ``to_table`` makes a shard's rows — each on a writer thread while the next is
+        computed (one shard in flight at most); yields each shard's items once its files are in place."""
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="onnxcam-parquet") as pool:
             writing: Future | None = None
             current, shard = [], None
@@ -181,22 +182,22 @@ class ShardedRun:
                 if shard is not None and item.index // self.shard_size != shard:
                     if writing is not None:
                         yield writing.result()
-                    writing = pool.submit(self._flush, shard, current, labels, input_size, top_k)
+                    writing = pool.submit(self._flush, shard, current, to_table)
                     current = []
                 shard = item.index // self.shard_size
                 current.append(item)
             if writing is not None:
                 yield writing.result()
             if current:
-                yield self._flush(shard, current, labels, input_size, top_k)
+                yield self._flush(shard, current, to_table)
 
-    def _flush(self, shard: int, items: list[Item], labels, input_size, top_k) -> list[Item]:
+    def _flush(self, shard: int, items: list[Item], to_table: Callable[[list[Item]], pa.Table]) -> list[Item]:
         failed = [{"index": i.index, "path": i.source.path, "error": i.error} for i in items if i.results is None]
-        if failed:  # a killed run may have left this shard's errors without its explanations: replaced
+        if failed:  # a killed run may have left this shard's errors without its rows: replaced
             errors = pa.Table.from_pylist(failed, schema=ERROR_SCHEMA)
             write_output(self.out / ERRORS / shard_name(shard), lambda f: pq.write_table(errors, f), overwrite=True)
-        table = to_table(items, labels, input_size, top_k)
-        write_output(self.out / EXPLANATIONS / shard_name(shard), lambda f: pq.write_table(table, f), overwrite=False)
+        table = to_table(items)
+        write_output(self.out / self.table / shard_name(shard), lambda f: pq.write_table(table, f), overwrite=False)
         return items
 
 
@@ -248,7 +249,8 @@ def explain_to_parquet(explainer, sources: list[Source], out: str | Path, method
                 progress(item)
             yield item
 
-    for shard in run.write(items(), explainer.labels, explainer.info.input_size, top_k):
+    labels, size = explainer.labels, explainer.info.input_size
+    for shard in run.write(items(), lambda chunk: to_table(chunk, labels, size, top_k)):
         failed = [item.error for item in shard if item.error is not None]
         summary.explained += len(shard) - len(failed)
         summary.failed += len(failed)

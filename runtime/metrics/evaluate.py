@@ -178,6 +178,17 @@ def resolve_metrics(names: Sequence[str]) -> list[str]:
 
 
 @dataclass
+class ImageScores:
+    """One image's results for one method: the metric values, the class explained, its deletion /
+    insertion curves, and the relative drop in confidence (for Win %; None with one method)."""
+
+    values: dict[str, float]
+    class_index: int
+    curves: dict[str, np.ndarray]
+    drop: float | None
+
+
+@dataclass
 class BatchResult:
     """Per method: ``values`` {metric: float64 [N]}, the class explained, the deletion / insertion
     curves, and the relative drops in confidence (for Win %)."""
@@ -186,6 +197,13 @@ class BatchResult:
     classes: dict[str, np.ndarray]
     curves: dict[str, dict[str, np.ndarray]]
     drops: dict[str, np.ndarray]
+
+    def image(self, j: int) -> dict[str, ImageScores]:
+        """Image ``j``'s results, per method."""
+        return {m: ImageScores({k: float(v[j]) for k, v in self.values[m].items()}, int(self.classes[m][j]),
+                               {kind: curve[j] for kind, curve in self.curves[m].items()},
+                               float(self.drops[m][j]) if m in self.drops else None)
+                for m in self.values}
 
 
 def check_evaluable(explainer: Any, methods: Sequence[str], metrics: Sequence[str]) -> None:
@@ -236,15 +254,21 @@ class Aggregate:
         self.images = 0
 
     def add(self, names: Sequence[str], batch: BatchResult) -> None:
-        self.images += len(names)
+        for j, name in enumerate(names):
+            self.add_image(name, batch.image(j))
+
+    def add_image(self, name: str, scores: dict[str, ImageScores]) -> None:
+        """One image's results (per method)."""
+        self.images += 1
         for m in self.methods:
+            s = scores[m]
             for k in self.metrics:
-                self.values[m][k].extend(batch.values[m][k].tolist())
-            self.drops[m].extend(batch.drops.get(m, np.zeros(0)).tolist())
-            for kind, curve in batch.curves[m].items():
-                self.curves[m].setdefault(kind, []).append(curve)
-            self.rows.extend([name, m, int(batch.classes[m][j])] + [float(batch.values[m][k][j]) for k in self.metrics]
-                             for j, name in enumerate(names))
+                self.values[m][k].append(s.values[k])
+            if s.drop is not None:
+                self.drops[m].append(s.drop)
+            for kind, curve in s.curves.items():
+                self.curves[m].setdefault(kind, []).append(np.asarray(curve)[None])
+            self.rows.append([name, m, s.class_index] + [s.values[k] for k in self.metrics])
 
     def summary(self) -> dict[str, dict[str, float | None]]:
         """{method: {metric: mean over every image (non-finite values left out)}}, and with several

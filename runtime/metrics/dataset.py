@@ -1,0 +1,148 @@
+"""Evaluation of whole datasets on the dataset engine (``runtime.datasets.engine``): images and
+their ground truth read on threads ahead of the session, one :class:`Item` per image whose
+``results`` are ``{method: ImageScores}`` — or its one-line error — and, with pyarrow, the
+per-image rows as a sharded, resumable Parquet table (``scores/``) whose summary is the exact
+mean over every image of every shard, the ones a resumed run skipped included."""
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from onnxcam.models.errors import OnnxcamError
+from onnxcam.runtime.datasets.engine import Batch, Decoded, Item, iter_batches
+from onnxcam.runtime.datasets.sources import Source
+from onnxcam.runtime.errors import ClassIndexError, ModelError
+from onnxcam.runtime.metrics.evaluate import (
+    Aggregate,
+    EvaluationOptions,
+    ImageScores,
+    evaluate_batch,
+)
+
+#: reads one source: (x, geometry, ground truth or None); raises OnnxcamError / ValueError
+Loader = Callable[[Source], tuple[np.ndarray, Any, Any]]
+
+
+def _read(load: Loader, source: Source) -> Decoded:
+    try:
+        x, geometry, truth = load(source)
+        return Decoded(x, geometry, None, None, truth)
+    except (OnnxcamError, ValueError) as exc:
+        message = str(exc)
+        return Decoded(None, None, None, message if message.startswith(source.path) else f"{source.path}: {message}")
+    except Exception as exc:  # noqa: BLE001  (a decoder failure still gets one line)
+        return Decoded(None, None, None, f"{source.path}: cannot read ({type(exc).__name__}: {exc})")
+
+
+def _scores(explainer, batch: Batch, methods: Sequence[str], metrics: Sequence[str], class_index: int | None,
+            options: EvaluationOptions) -> list[dict[str, ImageScores] | str]:
+    """Per image of ``batch`` (all read): its scores, or why they failed (the batch is retried
+    image by image when it fails)."""
+    x = np.stack([d.x for _, _, d in batch])
+    try:
+        result = evaluate_batch(explainer, x, [d.geometry for _, _, d in batch], [d.extra for _, _, d in batch],
+                                methods, metrics, class_index, options)
+        return [result.image(j) for j in range(len(batch))]
+    except (ClassIndexError, ModelError):
+        raise
+    except Exception as exc:  # noqa: BLE001
+        if len(batch) == 1:
+            return [f"{batch[0][1].path}: evaluation failed ({type(exc).__name__}: {exc})"]
+    return [_scores(explainer, [one], methods, metrics, class_index, options)[0] for one in batch]
+
+
+def iter_evaluate(explainer, sources: Iterable[Source | str], methods: Sequence[str], metrics: Sequence[str],
+                  load: Loader, class_index: int | None = None, options: EvaluationOptions = EvaluationOptions(), *,
+                  batch_size: int | None = None, workers: int = 2) -> Iterator[Item]:
+    """Evaluate ``metrics`` of ``methods`` on ``sources`` (read by ``load``), one Item per source
+    in order (see the module docstring)."""
+    def run(batch: Batch) -> list[Item]:
+        good = [b for b in batch if b[2].error is None]
+        items = {i: Item(i, s, error=d.error) for i, s, d in batch if d.error is not None}
+        outcomes = _scores(explainer, good, methods, metrics, class_index, options) if good else []
+        for (i, s, d), outcome in zip(good, outcomes):
+            items[i] = Item(i, s, error=outcome) if isinstance(outcome, str) else \
+                Item(i, s, results=outcome, geometry=d.geometry)
+        return [items[i] for i, _, _ in batch]
+
+    return iter_batches(sources, lambda source: _read(load, source), run, batch_size or options.batch_size,
+                        workers=workers)
+
+
+def aggregate(items: Iterable[Item], methods: Sequence[str], metrics: Sequence[str],
+              name: Callable[[Item], str] = lambda item: item.source.path) -> Aggregate:
+    """The exact aggregate of the items that have scores."""
+    total = Aggregate(methods, metrics)
+    for item in items:
+        if item.results is not None:
+            total.add_image(name(item), item.results)
+    return total
+
+
+SCORES = "scores"
+
+
+def scores_table(items: Iterable[Item], metrics: Sequence[str]):
+    """The per-image rows of ``items`` (those with scores): ``index``, ``path``, ``method``,
+    ``class_index``, one float64 column per metric, ``drop`` (relative confidence drop, for Win %;
+    null with one method) and ``curve_<kind>`` (the deletion / insertion curves, when computed)."""
+    import pyarrow as pa
+
+    rows = [{"index": item.index, "path": item.source.path, "method": method, "class_index": s.class_index,
+             **s.values, "drop": s.drop, **{f"curve_{k}": np.asarray(c, np.float64).tolist() for k, c in s.curves.items()}}
+            for item in items if item.results is not None for method, s in item.results.items()]
+    fields = [("index", pa.int64()), ("path", pa.string()), ("method", pa.string()), ("class_index", pa.int64())]
+    fields += [(m, pa.float64()) for m in metrics] + [("drop", pa.float64())]
+    fields += [(f"curve_{k}", pa.list_(pa.float64())) for k in ("deletion", "insertion") if k in metrics]
+    schema = pa.schema(fields)
+    return pa.Table.from_pylist(rows, schema=schema)
+
+
+def aggregate_table(table, methods: Sequence[str], metrics: Sequence[str]) -> Aggregate:
+    """The exact aggregate of a scores table (every shard of a run), images in input order."""
+    total = Aggregate(methods, metrics)
+    by_image: dict[int, dict[str, ImageScores]] = {}
+    paths: dict[int, str] = {}
+    for row in table.sort_by("index").to_pylist():
+        curves = {k: np.asarray(row[f"curve_{k}"]) for k in ("deletion", "insertion") if row.get(f"curve_{k}")}
+        by_image.setdefault(row["index"], {})[row["method"]] = ImageScores(
+            {m: np.nan if row[m] is None else row[m] for m in metrics}, row["class_index"], curves, row["drop"])
+        paths[row["index"]] = row["path"]
+    for index, scores in by_image.items():
+        total.add_image(Path(paths[index]).name, scores)
+    return total
+
+
+def evaluate_to_parquet(explainer, sources: list[Source], out, methods: Sequence[str], metrics: Sequence[str],
+                        load: Loader, class_index: int | None = None, options: EvaluationOptions = EvaluationOptions(),
+                        *, shard_size: int = 256, overwrite: bool = False, parameters: dict | None = None,
+                        progress=None) -> tuple[Any, Aggregate]:
+    """Evaluate ``sources`` into the sharded Parquet dataset ``out`` (``scores/`` and ``errors/``,
+    resumable as ``explain_to_parquet``), then aggregate every shard exactly. Returns (the run's
+    summary, the aggregate)."""
+    import pyarrow.parquet as pq
+    from dataclasses import replace
+
+    from onnxcam.runtime.datasets.parquet import RunSummary, ShardedRun
+
+    record = {"evaluate": list(methods), "metrics": list(metrics), "class_index": class_index,
+              "options": repr(options), **(parameters or {})}
+    run = ShardedRun.open(out, record, sources, shard_size, overwrite, table=SCORES)
+    todo = run.pending()
+    summary = RunSummary(skipped_shards=run.shards - len({i // shard_size for i in todo}), errors=[])
+
+    def items():
+        for item in iter_evaluate(explainer, [sources[i] for i in todo], methods, metrics, load, class_index, options):
+            item = replace(item, index=todo[item.index])
+            if progress is not None:
+                progress(item)
+            yield item
+
+    for shard in run.write(items(), lambda chunk: scores_table(chunk, metrics)):
+        failed = [item.error for item in shard if item.error is not None]
+        summary.explained += len(shard) - len(failed)
+        summary.failed += len(failed)
+        summary.errors += failed
+    return summary, aggregate_table(pq.read_table(Path(out) / SCORES), methods, metrics)
