@@ -12,6 +12,39 @@ from onnxcam.cli.common import EXIT_PARTIAL, EXIT_USAGE, Reporter, fail
 from onnxcam.models.files import OutputError
 
 
+def engine_options(command):
+    """``--engine local|ray`` and the Ray engine's options, as ``explain`` and ``evaluate`` take them."""
+    for option in reversed([
+        click.option("--engine", type=click.Choice(["local", "ray"]), default="local", show_default=True,
+                     help="With --parquet: the dataset engine (local: decoding threads ahead of one session; ray: "
+                          "Ray Data, one explainer per actor, pip install 'onnxcam[ray]')."),
+        click.option("--ray-address", default=None, metavar="ADDRESS",
+                     help="With --engine ray: join this Ray cluster (default: start a local one)."),
+        click.option("--actors", type=click.IntRange(1), default=1, show_default=True,
+                     help="With --engine ray: explaining actors."),
+        click.option("--cpus-per-actor", type=click.FloatRange(0.05), default=0.5, show_default=True,
+                     help="With --engine ray: CPUs each actor reserves (a fraction leaves room for the decoders)."),
+        click.option("--gpus-per-actor", type=click.FloatRange(0), default=0.0, show_default=True,
+                     help="With --engine ray: GPUs each actor reserves."),
+    ]):
+        command = option(command)
+    return command
+
+
+def ray_options(engine: str, address: str | None, actors: int, cpus_per_actor: float, gpus_per_actor: float,
+                debug: bool) -> Any:
+    """The Ray engine's options (None for the local engine); one error line when Ray is missing."""
+    if engine != "ray":
+        return None
+    try:
+        import ray  # noqa: F401
+    except ImportError:
+        fail("--engine ray needs Ray: pip install 'onnxcam[ray]'", EXIT_USAGE, debug)
+    from onnxcam.runtime.datasets.ray_engine import RayOptions
+
+    return RayOptions(actors=actors, cpus_per_actor=cpus_per_actor, gpus_per_actor=gpus_per_actor, address=address)
+
+
 def _interrupted(signum: int, frame: Any) -> None:
     raise KeyboardInterrupt
 
@@ -27,21 +60,14 @@ def file_digest(path: str) -> str:
 
 def explain_dataset(explainer: Any, model: str, inputs: tuple[str, ...], methods: list[str],
                     class_index: int | None, out: str, options: dict, recursive: bool, debug: bool,
-                    ray: dict | None = None) -> None:
+                    ray: Any = None) -> None:
     """Explain ``inputs`` into ``out`` with a progress bar (images/s, failures) and a summary line;
     exit 1 when some images failed. ``ray``: the Ray engine's options (None: the local engine)."""
     try:
         from onnxcam.runtime.datasets.parquet import explain_to_parquet
     except ImportError:
         fail("--parquet needs pyarrow: pip install 'onnxcam[parquet]'", EXIT_USAGE, debug)
-    if ray is not None:
-        try:
-            import ray as _  # noqa: F401
-        except ImportError:
-            fail("--engine ray needs Ray: pip install 'onnxcam[ray]'", EXIT_USAGE, debug)
-        from onnxcam.runtime.datasets.ray_engine import RayOptions
-
-        options = {**options, "ray": RayOptions(**ray)}
+    options = {**options, "ray": ray}
     from onnxcam.runtime.datasets import expand_sources
     from tqdm import tqdm
 

@@ -3,10 +3,12 @@ a folder of images (``onnxcam.runtime.metrics``: the metrics, their ground truth
 from __future__ import annotations
 
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import click
+from onnxcam.cli.dataset_cmd import engine_options, ray_options
 from onnxcam.cli.common import (
     EXIT_PARTIAL,
     EXIT_USAGE,
@@ -127,10 +129,22 @@ def _run(explainer: Any, data: _Data, files: list[Path], methods: list[str], met
     return aggregate
 
 
+@dataclass
+class _Loader:
+    """Reads one image and its ground truth for an explainer (picklable, for Ray's actors)."""
+
+    data: _Data
+    need_ground_truth: bool
+
+    def __call__(self, explainer: Any, source: Any):
+        return self.data.load(explainer, Path(source.path), self.need_ground_truth)
+
+
 def _run_to_parquet(explainer: Any, model: str, data: _Data, files: list[Path], methods: list[str],
                     metrics: list[str], class_index: int | None, options: Any, report: Reporter, out: str,
-                    shard_size: int, overwrite: bool, debug: bool):
-    """``_run`` with the rows kept in the Parquet dataset ``out`` (resumed when it holds this run)."""
+                    shard_size: int, overwrite: bool, debug: bool, ray: Any = None):
+    """``_run`` with the rows kept in the Parquet dataset ``out`` (resumed when it holds this run;
+    on Ray Data with ``ray``)."""
     from onnxcam.cli.dataset_cmd import file_digest
     from onnxcam.models.files import OutputError
     from onnxcam.runtime.datasets import Source
@@ -148,10 +162,9 @@ def _run_to_parquet(explainer: Any, model: str, data: _Data, files: list[Path], 
 
         try:
             summary, aggregate = evaluate_to_parquet(
-                explainer, [Source(str(f)) for f in files], out, methods, metrics,
-                lambda source: data.load(explainer, Path(source.path), need_gt), class_index, options,
-                shard_size=shard_size, overwrite=overwrite, parameters={"model_sha256": file_digest(model)},
-                progress=progress)
+                explainer, [Source(str(f)) for f in files], out, methods, metrics, _Loader(data, need_gt),
+                class_index, options, shard_size=shard_size, overwrite=overwrite,
+                parameters={"model_sha256": file_digest(model)}, progress=progress, ray=ray)
         except OutputError as exc:
             bar.close()
             fail(exc, EXIT_USAGE, debug)
@@ -220,12 +233,14 @@ def _write_reports(aggregate: Any, out_dir: Path, overwrite: bool, debug: bool) 
                    "resumes, and the summary covers every shard.")
 @click.option("--shard-size", type=click.IntRange(1), default=256, show_default=True,
               help="With --parquet: images per Parquet file.")
+@engine_options
 @provider_options
 @click.option("--debug", is_flag=True, help="Show tracebacks.")
 def evaluate_command(model: str, data: str, methods: tuple[str, ...], metrics: str | None, out: str,
                      boxes_file: str | None, mask_values: tuple[str, ...], class_: str, percent: float, step: int,
                      tolerance: float, road_noise: float, randomise_layers: int, limit: int | None, batch_size: int,
-                     overwrite: bool, parquet: str | None, shard_size: int, providers: Any, threads: int | None,
+                     overwrite: bool, parquet: str | None, shard_size: int, engine: str, ray_address: str | None,
+                     actors: int, cpus_per_actor: float, gpus_per_actor: float, providers: Any, threads: int | None,
                      debug: bool) -> None:
     """Evaluate CAM methods of an explanation graph on the images in DATA_DIR.
 
@@ -271,8 +286,9 @@ def evaluate_command(model: str, data: str, methods: tuple[str, ...], metrics: s
         if parquet is None:
             aggregate = _run(explainer, dataset, files, method_list, metric_list, class_index, options, report)
         else:
+            ray = ray_options(engine, ray_address, actors, cpus_per_actor, gpus_per_actor, debug)
             aggregate = _run_to_parquet(explainer, model, dataset, files, method_list, metric_list, class_index,
-                                        options, report, parquet, shard_size, overwrite, debug)
+                                        options, report, parquet, shard_size, overwrite, debug, ray)
     except (ClassIndexError, ModelError) as exc:
         fail(exc, EXIT_USAGE, debug)
     if aggregate.images:

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import click
+from onnxcam.cli.dataset_cmd import engine_options
 from onnxcam.cli.common import (
     EXIT_PARTIAL,
     EXIT_USAGE,
@@ -160,17 +161,7 @@ def _todo(files: list[Path], out_dir: Path, methods: list[str], save_npy: bool, 
 @click.option("--parquet", "parquet", metavar="DIR", default=None,
               help="Write a sharded Parquet dataset to DIR instead of pictures (one row per image and method; "
                    "inputs may also be glob patterns, .txt lists and .csv/.parquet manifests). A rerun resumes.")
-@click.option("--engine", type=click.Choice(["local", "ray"]), default="local", show_default=True,
-              help="With --parquet: the dataset engine (local: decoding threads ahead of one session; ray: Ray "
-                   "Data, one explainer per actor, pip install 'onnxcam[ray]').")
-@click.option("--ray-address", default=None, metavar="ADDRESS",
-              help="With --engine ray: join this Ray cluster (default: start a local one).")
-@click.option("--actors", type=click.IntRange(1), default=1, show_default=True,
-              help="With --engine ray: explaining actors.")
-@click.option("--cpus-per-actor", type=click.FloatRange(0.05), default=0.5, show_default=True,
-              help="With --engine ray: CPUs each actor reserves (a fraction leaves room for the decoders).")
-@click.option("--gpus-per-actor", type=click.FloatRange(0), default=0.0, show_default=True,
-              help="With --engine ray: GPUs each actor reserves.")
+@engine_options
 @click.option("--shard-size", type=click.IntRange(1), default=256, show_default=True,
               help="With --parquet: images per Parquet file.")
 @click.option("--recursive", is_flag=True, help="With --parquet: also the images in sub-directories.")
@@ -203,10 +194,9 @@ def explain_command(model: str, inputs: tuple[str, ...], methods: tuple[str, ...
     except (ClassIndexError, ModelError) as exc:
         fail(exc, EXIT_USAGE, debug)
     if parquet is not None:
-        from onnxcam.cli.dataset_cmd import explain_dataset
+        from onnxcam.cli.dataset_cmd import explain_dataset, ray_options
 
-        ray = dict(actors=actors, cpus_per_actor=cpus_per_actor, gpus_per_actor=gpus_per_actor,
-                   address=ray_address) if engine == "ray" else None
+        ray = ray_options(engine, ray_address, actors, cpus_per_actor, gpus_per_actor, debug)
         explain_dataset(explainer, model, inputs, method_list, class_index, parquet,
                         dict(shard_size=shard_size, batch_size=batch_size, overwrite=overwrite), recursive, debug, ray)
         return

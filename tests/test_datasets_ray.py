@@ -3,6 +3,8 @@ heatmaps and error rows, and a dataset Ray Data reads back as fixed-shape tensor
 (``ray.init(num_cpus=2)``, fractional CPUs per actor) for the whole test: it takes seconds to start."""
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 
@@ -46,5 +48,24 @@ def test_ray_equals_local(tmp_path) -> None:
                   "-m", "gradcam", "--actors", "1", "--shard-size", "16")
         assert cli.exit_code == 1 and "2 failed" in cli.stdout, cli.stderr
         assert (read(tmp_path / "cli").num_rows, read_errors(tmp_path / "cli").num_rows) == (40, 2)
+
+        # evaluate: the same per-image rows and the same summary (within 1e-6) on Ray
+        args = ["evaluate", TINY, tmp_path / "img", "-m", "gradcam", "-m", "layercam", "--metrics",
+                "confidence_change,deletion,gini", "--step", "256", "--shard-size", "16"]
+        local_eval = run(*args, "--out", tmp_path / "eval-local", "--parquet", tmp_path / "eval-local-pq")
+        ray_eval = run(*args, "--out", tmp_path / "eval-ray", "--parquet", tmp_path / "eval-ray-pq",
+                       "--engine", "ray", "--actors", "2")
+        assert local_eval.exit_code == ray_eval.exit_code == 1, ray_eval.stderr
+        want = json.loads((tmp_path / "eval-local" / "metrics.json").read_text())
+        got = json.loads((tmp_path / "eval-ray" / "metrics.json").read_text())
+        assert want.keys() == got.keys()
+        for method in want:
+            for metric, value in want[method].items():
+                assert got[method][metric] == pytest.approx(value, abs=1e-6), (method, metric)
+        rows = [pq.read_table(tmp_path / d / "scores").sort_by([("index", "ascending"), ("method", "ascending")])
+                for d in ("eval-local-pq", "eval-ray-pq")]
+        assert rows[0].select(["index", "path", "method", "class_index"]).equals(
+            rows[1].select(["index", "path", "method", "class_index"]))
+        assert read_errors(tmp_path / "eval-local-pq").equals(read_errors(tmp_path / "eval-ray-pq"))
     finally:
         ray.shutdown()

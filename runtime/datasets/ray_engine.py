@@ -10,6 +10,7 @@ same. ``address`` joins a running cluster; without it a local Ray starts (``num_
 """
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -99,18 +100,10 @@ def ray_explain(model: str, sources: Sequence[Source], methods: Sequence[str], c
                 batch_size: int = 8, options: RayOptions | None = None, providers=None) -> Iterator[Item]:
     """Explain ``sources`` on Ray Data (see the module docstring), yielding one Item per source in
     order, exactly as ``iter_explain`` would."""
-    import ray
-
     options = options or RayOptions()
-    if not ray.is_initialized():
-        kwargs = {"address": options.address} if options.address else {"num_cpus": options.num_cpus}
-        ray.init(include_dashboard=False, log_to_driver=False, logging_level=logging.WARNING, **kwargs)
+    ray = _start(options)
     driver = Explainer(model)
     info, spec = driver.info, driver.preprocessing()
-    context = ray.data.DataContext.get_current()
-    context.execution_options.preserve_order = True  # the rows come back in input order
-    context.enable_progress_bars = False  # the caller shows its own
-    logging.getLogger("ray.data").setLevel(logging.WARNING)
     rows = [{"index": i, "path": s.path, "class_index": -1 if s.class_index is None else s.class_index}
             for i, s in enumerate(sources)]
     if not rows:
@@ -123,3 +116,77 @@ def ray_explain(model: str, sources: Sequence[Source], methods: Sequence[str], c
                                   num_cpus=options.cpus_per_actor, num_gpus=options.gpus_per_actor or None)
     for row in dataset.iter_rows():
         yield _item(row, methods, sources[int(row["index"])])
+
+
+def _start(options: RayOptions):
+    """Ray, initialised once (joined at ``options.address``, else started locally), with its
+    Data context set to keep the input order and show no progress bars of its own."""
+    import ray
+
+    if not ray.is_initialized():
+        kwargs = {"address": options.address} if options.address else {"num_cpus": options.num_cpus}
+        ray.init(include_dashboard=False, log_to_driver=False, logging_level=logging.WARNING, **kwargs)
+    context = ray.data.DataContext.get_current()
+    context.execution_options.preserve_order = True
+    context.enable_progress_bars = False
+    logging.getLogger("ray.data").setLevel(logging.WARNING)
+    return ray
+
+
+class _EvaluateStage:
+    """One Explainer per actor; reads and evaluates each batch of sources with the local engine
+    (``iter_evaluate``), one row per image: its scores as JSON (exact floats) or its error."""
+
+    def __init__(self, model: str, methods, metrics, load, class_index, options, providers) -> None:
+        self.explainer = Explainer(model, providers=providers, spinning=False)
+        self.args = (list(methods), list(metrics), load, class_index, options)
+
+    def __call__(self, batch: dict) -> dict:
+        from onnxcam.runtime.metrics.dataset import iter_evaluate
+
+        methods, metrics, load, class_index, options = self.args
+        sources = [Source(str(p), None if c < 0 else int(c)) for p, c in zip(batch["path"], batch["class_index"])]
+        items = iter_evaluate(self.explainer, sources, methods, metrics, lambda s: load(self.explainer, s),
+                              class_index, options, batch_size=len(sources), workers=1)
+        scores, errors = [], []
+        for item in items:
+            errors.append(item.error or "")
+            scores.append("" if item.results is None else json.dumps(
+                {m: {"values": s.values, "class_index": s.class_index, "drop": s.drop,
+                     "curves": {k: np.asarray(c, np.float64).tolist() for k, c in s.curves.items()}}
+                 for m, s in item.results.items()}))
+        return {"index": batch["index"], "error": np.array(errors, dtype=object), "scores": np.array(scores, dtype=object)}
+
+
+def _scored_item(row: dict, source: Source) -> Item:
+    from onnxcam.runtime.metrics.evaluate import ImageScores
+
+    if row["error"]:
+        return Item(int(row["index"]), source, error=str(row["error"]))
+    results = {m: ImageScores(s["values"], s["class_index"], {k: np.asarray(c) for k, c in s["curves"].items()},
+                              s["drop"]) for m, s in json.loads(row["scores"]).items()}
+    return Item(int(row["index"]), source, results=results)
+
+
+def ray_evaluate(model: str, sources: Sequence[Source], methods: Sequence[str], metrics: Sequence[str], load,
+                 class_index: int | None = None, evaluation=None, *, batch_size: int = 8,
+                 options: RayOptions | None = None, providers=None) -> Iterator[Item]:
+    """``iter_evaluate`` on Ray Data: each actor (one Explainer) reads and scores its batches with
+    ``load(explainer, source)`` (a picklable callable); one Item per source in order, as the local
+    engine gives them."""
+    from onnxcam.runtime.metrics.evaluate import EvaluationOptions
+
+    options = options or RayOptions()
+    ray = _start(options)
+    rows = [{"index": i, "path": s.path, "class_index": -1 if s.class_index is None else s.class_index}
+            for i, s in enumerate(sources)]
+    if not rows:
+        return
+    dataset = ray.data.from_items(rows, override_num_blocks=max(1, min(len(rows) // batch_size, 64)))
+    dataset = dataset.map_batches(
+        _EvaluateStage, fn_constructor_args=(model, list(methods), list(metrics), load, class_index,
+                                             evaluation or EvaluationOptions(), providers),
+        batch_size=batch_size, compute=ray.data.ActorPoolStrategy(size=options.actors),
+        num_cpus=options.cpus_per_actor, num_gpus=options.gpus_per_actor or None)
+    for row in dataset.iter_rows():
+        yield _scored_item(row, sources[int(row["index"])])

@@ -116,12 +116,14 @@ def aggregate_table(table, methods: Sequence[str], metrics: Sequence[str]) -> Ag
 
 
 def evaluate_to_parquet(explainer, sources: list[Source], out, methods: Sequence[str], metrics: Sequence[str],
-                        load: Loader, class_index: int | None = None, options: EvaluationOptions = EvaluationOptions(),
-                        *, shard_size: int = 256, overwrite: bool = False, parameters: dict | None = None,
-                        progress=None) -> tuple[Any, Aggregate]:
+                        load: Callable[[Any, Source], tuple[np.ndarray, Any, Any]], class_index: int | None = None,
+                        options: EvaluationOptions = EvaluationOptions(), *, shard_size: int = 256,
+                        overwrite: bool = False, parameters: dict | None = None, progress=None,
+                        ray=None) -> tuple[Any, Aggregate]:
     """Evaluate ``sources`` into the sharded Parquet dataset ``out`` (``scores/`` and ``errors/``,
-    resumable as ``explain_to_parquet``), then aggregate every shard exactly. Returns (the run's
-    summary, the aggregate)."""
+    resumable as ``explain_to_parquet``), then aggregate every shard exactly. ``load(explainer,
+    source)`` reads one image and its ground truth (picklable for ``ray``, a ``RayOptions``: the
+    actors read and score their batches themselves). Returns (the run's summary, the aggregate)."""
     import pyarrow.parquet as pq
     from dataclasses import replace
 
@@ -133,8 +135,17 @@ def evaluate_to_parquet(explainer, sources: list[Source], out, methods: Sequence
     todo = run.pending()
     summary = RunSummary(skipped_shards=run.shards - len({i // shard_size for i in todo}), errors=[])
 
+    def scored() -> Iterator[Item]:
+        chosen = [sources[i] for i in todo]
+        if ray is None:
+            return iter_evaluate(explainer, chosen, methods, metrics, lambda s: load(explainer, s), class_index, options)
+        from onnxcam.runtime.datasets.ray_engine import ray_evaluate
+
+        return ray_evaluate(explainer.info.path, chosen, methods, metrics, load, class_index, options,
+                            batch_size=options.batch_size, options=ray)
+
     def items():
-        for item in iter_evaluate(explainer, [sources[i] for i in todo], methods, metrics, load, class_index, options):
+        for item in scored():
             item = replace(item, index=todo[item.index])
             if progress is not None:
                 progress(item)
