@@ -5,7 +5,9 @@ decoding) a few batches ahead of the session, runs the graph once per batch for 
 yields one :class:`Item` per source in input order — its results, or the one-line reason it
 failed. A failure (an unreadable file, an image that breaks the graph) costs that image only; a
 batch that fails is retried image by image. At most ``(prefetch + 1) · batch_size`` decoded
-images are alive at a time, so memory does not grow with the number of images.
+images are alive at a time, so memory does not grow with the number of images. The engine
+itself is :func:`iter_batches` (read on threads, run per batch, in order); ``iter_explain`` and the
+evaluation's ``runtime.metrics.dataset.iter_evaluate`` are two uses of it.
 """
 from __future__ import annotations
 
@@ -27,11 +29,12 @@ from PIL import Image
 @dataclass
 class Item:
     """One image of a run: ``index`` in the input order, its source, and either ``results``
-    (method → its :class:`Explanation` of this image alone) or ``error`` (one line)."""
+    (method → its :class:`Explanation` of this image alone; for an evaluation, its
+    ``ImageScores``) or ``error`` (one line)."""
 
     index: int
     source: Source
-    results: dict[str, Explanation] | None = None
+    results: dict[str, Any] | None = None
     error: str | None = None
     geometry: Geometry | None = None
     image: Image.Image | None = None  # the decoded photo, kept only with ``keep_images``
