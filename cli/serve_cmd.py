@@ -53,9 +53,9 @@ def _bind(host: str, port: int) -> socket.socket:
               help="Memory all request bodies being received may hold at once (then 503).")
 @click.option("--batch-size", default=16, show_default=True, type=click.IntRange(1),
               help="Images per graph run (larger requests run in chunks).")
-@click.option("--max-batch-size", default=8, show_default=True, type=click.IntRange(1),
+@click.option("--max-batch-size", default=None, type=click.IntRange(1),
               help="Dynamic batching: images of concurrent requests run as one graph call, up to this many "
-                   "(1: every request alone).")
+                   "(1: every request alone). Default: 8 on a GPU, 1 on the CPU (where it does not pay).")
 @click.option("--max-batch-delay", default=2.0, show_default=True, type=click.FloatRange(min=0),
               help="Dynamic batching: milliseconds a request waits for others to join its batch.")
 @providers_option
@@ -63,7 +63,7 @@ def _bind(host: str, port: int) -> socket.socket:
 def serve_command(models: tuple[str, ...], host: str, port: int, workers: int, threads: int | None,
                   max_request_mb: float, max_queue: int, body_timeout: float, header_timeout: float,
                   keep_alive_timeout: float, max_connections: int, max_buffered_mb: float, batch_size: int,
-                  max_batch_size: int, max_batch_delay: float, providers: Any, debug: bool) -> None:
+                  max_batch_size: int | None, max_batch_delay: float, providers: Any, debug: bool) -> None:
     """Serve explanation graphs over the Open Inference Protocol (KServe "V2") HTTP/REST API.
 
     It listens on 127.0.0.1 by default and has no authentication or TLS: to expose it, put it behind a
@@ -87,6 +87,11 @@ def serve_command(models: tuple[str, ...], host: str, port: int, workers: int, t
     from onnxcam.runtime import OnnxcamError
     from onnxcam.runtime.serving.models import ModelRegistry
 
+    if max_batch_size is None:
+        from onnxcam.runtime.providers import CPU, resolve_providers
+
+        on_gpu = any((p if isinstance(p, str) else p[0]) != CPU for p in resolve_providers(providers))
+        max_batch_size = 8 if on_gpu else 1
     batching = max_batch_size > 1  # then one batching thread per model runs the sessions: all cores for it
     intra = threads or (os.cpu_count() or 1 if batching else max(1, (os.cpu_count() or 1) // workers))
     try:
