@@ -7,8 +7,8 @@ skipped and why):
 2. CPU-vs-GPU parity of every method the graph offers on a seeded resnet50 at ``layer4``
    (heatmaps within 1e-4; batch of 4 random images);
 3. explanation ÷ plain inference on the GPU for resnet50, batch 1 and 32 (median of 20);
-4. what is not written yet: the fp16 export (``--precision fp16``) and the server's dynamic
-   batching — listed so that the report says so rather than pretending.
+4. what it does not check yet: the fp16 export (``--precision fp16``, not written) and the server's
+   throughput with and without dynamic batching on the GPU — listed so that the report says so.
 
     python benchmarks/gpu_check.py [--runs 20]
 """
@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import statistics
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
@@ -25,6 +24,8 @@ import onnx
 import onnxruntime as ort
 import torch
 import torchvision
+
+from _common import time_calls
 
 from onnxcam.runtime import Explainer
 from onnxcam.runtime.doctor import report, text
@@ -34,14 +35,7 @@ SKIPPED_METHODS = {"scorecam", "ablationcam"}  # thousands of runs each: parity 
 
 
 def _median_ms(fn, runs: int) -> float:
-    for _ in range(3):
-        fn()
-    times = []
-    for _ in range(runs):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return 1000 * statistics.median(times)
+    return 1000 * statistics.median(time_calls(fn, runs, warmup=3))
 
 
 def _graphs(workdir: Path) -> tuple[Path, Path]:
@@ -95,7 +89,8 @@ def main() -> None:
             plain, graph = _graphs(Path(tmp))
             parity(graph)
             overhead(plain, graph, args.runs)
-    print("\nnot written yet, so not checked: the fp16 export (--precision fp16) and the server's dynamic batching")
+    print("\nnot checked: the fp16 export (--precision fp16, not written yet) and the server's throughput with and "
+          "without dynamic batching on the GPU (run benchmarks/serve_load.py --max-batch-size 1 / 8)")
 
 
 if __name__ == "__main__":

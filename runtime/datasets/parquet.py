@@ -30,7 +30,7 @@ import json
 import os
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -104,6 +104,16 @@ def to_table(items: Iterable[Item], labels: list[str] | None, input_size: tuple[
 
 
 @dataclass
+class RunSummary:
+    """What a dataset run did: images explained and failed in this run, shards skipped as done."""
+
+    explained: int = 0
+    failed: int = 0
+    skipped_shards: int = 0
+    errors: list[str] | None = None
+
+
+@dataclass
 class ShardedRun:
     """The output directory of one run (see the module docstring); ``table`` names the rows'
     sub-directory (``explanations``, or ``scores`` for an evaluation)."""
@@ -171,6 +181,27 @@ class ShardedRun:
         return [i for s in range(self.shards) if not self.done(s)
                 for i in range(s * self.shard_size, min((s + 1) * self.shard_size, self.count))]
 
+    def fill(self, sources: list[Source], produce: Callable[[list[Source]], Iterator[Item]],
+             to_table: Callable[[list[Item]], pa.Table], progress: Callable[[Item], None] | None = None) -> RunSummary:
+        """Write the pending shards: ``produce`` their sources' items (an engine), re-indexed into
+        the whole run; ``progress(item)`` sees each item as it comes."""
+        todo = self.pending()
+        summary = RunSummary(skipped_shards=self.shards - len({i // self.shard_size for i in todo}), errors=[])
+
+        def items() -> Iterator[Item]:
+            for item in produce([sources[i] for i in todo]):
+                item = replace(item, index=todo[item.index])
+                if progress is not None:
+                    progress(item)
+                yield item
+
+        for shard in self.write(items(), to_table):
+            failed = [item.error for item in shard if item.error is not None]
+            summary.explained += len(shard) - len(failed)
+            summary.failed += len(failed)
+            summary.errors += failed
+        return summary
+
     def write(self, items: Iterator[Item], to_table: Callable[[list[Item]], pa.Table]) -> Iterator[list[Item]]:
         """Write ``items`` (of the pending inputs, in order, ``index`` as in the whole run) shard by
         shard — ``to_table`` makes a shard's rows — each on a writer thread while the next is
@@ -206,16 +237,6 @@ def read_heatmaps(table: pa.Table) -> np.ndarray:
     return table.column("heatmap").combine_chunks().to_numpy_ndarray()
 
 
-@dataclass
-class RunSummary:
-    """What a dataset run did: images explained and failed in this run, shards skipped as done."""
-
-    explained: int = 0
-    failed: int = 0
-    skipped_shards: int = 0
-    errors: list[str] | None = None
-
-
 def explain_to_parquet(explainer, sources: list[Source], out: str | Path, methods: list[str],
                        class_index: int | None = None, *, shard_size: int = 256, top_k: int = 5,
                        batch_size: int | None = None, workers: int = 2, overwrite: bool = False,
@@ -224,17 +245,12 @@ def explain_to_parquet(explainer, sources: list[Source], out: str | Path, method
     resuming a run with the same ``parameters`` (model, methods, class, …) and inputs.
     ``progress(item)`` is called with each item as it is explained (or fails). With ``ray``
     (a ``ray_engine.RayOptions``) the images are explained on Ray Data instead of the local engine."""
-    from dataclasses import replace
-
     from onnxcam.runtime.datasets.engine import iter_explain
 
     record = {"methods": list(methods), "class_index": class_index, "top_k": top_k, **(parameters or {})}
     run = ShardedRun.open(out, record, sources, shard_size, overwrite)
-    todo = run.pending()
-    summary = RunSummary(skipped_shards=run.shards - len({i // shard_size for i in todo}), errors=[])
 
-    def explained():
-        chosen = [sources[i] for i in todo]
+    def explained(chosen: list[Source]) -> Iterator[Item]:
         if ray is None:
             return iter_explain(explainer, chosen, methods, class_index, batch_size=batch_size, workers=workers)
         from onnxcam.runtime.datasets.ray_engine import ray_explain
@@ -242,17 +258,5 @@ def explain_to_parquet(explainer, sources: list[Source], out: str | Path, method
         return ray_explain(explainer.info.path, chosen, methods, class_index, options=ray,
                            batch_size=batch_size or explainer.batch_size)  # each actor picks its own device
 
-    def items():
-        for item in explained():
-            item = replace(item, index=todo[item.index])  # its index in the whole run
-            if progress is not None:
-                progress(item)
-            yield item
-
     labels, size = explainer.labels, explainer.info.input_size
-    for shard in run.write(items(), lambda chunk: to_table(chunk, labels, size, top_k)):
-        failed = [item.error for item in shard if item.error is not None]
-        summary.explained += len(shard) - len(failed)
-        summary.failed += len(failed)
-        summary.errors += failed
-    return summary
+    return run.fill(sources, explained, lambda chunk: to_table(chunk, labels, size, top_k), progress)

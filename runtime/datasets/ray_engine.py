@@ -39,7 +39,7 @@ class RayOptions:
 def _decode_batch(batch: dict, spec, raw: bool) -> dict:
     """Decode rows {index, path, class_index} → + x, the geometry and error ('' when none)."""
     prepare = partial(image_pixels if raw else preprocess_image, spec=spec)
-    decoded = [decode(lambda image: prepare(image), Source(str(p))) for p in batch["path"]]
+    decoded = [decode(prepare, Source(str(p))) for p in batch["path"]]
     shape = next((d.x.shape for d in decoded if d.error is None), None)
     dtype = next((d.x.dtype for d in decoded if d.error is None), np.float32)
     batch["x"] = np.stack([d.x if d.error is None else np.zeros(shape or (1,), dtype) for d in decoded])

@@ -125,18 +125,14 @@ def evaluate_to_parquet(explainer, sources: list[Source], out, methods: Sequence
     source)`` reads one image and its ground truth (picklable for ``ray``, a ``RayOptions``: the
     actors read and score their batches themselves). Returns (the run's summary, the aggregate)."""
     import pyarrow.parquet as pq
-    from dataclasses import replace
 
-    from onnxcam.runtime.datasets.parquet import RunSummary, ShardedRun
+    from onnxcam.runtime.datasets.parquet import ShardedRun
 
     record = {"evaluate": list(methods), "metrics": list(metrics), "class_index": class_index,
               "options": repr(options), **(parameters or {})}
     run = ShardedRun.open(out, record, sources, shard_size, overwrite, table=SCORES)
-    todo = run.pending()
-    summary = RunSummary(skipped_shards=run.shards - len({i // shard_size for i in todo}), errors=[])
 
-    def scored() -> Iterator[Item]:
-        chosen = [sources[i] for i in todo]
+    def scored(chosen: list[Source]) -> Iterator[Item]:
         if ray is None:
             return iter_evaluate(explainer, chosen, methods, metrics, lambda s: load(explainer, s), class_index, options)
         from onnxcam.runtime.datasets.ray_engine import ray_evaluate
@@ -144,16 +140,5 @@ def evaluate_to_parquet(explainer, sources: list[Source], out, methods: Sequence
         return ray_evaluate(explainer.info.path, chosen, methods, metrics, load, class_index, options,
                             batch_size=options.batch_size, options=ray)
 
-    def items():
-        for item in scored():
-            item = replace(item, index=todo[item.index])
-            if progress is not None:
-                progress(item)
-            yield item
-
-    for shard in run.write(items(), lambda chunk: scores_table(chunk, metrics)):
-        failed = [item.error for item in shard if item.error is not None]
-        summary.explained += len(shard) - len(failed)
-        summary.failed += len(failed)
-        summary.errors += failed
+    summary = run.fill(sources, scored, lambda chunk: scores_table(chunk, metrics), progress)
     return summary, aggregate_table(pq.read_table(Path(out) / SCORES), methods, metrics)
