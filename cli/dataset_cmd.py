@@ -5,6 +5,8 @@ from __future__ import annotations
 import hashlib
 import signal
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import click
@@ -49,6 +51,22 @@ def _interrupted(signum: int, frame: Any) -> None:
     raise KeyboardInterrupt
 
 
+@contextmanager
+def interruptible(out: str, bar: Any) -> Iterator[None]:
+    """Ctrl-C or SIGTERM during a Parquet run: the shard being written is finished or dropped
+    whole, one line says how to resume, exit 130."""
+    previous = signal.signal(signal.SIGTERM, _interrupted)
+    try:
+        yield
+    except KeyboardInterrupt:
+        bar.close()
+        click.echo(f"interrupted: the shards written so far are in {out}; run the same command again to "
+                   "finish the others", err=True)
+        sys.exit(130)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def file_digest(path: str) -> str:
     """The SHA-256 of a file (a run is resumed only with the very same model)."""
     digest = hashlib.sha256()
@@ -83,20 +101,13 @@ def explain_dataset(explainer: Any, model: str, inputs: tuple[str, ...], methods
                 bar.set_postfix(failed=report.failed, refresh=False)
             bar.update(1)
 
-        previous = signal.signal(signal.SIGTERM, _interrupted)  # finish cleanly: whole shards only
-        try:
-            summary = explain_to_parquet(explainer, sources, out, methods, class_index, progress=progress,
-                                         parameters={"model_sha256": file_digest(model)}, **options)
-        except OutputError as exc:
-            bar.close()
-            fail(exc, EXIT_USAGE, debug)
-        except KeyboardInterrupt:
-            bar.close()
-            click.echo(f"interrupted: the shards written so far are in {out}; run the same command again to "
-                       "finish the others", err=True)
-            sys.exit(130)
-        finally:
-            signal.signal(signal.SIGTERM, previous)
+        with interruptible(out, bar):
+            try:
+                summary = explain_to_parquet(explainer, sources, out, methods, class_index, progress=progress,
+                                             parameters={"model_sha256": file_digest(model)}, **options)
+            except OutputError as exc:
+                bar.close()
+                fail(exc, EXIT_USAGE, debug)
     skipped = f"; {summary.skipped_shards} shard(s) already done" if summary.skipped_shards else ""
     line = (f"explained {summary.explained} of {len(sources)} images with {', '.join(methods)} into {out}"
             f"{skipped}")

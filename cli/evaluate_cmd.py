@@ -145,7 +145,7 @@ def _run_to_parquet(explainer: Any, model: str, data: _Data, files: list[Path], 
                     shard_size: int, overwrite: bool, debug: bool, ray: Any = None):
     """``_run`` with the rows kept in the Parquet dataset ``out`` (resumed when it holds this run;
     on Ray Data with ``ray``)."""
-    from onnxcam.cli.dataset_cmd import file_digest
+    from onnxcam.cli.dataset_cmd import file_digest, interruptible
     from onnxcam.models.files import OutputError
     from onnxcam.runtime.datasets import Source
     from onnxcam.runtime.metrics.dataset import evaluate_to_parquet
@@ -160,14 +160,15 @@ def _run_to_parquet(explainer: Any, model: str, data: _Data, files: list[Path], 
                 report.error(item.error)
             bar.update(1)
 
-        try:
-            summary, aggregate = evaluate_to_parquet(
-                explainer, [Source(str(f)) for f in files], out, methods, metrics, _Loader(data, need_gt),
-                class_index, options, shard_size=shard_size, overwrite=overwrite,
-                parameters={"model_sha256": file_digest(model)}, progress=progress, ray=ray)
-        except OutputError as exc:
-            bar.close()
-            fail(exc, EXIT_USAGE, debug)
+        with interruptible(out, bar):
+            try:
+                summary, aggregate = evaluate_to_parquet(
+                    explainer, [Source(str(f)) for f in files], out, methods, metrics, _Loader(data, need_gt),
+                    class_index, options, shard_size=shard_size, overwrite=overwrite,
+                    parameters={"model_sha256": file_digest(model)}, progress=progress, ray=ray)
+            except OutputError as exc:
+                bar.close()
+                fail(exc, EXIT_USAGE, debug)
     if summary.skipped_shards:
         click.echo(f"{summary.skipped_shards} shard(s) of {out} already done; the summary covers them too", err=True)
     return aggregate

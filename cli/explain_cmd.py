@@ -165,12 +165,16 @@ def _todo(files: list[Path], out_dir: Path, methods: list[str], save_npy: bool, 
 @click.option("--shard-size", type=click.IntRange(1), default=256, show_default=True,
               help="With --parquet: images per Parquet file.")
 @click.option("--recursive", is_flag=True, help="With --parquet: also the images in sub-directories.")
+@click.option("--pictures", is_flag=True,
+              help="With --parquet: also keep each row's picture (the heatmap over the photo) as PNG bytes in a "
+                   "'picture' column.")
 @provider_options
 @click.option("--debug", is_flag=True, help="Show tracebacks.")
 def explain_command(model: str, inputs: tuple[str, ...], methods: tuple[str, ...], class_: str, out: str,
                     save_npy: bool, overwrite: bool, batch_size: int, parquet: str | None, engine: str,
                     ray_address: str | None, actors: int, cpus_per_actor: float, gpus_per_actor: float,
-                    shard_size: int, recursive: bool, providers: Any, threads: int | None, debug: bool) -> None:
+                    shard_size: int, recursive: bool, pictures: bool, providers: Any, threads: int | None,
+                    debug: bool) -> None:
     """Explain images with an explanation graph (made by `onnxcam export`).
 
     For each image and method, writes OUT/<stem>.<method>.png (the heatmap over the original
@@ -197,8 +201,8 @@ def explain_command(model: str, inputs: tuple[str, ...], methods: tuple[str, ...
         from onnxcam.cli.dataset_cmd import explain_dataset, ray_options
 
         ray = ray_options(engine, ray_address, actors, cpus_per_actor, gpus_per_actor, debug)
-        explain_dataset(explainer, model, inputs, method_list, class_index, parquet,
-                        dict(shard_size=shard_size, batch_size=batch_size, overwrite=overwrite), recursive, debug, ray)
+        options = dict(shard_size=shard_size, batch_size=batch_size, overwrite=overwrite, pictures=pictures)
+        explain_dataset(explainer, model, inputs, method_list, class_index, parquet, options, recursive, debug, ray)
         return
     out_dir = prepare_output_dir(out, debug)
     report = Reporter(debug)

@@ -10,9 +10,11 @@ greys taken as 0..1 when max ≤ 1, else 0..255, then clipped.
 """
 from __future__ import annotations
 
+import io
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
+from typing import IO
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -22,7 +24,6 @@ from onnxcam.runtime.colormap import overlay  # noqa: F401  (re-exported: images
 from onnxcam.runtime.errors import ImageError
 from onnxcam.runtime.resize import resize_bilinear
 
-ImageLike = str | Path | Image.Image
 
 #: File name endings taken for images when a directory is listed (case-insensitive).
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp",
@@ -50,7 +51,20 @@ class Geometry:
     input_size: tuple[int, int]
 
 
+@dataclass(frozen=True)
+class EncodedImage:
+    """An image file's bytes (read from elsewhere, e.g. object storage) and the name to report."""
+
+    data: bytes
+    name: str
+
+
+ImageLike = str | Path | Image.Image | EncodedImage
+
+
 def _name(source: ImageLike) -> str:
+    if isinstance(source, EncodedImage):
+        return source.name
     return str(source) if not isinstance(source, Image.Image) else "<PIL image>"
 
 
@@ -65,21 +79,25 @@ def _open(path: Path, max_pixels: int) -> Image.Image:
         raise ImageError(f"{path}: cannot read ({exc.strerror or exc})") from None
     if empty:
         raise ImageError(f"{path}: empty file")
+    return _decode(path, str(path), max_pixels)
+
+
+def _decode(file: Path | IO[bytes], name: str, max_pixels: int) -> Image.Image:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            img = Image.open(path)
+            img = Image.open(file)
     except UnidentifiedImageError:
-        raise ImageError(f"{path}: not an image file (unrecognised format)") from None
+        raise ImageError(f"{name}: not an image file (unrecognised format)") from None
     except Image.DecompressionBombError:
-        raise ImageError(f"{path}: refused, too many pixels (decompression-bomb guard)") from None
+        raise ImageError(f"{name}: refused, too many pixels (decompression-bomb guard)") from None
     except Exception as exc:  # Pillow plugins raise many types on malformed headers  # noqa: BLE001
-        raise ImageError(f"{path}: cannot read ({_reason(exc)})") from None
-    _check_pixels(img, str(path), max_pixels)
+        raise ImageError(f"{name}: cannot read ({_reason(exc)})") from None
+    _check_pixels(img, name, max_pixels)
     try:
         img.load()
     except Exception as exc:  # truncated data, bad compression stream, ...  # noqa: BLE001
-        raise ImageError(f"{path}: corrupt or truncated image ({_reason(exc)})") from None
+        raise ImageError(f"{name}: corrupt or truncated image ({_reason(exc)})") from None
     return img
 
 
@@ -118,7 +136,7 @@ def _to_rgb(img: Image.Image) -> Image.Image:
 
 
 def load_image(source: ImageLike, max_pixels: int = MAX_PIXELS) -> Image.Image:
-    """Read a file path or PIL image into an 8-bit RGB PIL image (see module docstring).
+    """Read a file path, an :class:`EncodedImage` or a PIL image into an 8-bit RGB PIL image (see module docstring).
 
     Raises ImageError (one line naming the file) for missing, empty, non-image, corrupt or
     truncated files and for images above ``max_pixels`` (decompression-bomb guard).
@@ -126,8 +144,12 @@ def load_image(source: ImageLike, max_pixels: int = MAX_PIXELS) -> Image.Image:
     if isinstance(source, Image.Image):
         _check_pixels(source, _name(source), max_pixels)
         img = source
+    elif isinstance(source, EncodedImage):
+        if not source.data:
+            raise ImageError(f"{source.name}: empty file")
+        img = _decode(io.BytesIO(source.data), source.name, max_pixels)
     elif not isinstance(source, (str, Path)):
-        raise TypeError(f"expected an image path or a PIL image, got {type(source).__name__}")
+        raise TypeError(f"expected an image path, EncodedImage or a PIL image, got {type(source).__name__}")
     else:
         img = _open(Path(source), max_pixels)
     try:

@@ -224,3 +224,49 @@ def test_evaluate_keeps_per_image_rows_and_resumes_with_the_same_summary(tmp_pat
     assert again.exit_code == 1 and "shard(s) of" in again.stderr
     assert json.loads((tmp_path / "again" / "metrics.json").read_text()) == want
     assert shards[0].exists() and all(p.stat().st_mtime_ns == t for p, t in untouched.items())
+
+
+def test_a_killed_evaluation_resumes_to_the_same_summary(tmp_path) -> None:
+    """``evaluate --parquet`` on SIGTERM: exit 130 with the resume line, whole shards only; the
+    rerun finishes and its summary equals an uninterrupted evaluation's."""
+    import json
+
+    write_images(tmp_path / "img", 120, size=(120, 160))
+    args = [sys.executable, "-m", "onnxcam.cli.main", "evaluate", str(TINY), str(tmp_path / "img"), "-m", "gradcam",
+            "--metrics", "deletion,sparsity", "--step", "512", "--shard-size", "5", "-b", "4"]
+    out = tmp_path / "rows"
+    process = subprocess.Popen(args + ["--out", str(tmp_path / "a"), "--parquet", str(out)],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 120
+    while not (out / "scores" / "part-00001.parquet").exists() and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    process.send_signal(signal.SIGTERM)
+    process.wait(timeout=60)
+    assert process.returncode == 130 and b"run the same command again" in process.stderr.read()
+    written = len(list((out / "scores").glob("part-*.parquet")))
+    assert 2 <= written < 24, f"the run was not killed halfway ({written} of 24 shards)"
+    resumed = subprocess.run(args + ["--out", str(tmp_path / "a"), "--parquet", str(out)], capture_output=True,
+                             text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr
+    whole = subprocess.run(args + ["--out", str(tmp_path / "b")], capture_output=True, text=True, timeout=300)
+    assert whole.returncode == 0, whole.stderr
+    assert json.loads((tmp_path / "a" / "metrics.json").read_text()) == \
+        json.loads((tmp_path / "b" / "metrics.json").read_text())
+    assert not [p for p in out.rglob(".*")], "a temporary file was left behind"
+
+
+def test_pictures_are_the_explain_command_s_pictures(tmp_path) -> None:
+    """``--pictures``: each row's PNG shows what ``onnxcam explain`` draws for that image and method
+    (input-space pictures go through the same ``method_picture``)."""
+    import io
+
+    write_images(tmp_path / "img", 3, size=(50, 70))
+    out = tmp_path / "pq"
+    assert run("explain", TINY, tmp_path / "img", "--parquet", out, "--pictures", "-m", "gradcam",
+               "-m", "layercam").exit_code == 0
+    assert run("explain", TINY, tmp_path / "img", "-o", tmp_path / "png", "-m", "gradcam", "-m", "layercam").exit_code == 0
+    rows = read(out).to_pylist()
+    assert len(rows) == 6
+    for row in rows:
+        want = np.asarray(Image.open(tmp_path / "png" / f"{Path(row['path']).stem}.{row['method']}.png"))
+        np.testing.assert_array_equal(np.asarray(Image.open(io.BytesIO(row["picture"]))), want)

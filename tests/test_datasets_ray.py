@@ -45,9 +45,13 @@ def test_ray_equals_local(tmp_path) -> None:
         assert np.asarray(back[0]["heatmap"]).shape == (32, 32)
 
         cli = run("explain", TINY, tmp_path / "img", "--parquet", tmp_path / "cli", "--engine", "ray",
-                  "-m", "gradcam", "--actors", "1", "--shard-size", "16")
+                  "-m", "gradcam", "--actors", "1", "--shard-size", "16", "--pictures")
         assert cli.exit_code == 1 and "2 failed" in cli.stdout, cli.stderr
         assert (read(tmp_path / "cli").num_rows, read_errors(tmp_path / "cli").num_rows) == (40, 2)
+        local_cli = run("explain", TINY, tmp_path / "img", "--parquet", tmp_path / "cli-local", "-m", "gradcam",
+                        "--shard-size", "16", "--pictures")
+        assert local_cli.exit_code == 1, local_cli.stderr
+        assert read(tmp_path / "cli").column("picture").equals(read(tmp_path / "cli-local").column("picture"))
 
         # evaluate: the same per-image rows and the same summary (within 1e-6) on Ray
         args = ["evaluate", TINY, tmp_path / "img", "-m", "gradcam", "-m", "layercam", "--metrics",

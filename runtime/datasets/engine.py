@@ -11,18 +11,20 @@ evaluation's ``runtime.metrics.dataset.iter_evaluate`` are two uses of it.
 """
 from __future__ import annotations
 
+import io
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
 from onnxcam.models.errors import OnnxcamError
 from onnxcam.runtime.datasets.sources import Source
-from onnxcam.runtime.errors import ClassIndexError, ModelError
+from onnxcam.runtime.datasets.storage import is_uri, read_bytes
+from onnxcam.runtime.errors import ClassIndexError, ImageError, ModelError
 from onnxcam.runtime.explainer import Explainer, Explanation
-from onnxcam.runtime.images import Geometry, load_image
+from onnxcam.runtime.images import EncodedImage, Geometry, load_image
 from PIL import Image
 
 
@@ -38,6 +40,7 @@ class Item:
     error: str | None = None
     geometry: Geometry | None = None
     image: Image.Image | None = None  # the decoded photo, kept only with ``keep_images``
+    pictures: dict[str, bytes] | None = None  # method → PNG of its picture, when a run asks for them
 
 
 @dataclass
@@ -52,12 +55,52 @@ class Decoded:
     extra: Any = None
 
 
+def _readable(location: str) -> str | EncodedImage:
+    """A local path as is; a URI's bytes, read through its ``pyarrow.fs`` file system."""
+    if not is_uri(location):
+        return location
+    try:
+        return EncodedImage(read_bytes(location), location)
+    except FileNotFoundError:
+        raise ImageError(f"{location}: no such file") from None
+    except IsADirectoryError:
+        raise ImageError(f"{location}: is a directory, not an image file") from None
+    except OSError as exc:
+        raise ImageError(" ".join(f"{location}: cannot read ({exc})".split())) from None
+
+
+def picture_pngs(item: Item, layout: str, color: str) -> dict[str, bytes]:
+    """Method → the PNG of ``item``'s picture (``runtime.pictures.method_picture``: the heatmap
+    over the photo, or the input-space picture); the item must keep its photo."""
+    from onnxcam.runtime.pictures import method_picture
+
+    pngs = {}
+    for method, explanation in item.results.items():
+        buffer = io.BytesIO()
+        method_picture(explanation, 0, item.image, item.geometry, layout, color).save(buffer, "PNG")
+        pngs[method] = buffer.getvalue()
+    return pngs
+
+
+def with_pictures(item: Item, layout: str, color: str) -> Item:
+    """``item`` with its pictures made (:func:`picture_pngs`) and its photo dropped; a picture
+    that cannot be made fails the item (one line)."""
+    if item.results is None:
+        return item
+    try:
+        pictures = picture_pngs(item, layout, color)
+    except Exception as exc:  # noqa: BLE001  (out of memory on a huge photo, …)
+        return Item(item.index, item.source, error=f"{item.source.path}: cannot make its pictures "
+                                                    f"({type(exc).__name__}: {exc})")
+    return replace(item, pictures=pictures, image=None)
+
+
 def decode(prepare: Callable[[Image.Image], tuple[np.ndarray, Geometry]], source: Source,
            keep_image: bool = False) -> Decoded:
     """Read one image and ``prepare`` it (``Explainer.prepare_image``); a failure becomes its
     one-line reason."""
     try:
-        image = load_image(source.path)
+        image = load_image(_readable(source.path))
         x, geometry = prepare(image)
         return Decoded(x, geometry, image if keep_image else None, None)
     except OnnxcamError as exc:

@@ -13,6 +13,7 @@ every heatmap present, so pandas, pyarrow and Ray Data read the column as tensor
 | ``class_index``, ``label`` | int64, string | the class explained |
 | ``top_classes``, ``top_scores`` | list<int64>, list<float32> | the top-k classes and their softmax scores |
 | ``heatmap`` | ``arrow.fixed_shape_tensor`` float32 [H, W] | the heatmap at the model input size, in [0, 1] |
+| ``picture`` | binary (only with ``pictures``) | PNG: the heatmap over the photo, as ``onnxcam explain`` draws it |
 
 and of ``errors``: ``index``, ``path``, ``error`` (one line: why it failed).
 
@@ -27,7 +28,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, replace
@@ -36,21 +36,23 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
-from onnxcam.models.files import OutputError, check_target, write_output
+from onnxcam.models.files import OutputError
 from onnxcam.runtime.datasets.engine import Item
 from onnxcam.runtime.datasets.sources import Source
+from onnxcam.runtime.datasets.storage import ArrowDir, LocalDir, output_dir
 from onnxcam.runtime.postprocess import softmax
 
 RUN_FILE = "_onnxcam_run.json"
 
 
-def schema(input_size: tuple[int, int]) -> pa.Schema:
-    """The rows' schema for heatmaps of the model input size (H, W)."""
+def schema(input_size: tuple[int, int], pictures: bool = False) -> pa.Schema:
+    """The rows' schema for heatmaps of the model input size (H, W); ``pictures`` adds the PNG column."""
     return pa.schema([
         ("index", pa.int64()), ("path", pa.string()), ("height", pa.int32()), ("width", pa.int32()),
         ("method", pa.string()), ("class_index", pa.int64()), ("label", pa.string()),
         ("top_classes", pa.list_(pa.int64())), ("top_scores", pa.list_(pa.float32())),
         ("heatmap", pa.fixed_shape_tensor(pa.float32(), list(input_size))),
+        *([("picture", pa.binary())] if pictures else []),
     ])
 
 
@@ -71,11 +73,13 @@ def _fixed_lists(values: np.ndarray, value_type: pa.DataType) -> pa.Array:
     return pa.FixedSizeListArray.from_arrays(pa.array(values.ravel(), value_type), values.shape[1])
 
 
-def to_table(items: Iterable[Item], labels: list[str] | None, input_size: tuple[int, int], top_k: int = 5) -> pa.Table:
+def to_table(items: Iterable[Item], labels: list[str] | None, input_size: tuple[int, int], top_k: int = 5,
+             pictures: bool = False) -> pa.Table:
     """The explanations of ``items`` (those that have results) as one table of :func:`schema`:
-    one row per (image, method), in the items' order and then the methods'."""
+    one row per (image, method), in the items' order and then the methods'; with ``pictures``
+    each row's PNG (the items carry them)."""
     done = [item for item in items if item.results is not None]
-    sch = schema(input_size)
+    sch = schema(input_size, pictures)
     if not done:
         return sch.empty_table()
     explanations = [e for item in done for e in item.results.values()]
@@ -100,6 +104,8 @@ def to_table(items: Iterable[Item], labels: list[str] | None, input_size: tuple[
         "heatmap": pa.ExtensionArray.from_storage(sch.field("heatmap").type,
                                                   _fixed_lists(maps.reshape(len(maps), -1), pa.float32())),
     }
+    if pictures:
+        columns["picture"] = pa.array([item.pictures[m] for item in done for m in item.results], pa.binary())
     return pa.table([columns[name] for name in sch.names], schema=sch)
 
 
@@ -115,10 +121,11 @@ class RunSummary:
 
 @dataclass
 class ShardedRun:
-    """The output directory of one run (see the module docstring); ``table`` names the rows'
-    sub-directory (``explanations``, or ``scores`` for an evaluation)."""
+    """The output directory of one run (see the module docstring), a local path or a
+    ``pyarrow.fs`` URI; ``table`` names the rows' sub-directory (``explanations``, or ``scores``
+    for an evaluation)."""
 
-    out: Path
+    out: LocalDir | ArrowDir
     shard_size: int
     count: int  # inputs
     table: str = EXPLANATIONS
@@ -128,53 +135,51 @@ class ShardedRun:
              overwrite: bool = False, table: str = EXPLANATIONS) -> ShardedRun:
         """Create or resume the run in ``out``; OutputError when ``out`` holds another run
         (unless ``overwrite``, which removes its shards)."""
-        out = Path(out)
-        out.mkdir(parents=True, exist_ok=True)
+        folder = output_dir(out)
         digest = hashlib.sha256("\n".join(f"{s.path}\t{s.class_index}" for s in sources).encode()).hexdigest()
         record = {**parameters, "shard_size": shard_size, "inputs": len(sources), "inputs_sha256": digest}
-        run_file = out / RUN_FILE
-        for folder in (table, ERRORS):
-            if (out / folder).is_symlink():
-                raise OutputError(f"{out / folder} is a symbolic link; refusing to write through it")
-            (out / folder).mkdir(exist_ok=True)
+        folder.make()
+        for sub in (table, ERRORS):
+            folder.make(sub)
+        run = cls(folder, shard_size, len(sources), table)
         if overwrite:
-            for old in [*out.glob(f"{table}/part-*.parquet"), *out.glob(f"{ERRORS}/part-*.parquet")]:
-                check_target(old, overwrite=True).unlink()
-        elif run_file.exists() or run_file.is_symlink():
+            for sub in (table, ERRORS):
+                for name in folder.names(sub, "part-*.parquet"):
+                    folder.remove(f"{sub}/{name}")
+        elif folder.exists(RUN_FILE):
             try:
-                previous = json.loads(run_file.read_text(encoding="utf-8"))
+                previous = json.loads(folder.read(RUN_FILE).decode("utf-8"))
             except (OSError, ValueError):
                 previous = None
             if previous != record:
-                raise OutputError(f"{out} holds another run (other model, methods or inputs: see {RUN_FILE}); "
+                raise OutputError(f"{folder} holds another run (other model, methods or inputs: see {RUN_FILE}); "
                                   "choose another directory or pass --overwrite to start afresh")
-            run = cls(out, shard_size, len(sources), table)
             run.remove_leftovers()
             return run
-        elif any(out.glob(f"{table}/part-*.parquet")):
-            raise OutputError(f"{out} has Parquet shards but no {RUN_FILE}; choose another directory or pass "
+        elif folder.names(table, "part-*.parquet"):
+            raise OutputError(f"{folder} has Parquet shards but no {RUN_FILE}; choose another directory or pass "
                               "--overwrite")
-        write_output(run_file, json.dumps(record, indent=1).encode(), overwrite=True)
-        return cls(out, shard_size, len(sources), table)
+        folder.write(RUN_FILE, json.dumps(record, indent=1).encode(), overwrite=True)
+        return run
 
     def remove_leftovers(self) -> None:
         """Temporary files of a run killed while writing a shard (never a finished one)."""
-        for tmp in [*self.out.glob(f"{self.table}/.part-*.tmp"), *self.out.glob(f"{ERRORS}/.part-*.tmp")]:
-            if tmp.is_file() and not tmp.is_symlink():
-                tmp.unlink(missing_ok=True)
+        for sub in (self.table, ERRORS):
+            for name in self.out.names(sub, ".part-*.tmp"):
+                self.out.remove(f"{sub}/{name}")
+
+    def read_table(self) -> pa.Table:
+        """Every shard of the rows' table, read back."""
+        source, filesystem = self.out.source(self.table)
+        return pq.read_table(source, filesystem=filesystem)
 
     @property
     def shards(self) -> int:
         return -(-self.count // self.shard_size)
 
     def done(self, shard: int) -> bool:
-        """Whether the shard's explanations file is in place and whole (Parquet's closing bytes)."""
-        path = self.out / self.table / shard_name(shard)
-        if not path.is_file() or path.is_symlink() or path.stat().st_size < 8:
-            return False
-        with open(path, "rb") as f:
-            f.seek(-4, os.SEEK_END)
-            return f.read(4) == b"PAR1"
+        """Whether the shard's rows file is in place and whole (Parquet's closing bytes)."""
+        return self.out.tail(f"{self.table}/{shard_name(shard)}", 4) == b"PAR1"
 
     def pending(self) -> list[int]:
         """The input indices of the shards not written yet."""
@@ -226,9 +231,9 @@ class ShardedRun:
         failed = [{"index": i.index, "path": i.source.path, "error": i.error} for i in items if i.results is None]
         if failed:  # a killed run may have left this shard's errors without its rows: replaced
             errors = pa.Table.from_pylist(failed, schema=ERROR_SCHEMA)
-            write_output(self.out / ERRORS / shard_name(shard), lambda f: pq.write_table(errors, f), overwrite=True)
+            self.out.write(f"{ERRORS}/{shard_name(shard)}", lambda f: pq.write_table(errors, f), overwrite=True)
         table = to_table(items)
-        write_output(self.out / self.table / shard_name(shard), lambda f: pq.write_table(table, f), overwrite=False)
+        self.out.write(f"{self.table}/{shard_name(shard)}", lambda f: pq.write_table(table, f), overwrite=False)
         return items
 
 
@@ -240,23 +245,30 @@ def read_heatmaps(table: pa.Table) -> np.ndarray:
 def explain_to_parquet(explainer, sources: list[Source], out: str | Path, methods: list[str],
                        class_index: int | None = None, *, shard_size: int = 256, top_k: int = 5,
                        batch_size: int | None = None, workers: int = 2, overwrite: bool = False,
-                       parameters: dict | None = None, progress=None, ray=None) -> RunSummary:
+                       pictures: bool = False, parameters: dict | None = None, progress=None,
+                       ray=None) -> RunSummary:
     """Explain ``sources`` into the sharded Parquet dataset ``out`` (see the module docstring),
     resuming a run with the same ``parameters`` (model, methods, class, …) and inputs.
+    ``pictures`` adds each row's PNG (the heatmap over the photo, as ``onnxcam explain`` draws it).
     ``progress(item)`` is called with each item as it is explained (or fails). With ``ray``
     (a ``ray_engine.RayOptions``) the images are explained on Ray Data instead of the local engine."""
-    from onnxcam.runtime.datasets.engine import iter_explain
+    from onnxcam.runtime.datasets.engine import iter_explain, with_pictures
 
     record = {"methods": list(methods), "class_index": class_index, "top_k": top_k, **(parameters or {})}
+    if pictures:
+        record["pictures"] = True
     run = ShardedRun.open(out, record, sources, shard_size, overwrite)
+    layout, color = explainer.info.layout, explainer.info.preprocess.color
 
     def explained(chosen: list[Source]) -> Iterator[Item]:
-        if ray is None:
-            return iter_explain(explainer, chosen, methods, class_index, batch_size=batch_size, workers=workers)
-        from onnxcam.runtime.datasets.ray_engine import ray_explain
+        if ray is not None:
+            from onnxcam.runtime.datasets.ray_engine import ray_explain
 
-        return ray_explain(explainer.info.path, chosen, methods, class_index, options=ray,
-                           batch_size=batch_size or explainer.batch_size)  # each actor picks its own device
+            return ray_explain(explainer.info.path, chosen, methods, class_index, options=ray, pictures=pictures,
+                               batch_size=batch_size or explainer.batch_size)  # each actor picks its own device
+        items = iter_explain(explainer, chosen, methods, class_index, batch_size=batch_size, workers=workers,
+                             keep_images=pictures)
+        return (with_pictures(item, layout, color) for item in items) if pictures else items
 
     labels, size = explainer.labels, explainer.info.input_size
-    return run.fill(sources, explained, lambda chunk: to_table(chunk, labels, size, top_k), progress)
+    return run.fill(sources, explained, lambda chunk: to_table(chunk, labels, size, top_k, pictures), progress)

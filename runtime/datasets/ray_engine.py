@@ -1,7 +1,7 @@
 """The same dataset run on Ray Data, for more images than one machine explains in time.
 
 Stages: the sources (index, path, class) → decoding and preprocessing with onnxcam's own loader
-as a CPU stage (EXIF orientation, RGBA, the decompression-bomb guard: what the local engine
+(and for an evaluation the ground truth) as a CPU stage (EXIF orientation, RGBA, the decompression-bomb guard: what the local engine
 does) → explaining in an actor pool, one ``Explainer`` per actor (``cpus_per_actor`` may be a
 fraction, so a 2-core node runs the reader and the actors without deadlock; ``gpus_per_actor``
 on GPU nodes) → the rows back on the driver in input order, as the local engine's
@@ -12,12 +12,13 @@ from __future__ import annotations
 
 import json
 import logging
+import pickle
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from functools import partial
+from typing import Any
 
 import numpy as np
-from onnxcam.runtime.datasets.engine import Item, decode, explain_batch
+from onnxcam.runtime.datasets.engine import Decoded, Item, decode, explain_batch, with_pictures
 from onnxcam.runtime.datasets.sources import Source
 from onnxcam.runtime.explainer import Explainer, Explanation
 from onnxcam.runtime.images import Geometry, image_pixels, preprocess_image
@@ -36,10 +37,20 @@ class RayOptions:
     num_cpus: int | None = None
 
 
-def _decode_batch(batch: dict, spec, raw: bool) -> dict:
-    """Decode rows {index, path, class_index} → + x, the geometry and error ('' when none)."""
-    prepare = partial(image_pixels if raw else preprocess_image, spec=spec)
-    decoded = [decode(prepare, Source(str(p))) for p in batch["path"]]
+@dataclass
+class _Preparer:
+    """What reading an image needs of an ``Explainer`` (its ``prepare_image``), without a session:
+    a decoding stage runs on any worker."""
+
+    spec: Any
+    raw: bool
+
+    def prepare_image(self, image) -> tuple[np.ndarray, Geometry]:
+        return (image_pixels if self.raw else preprocess_image)(image, self.spec)
+
+
+def _put_decoded(batch: dict, decoded: list[Decoded]) -> dict:
+    """The decoded rows into the batch: x (zeros where an image failed), error ('' when none), geometry."""
     shape = next((d.x.shape for d in decoded if d.error is None), None)
     dtype = next((d.x.dtype for d in decoded if d.error is None), np.float32)
     batch["x"] = np.stack([d.x if d.error is None else np.zeros(shape or (1,), dtype) for d in decoded])
@@ -49,12 +60,46 @@ def _decode_batch(batch: dict, spec, raw: bool) -> dict:
     return batch
 
 
+def _geometry(batch: dict, j: int) -> Geometry:
+    return Geometry(*(tuple(int(v) for v in batch[f][j]) for f in _GEOMETRY))
+
+
+def _decode_batch(batch: dict, preparer: _Preparer) -> dict:
+    """Decode rows {index, path, class_index} → + x, the geometry and error ('' when none)."""
+    return _put_decoded(batch, [decode(preparer.prepare_image, Source(str(p))) for p in batch["path"]])
+
+
+def _read_batch(batch: dict, preparer: _Preparer, load) -> dict:
+    """``_decode_batch`` for an evaluation: each image and its ground truth read by ``load``
+    (pickled into ``truth``)."""
+    from onnxcam.runtime.metrics.dataset import read_source
+
+    decoded = [read_source(lambda s: load(preparer, s), Source(str(p))) for p in batch["path"]]
+    batch["truth"] = np.array([pickle.dumps(d.extra) for d in decoded], dtype=object)
+    return _put_decoded(batch, decoded)
+
+
 class _ExplainStage:
     """One Explainer per actor; explains the decoded rows of each batch (``explain_batch``)."""
 
-    def __init__(self, model: str, methods: Sequence[str], class_index: int | None, providers) -> None:
+    def __init__(self, model: str, methods: Sequence[str], class_index: int | None, providers,
+                 pictures: bool = False) -> None:
         self.explainer = Explainer(model, providers=providers, spinning=False)  # decoding tasks share the node
-        self.methods, self.class_index = list(methods), class_index
+        self.methods, self.class_index, self.pictures = list(methods), class_index, pictures
+
+    def _pictures(self, batch: dict, j: int, outcome: dict) -> str:
+        """Row ``j``'s PNGs into ``picture:<method>`` (the photo read again here, on the worker);
+        '' or why they could not be made."""
+        info = self.explainer.info
+        geometry = _geometry(batch, j)
+        decoded = decode(lambda image: (None, geometry), Source(str(batch["path"][j])), keep_image=True)
+        if decoded.error is not None:
+            return decoded.error
+        item = with_pictures(Item(j, Source(str(batch["path"][j])), outcome, geometry=geometry, image=decoded.image),
+                             info.layout, info.preprocess.color)
+        for m in self.methods:
+            batch[f"picture:{m}"][j] = b"" if item.pictures is None else item.pictures[m]
+        return item.error or ""
 
     def __call__(self, batch: dict) -> dict:
         good = [j for j, e in enumerate(batch["error"]) if not e]
@@ -65,6 +110,8 @@ class _ExplainStage:
         batch["logits"] = np.zeros((n, info.num_classes or 1), np.float32)
         batch["explained"] = np.full(n, -1, np.int64)
         raws: dict[str, list] = {m: [np.zeros((1, 1), np.float32)] * n for m in self.methods}
+        for m in self.methods if self.pictures else []:
+            batch[f"picture:{m}"] = np.full(n, b"", dtype=object)
         if good:
             wanted = np.where(batch["class_index"][good] >= 0, batch["class_index"][good],
                               -1 if self.class_index is None else self.class_index)
@@ -78,6 +125,7 @@ class _ExplainStage:
                 for m, e in outcome.items():
                     batch[f"heatmap:{m}"][j], raws[m][j] = e.heatmaps[0], e.raw[0]
                 batch["logits"][j], batch["explained"][j] = e.logits[0], e.class_index[0]
+                errors[j] = self._pictures(batch, j, outcome) if self.pictures else ""
             batch["error"] = np.array(errors, dtype=object)
         for m in self.methods:  # raw maps: one shape per method, as the graph gives them
             shape = next((r.shape for r in raws[m] if r.shape != (1, 1)), (1, 1))
@@ -93,13 +141,16 @@ def _item(row: dict, methods: Sequence[str], source: Source) -> Item:
     results = {m: Explanation(m, np.asarray(row[f"heatmap:{m}"])[None], np.asarray(row["logits"])[None],
                               np.array([row["explained"]], np.int64), np.asarray(row[f"raw:{m}"])[None], [geometry])
                for m in methods}
-    return Item(int(row["index"]), source, results=results, geometry=geometry)
+    pictures = {m: row[f"picture:{m}"] for m in methods} if f"picture:{methods[0]}" in row else None
+    return Item(int(row["index"]), source, results=results, geometry=geometry, pictures=pictures)
 
 
 def ray_explain(model: str, sources: Sequence[Source], methods: Sequence[str], class_index: int | None = None, *,
-                batch_size: int = 8, options: RayOptions | None = None, providers=None) -> Iterator[Item]:
+                batch_size: int = 8, options: RayOptions | None = None, providers=None,
+                pictures: bool = False) -> Iterator[Item]:
     """Explain ``sources`` on Ray Data (see the module docstring), yielding one Item per source in
-    order, exactly as ``iter_explain`` would."""
+    order, exactly as ``iter_explain`` would; with ``pictures`` the actors also make each
+    item's PNGs."""
     options = options or RayOptions()
     ray = _start(options)
     driver = Explainer(model)
@@ -109,13 +160,18 @@ def ray_explain(model: str, sources: Sequence[Source], methods: Sequence[str], c
     if not rows:
         return
     dataset = ray.data.from_items(rows, override_num_blocks=max(1, min(len(rows) // batch_size, 64)))
-    dataset = dataset.map_batches(_decode_batch, batch_size=batch_size, fn_kwargs={"spec": spec, "raw": info.raw_input},
-                                  num_cpus=max(0.1, 1 - options.cpus_per_actor) / 2)
-    dataset = dataset.map_batches(_ExplainStage, fn_constructor_args=(model, list(methods), class_index, providers),
+    dataset = dataset.map_batches(_decode_batch, batch_size=batch_size,
+                                  fn_kwargs={"preparer": _Preparer(spec, info.raw_input)}, num_cpus=_decoder_cpus(options))
+    dataset = dataset.map_batches(_ExplainStage, fn_constructor_args=(model, list(methods), class_index, providers, pictures),
                                   batch_size=batch_size, compute=ray.data.ActorPoolStrategy(size=options.actors),
                                   num_cpus=options.cpus_per_actor, num_gpus=options.gpus_per_actor or None)
     for row in dataset.iter_rows():
         yield _item(row, methods, sources[int(row["index"])])
+
+
+def _decoder_cpus(options: RayOptions) -> float:
+    """CPUs a decoding task reserves: what the actors leave of a core, halved (never a deadlock)."""
+    return max(0.1, 1 - options.cpus_per_actor) / 2
 
 
 def _start(options: RayOptions):
@@ -134,20 +190,28 @@ def _start(options: RayOptions):
 
 
 class _EvaluateStage:
-    """One Explainer per actor; reads and evaluates each batch of sources with the local engine
-    (``iter_evaluate``), one row per image: its scores as JSON (exact floats) or its error."""
+    """One Explainer per actor; evaluates each batch of decoded rows (``_read_batch``) with the
+    local engine (``iter_evaluate``), one row per image: its scores as JSON (exact floats) or its error."""
 
-    def __init__(self, model: str, methods, metrics, load, class_index, options, providers) -> None:
+    def __init__(self, model: str, methods, metrics, class_index, options, providers) -> None:
         self.explainer = Explainer(model, providers=providers, spinning=False)
-        self.args = (list(methods), list(metrics), load, class_index, options)
+        self.args = (list(methods), list(metrics), class_index, options)
 
     def __call__(self, batch: dict) -> dict:
         from onnxcam.runtime.metrics.dataset import iter_evaluate
 
-        methods, metrics, load, class_index, options = self.args
+        methods, metrics, class_index, options = self.args
         sources = [Source(str(p), None if c < 0 else int(c)) for p, c in zip(batch["path"], batch["class_index"])]
-        items = iter_evaluate(self.explainer, sources, methods, metrics, lambda s: load(self.explainer, s),
-                              class_index, options, batch_size=len(sources), workers=1)
+        row = {s.path: j for j, s in enumerate(sources)}
+
+        def decoded(source: Source):
+            j = row[source.path]
+            if batch["error"][j]:
+                raise ValueError(batch["error"][j])
+            return batch["x"][j], _geometry(batch, j), pickle.loads(batch["truth"][j])
+
+        items = iter_evaluate(self.explainer, sources, methods, metrics, decoded, class_index, options,
+                              batch_size=len(sources), workers=1)
         scores, errors = [], []
         for item in items:
             errors.append(item.error or "")
@@ -171,20 +235,24 @@ def _scored_item(row: dict, source: Source) -> Item:
 def ray_evaluate(model: str, sources: Sequence[Source], methods: Sequence[str], metrics: Sequence[str], load,
                  class_index: int | None = None, evaluation=None, *, batch_size: int = 8,
                  options: RayOptions | None = None, providers=None) -> Iterator[Item]:
-    """``iter_evaluate`` on Ray Data: each actor (one Explainer) reads and scores its batches with
-    ``load(explainer, source)`` (a picklable callable); one Item per source in order, as the local
-    engine gives them."""
+    """``iter_evaluate`` on Ray Data: images and their ground truth read by ``load(preparer,
+    source)`` (a picklable callable) in a CPU stage, scored by actors (one Explainer each); one
+    Item per source in order, as the local engine gives them."""
     from onnxcam.runtime.metrics.evaluate import EvaluationOptions
 
     options = options or RayOptions()
     ray = _start(options)
+    driver = Explainer(model)
+    preparer = _Preparer(driver.preprocessing(), driver.info.raw_input)
     rows = [{"index": i, "path": s.path, "class_index": -1 if s.class_index is None else s.class_index}
             for i, s in enumerate(sources)]
     if not rows:
         return
     dataset = ray.data.from_items(rows, override_num_blocks=max(1, min(len(rows) // batch_size, 64)))
+    dataset = dataset.map_batches(_read_batch, batch_size=batch_size,
+                                  fn_kwargs={"preparer": preparer, "load": load}, num_cpus=_decoder_cpus(options))
     dataset = dataset.map_batches(
-        _EvaluateStage, fn_constructor_args=(model, list(methods), list(metrics), load, class_index,
+        _EvaluateStage, fn_constructor_args=(model, list(methods), list(metrics), class_index,
                                              evaluation or EvaluationOptions(), providers),
         batch_size=batch_size, compute=ray.data.ActorPoolStrategy(size=options.actors),
         num_cpus=options.cpus_per_actor, num_gpus=options.gpus_per_actor or None)

@@ -7,17 +7,22 @@ Each argument is one of
 - a ``.csv`` or ``.parquet`` manifest with a ``path`` column and optionally ``class`` (an integer
   class index per image, explained instead of the top-1).
 
+Any of them may be a ``pyarrow.fs`` URI (``s3://bucket/val/``, ``gs://…/list.txt``; see
+``storage``), and a list or manifest may name URIs.
+
 The result keeps the arguments' order, each image once; what yields nothing is one error line.
 """
 from __future__ import annotations
 
 import csv
 import glob
+import io
 import os
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
+from onnxcam.runtime.datasets import storage
 from onnxcam.runtime.images import IMAGE_EXTENSIONS
 
 _GLOB_CHARS = set("*?[")
@@ -55,45 +60,76 @@ def _class_of(value: object, where: str) -> int | None:
     return int(number)
 
 
-def _manifest_rows(path: Path) -> tuple[list[str], list[dict]]:
-    """(column names, rows) of a CSV or Parquet manifest."""
-    if path.suffix.lower() == ".parquet":
+def _manifest_rows(location: str) -> tuple[list[str], list[dict]]:
+    """(column names, rows) of a CSV or Parquet manifest (a path or a URI)."""
+    if storage.suffix(location) == ".parquet":
         import pyarrow.parquet as pq
 
-        table = pq.read_table(path)
+        table = pq.read_table(io.BytesIO(storage.read_bytes(location)))
         return table.column_names, table.to_pylist()
-    with open(path, newline="", encoding="utf-8") as f:
-        reader = csv.DictReader(f)
-        rows = list(reader)
-        return list(reader.fieldnames or []), rows
+    reader = csv.DictReader(io.StringIO(storage.read_bytes(location).decode("utf-8"), newline=""))
+    rows = list(reader)
+    return list(reader.fieldnames or []), rows
 
 
-def read_manifest(path: Path) -> list[Source]:
+def read_manifest(location: str | Path) -> list[Source]:
     """The rows of a CSV / Parquet manifest (``path`` column, optional ``class``), paths relative
-    to the manifest's directory."""
-    columns, rows = _manifest_rows(path)
+    to the manifest's directory (or URIs)."""
+    location = str(location)
+    columns, rows = _manifest_rows(location)
     if "path" not in columns:
         found = ", ".join(repr(c) for c in columns[:5]) or "none"
-        raise SourceError(f"{path}: a manifest needs a 'path' column (found {found})")
+        raise SourceError(f"{location}: a manifest needs a 'path' column (found {found})")
     if not rows:
-        raise SourceError(f"{path}: the manifest lists no images")
+        raise SourceError(f"{location}: the manifest lists no images")
     if any(not isinstance(row.get("path"), str) or not row["path"].strip() for row in rows):
-        raise SourceError(f"{path}: a row has no path")
-    base = path.parent
-    return [Source(str(base / str(row["path"])), _class_of(row.get("class"), f"{path} row {i + 2}"))
+        raise SourceError(f"{location}: a row has no path")
+    base = storage.parent(location)
+    return [Source(storage.child(base, str(row["path"])), _class_of(row.get("class"), f"{location} row {i + 2}"))
             for i, row in enumerate(rows)]
 
 
-def read_list(path: Path) -> list[Source]:
-    """The paths of a ``.txt`` list, one per line, relative to its directory."""
-    lines = path.read_text(encoding="utf-8").splitlines()
-    found = [Source(str(path.parent / line.strip())) for line in lines if line.strip() and not line.startswith("#")]
+def read_list(location: str | Path) -> list[Source]:
+    """The paths of a ``.txt`` list, one per line, relative to its directory (or URIs)."""
+    location = str(location)
+    lines = storage.read_bytes(location).decode("utf-8").splitlines()
+    base = storage.parent(location)
+    found = [Source(storage.child(base, line.strip())) for line in lines if line.strip() and not line.startswith("#")]
     if not found:
-        raise SourceError(f"{path}: the list names no images")
+        raise SourceError(f"{location}: the list names no images")
     return found
 
 
+def _named(arg: str) -> list[Source]:
+    """A file argument: a manifest, a list, or one image."""
+    suffix = storage.suffix(arg)
+    if suffix in (".csv", ".parquet"):
+        return read_manifest(arg)
+    if suffix == ".txt":
+        return read_list(arg)
+    return [Source(arg)]
+
+
+def _expand_uri(arg: str, recursive: bool) -> list[Source]:
+    if _GLOB_CHARS & set(arg.partition("://")[2]):
+        found = [u for u in storage.glob(arg) if storage.suffix(u) in IMAGE_EXTENSIONS]
+        if not found:
+            raise SourceError(f"{arg}: the pattern matches no image files")
+        return [Source(u) for u in found]
+    kind = storage.kind(arg)
+    if kind == "dir":
+        found = [u for u in storage.list_files(arg, recursive) if storage.suffix(u) in IMAGE_EXTENSIONS]
+        if not found:
+            raise SourceError(f"{arg}: directory has no images")
+        return [Source(u) for u in found]
+    if kind == "file":
+        return _named(arg)
+    raise SourceError(f"{arg}: no such file or directory")
+
+
 def _expand(arg: str, recursive: bool) -> list[Source]:
+    if storage.is_uri(arg):
+        return _expand_uri(arg, recursive)
     path = Path(arg)
     if path.is_dir():
         found = _images_in(path, recursive)
@@ -101,12 +137,7 @@ def _expand(arg: str, recursive: bool) -> list[Source]:
             raise SourceError(f"{arg}: directory has no images")
         return [Source(str(p)) for p in found]
     if path.is_file():
-        suffix = path.suffix.lower()
-        if suffix in (".csv", ".parquet"):
-            return read_manifest(path)
-        if suffix == ".txt":
-            return read_list(path)
-        return [Source(str(path))]
+        return _named(arg)
     if _GLOB_CHARS & set(arg):
         found = sorted(p for p in glob.glob(arg, recursive=True) if Path(p).suffix.lower() in IMAGE_EXTENSIONS)
         if not found:
@@ -136,7 +167,7 @@ def expand_sources(args: Iterable[str], recursive: bool = False) -> tuple[list[S
             errors.append(_one_line(f"{arg}: cannot read ({type(exc).__name__}: {exc})"))
             continue
         for source in found:
-            key = os.path.normcase(os.path.abspath(source.path))
+            key = source.path if storage.is_uri(source.path) else os.path.normcase(os.path.abspath(source.path))
             if key not in seen:
                 seen.add(key)
                 sources.append(source)

@@ -25,7 +25,8 @@ from onnxcam.runtime.metrics.evaluate import (
 Loader = Callable[[Source], tuple[np.ndarray, Any, Any]]
 
 
-def _read(load: Loader, source: Source) -> Decoded:
+def read_source(load: Loader, source: Source) -> Decoded:
+    """One source read by ``load`` (its image, geometry and ground truth), or why it cannot be."""
     try:
         x, geometry, truth = load(source)
         return Decoded(x, geometry, None, None, truth)
@@ -67,7 +68,7 @@ def iter_evaluate(explainer, sources: Iterable[Source | str], methods: Sequence[
                 Item(i, s, results=outcome, geometry=d.geometry)
         return [items[i] for i, _, _ in batch]
 
-    return iter_batches(sources, lambda source: _read(load, source), run, batch_size or options.batch_size,
+    return iter_batches(sources, lambda source: read_source(load, source), run, batch_size or options.batch_size,
                         workers=workers)
 
 
@@ -122,10 +123,8 @@ def evaluate_to_parquet(explainer, sources: list[Source], out, methods: Sequence
                         ray=None) -> tuple[Any, Aggregate]:
     """Evaluate ``sources`` into the sharded Parquet dataset ``out`` (``scores/`` and ``errors/``,
     resumable as ``explain_to_parquet``), then aggregate every shard exactly. ``load(explainer,
-    source)`` reads one image and its ground truth (picklable for ``ray``, a ``RayOptions``: the
-    actors read and score their batches themselves). Returns (the run's summary, the aggregate)."""
-    import pyarrow.parquet as pq
-
+    source)`` reads one image and its ground truth (picklable for ``ray``, a ``RayOptions``: read
+    in a CPU stage, scored by the actors; the loader then gets a stand-in with ``prepare_image``). Returns (the run's summary, the aggregate)."""
     from onnxcam.runtime.datasets.parquet import ShardedRun
 
     record = {"evaluate": list(methods), "metrics": list(metrics), "class_index": class_index,
@@ -141,4 +140,4 @@ def evaluate_to_parquet(explainer, sources: list[Source], out, methods: Sequence
                             batch_size=options.batch_size, options=ray)
 
     summary = run.fill(sources, scored, lambda chunk: scores_table(chunk, metrics), progress)
-    return summary, aggregate_table(pq.read_table(Path(out) / SCORES), methods, metrics)
+    return summary, aggregate_table(run.read_table(), methods, metrics)
