@@ -78,7 +78,7 @@ def graph(tmp_path_factory: pytest.TempPathFactory) -> Path:
     torch.manual_seed(0)  # torchvision's random init
     out = tmp_path_factory.mktemp("node") / "resnet18_raw.cam.onnx"
     result = CliRunner().invoke(main, ["export", "torchvision:resnet18", "-o", str(out), "--input-shape",
-                                       f"3,{H},{W}", "--raw-input", "--heatmap", "gradcam"])
+                                       f"3,{H},{W}", "--resize", "0", "--raw-input", "--heatmap", "gradcam"])
     assert result.exit_code == 0, result.output
     return out
 
@@ -143,3 +143,16 @@ def test_node_refuses_a_graph_without_baked_heatmap(node: str, picture: tuple[Pa
                           cwd=NODE_DIR, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 2
     assert "--raw-input --heatmap" in proc.stderr.splitlines()[0]
+
+
+def test_node_preprocesses_a_photo_as_the_runtime(node: str, graph: Path, tmp_path: Path) -> None:
+    """A PNG of another size: the shared ``examples/js/onnxcam.mjs`` resizes it as Pillow does, so
+    the heatmap equals the runtime's on its own preprocessing of the file."""
+    photo = tmp_path / "coffee-odd.png"
+    Image.open(DATA / "coffee.jpg").convert("RGB").resize((97, 130), Image.BICUBIC).save(photo)
+    explainer = Explainer(str(graph))
+    pixels, _ = explainer.prepare_one(str(photo))
+    out = run_node(node, graph, photo, tmp_path / "out" / "odd")
+    res = explainer.explain(pixels[None], method="gradcam")
+    np.testing.assert_allclose(np.asarray(out["heatmap"], np.float32), res.heatmaps[0], rtol=0, atol=1e-4)
+    assert out["target"] == int(res.class_index[0])
