@@ -8,7 +8,7 @@ WORKERS ?= 2
 # tests that must pass with the base install alone (numpy, onnxruntime, Pillow, click; no torch, no onnx)
 BASE_TESTS := $(wildcard tests/test_runtime_*.py tests/test_metrics_*.py tests/test_models_contract.py tests/test_cli_explain.py tests/test_cli_info.py tests/test_cli_evaluate.py)
 
-.PHONY: demo test test-full test-base test-node bench clean
+.PHONY: demo web test test-full test-base test-node test-web web-deps bench clean
 
 $(VENV)/bin/python:
 	python3 -m venv $(VENV)
@@ -27,10 +27,10 @@ $(BASE_VENV)/.installed: pyproject.toml
 demo: $(VENV)/.installed-dev
 	$(VENV)/bin/onnxcam demo --out demo-out --overwrite
 
-test: test-full test-base test-node
+test: test-full test-base test-node test-web
 
 test-full: $(VENV)/.installed-dev
-	$(PY) -m pytest -n $(WORKERS) -q --durations=15 --ignore=tests/test_examples_node.py
+	$(PY) -m pytest -n $(WORKERS) -q --durations=15 --ignore=tests/test_examples_node.py --ignore=tests/test_examples_web.py
 
 # The runtime and the CLI's explain/info with the base install only: torch and onnx must be absent.
 test-base: $(BASE_VENV)/.installed
@@ -46,8 +46,30 @@ test-node: $(VENV)/.installed-dev
 	cd examples/node && ONNXRUNTIME_NODE_INSTALL_CUDA=skip npm ci --no-audit --no-fund
 	ONNXCAM_REQUIRE_NODE=1 $(PY) -m pytest -q -p no:cacheprovider tests/test_examples_node.py
 
+# examples/web in Debian's headless Chromium (installed here when missing; no browser download) with
+# onnxruntime-web and playwright-core from the lock file: its heatmaps must equal the Python runtime's.
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+web-deps:
+	command -v chromium >/dev/null || ($(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq chromium)
+	cd examples/web && npm ci --no-audit --no-fund
+
+test-web: $(VENV)/.installed-dev web-deps
+	ONNXCAM_REQUIRE_WEB=1 $(PY) -m pytest -q -p no:cacheprovider tests/test_examples_web.py
+
+# The browser page on loopback with the demo model, one graph per method (exported once into .web-models/).
+WEB_METHODS ?= gradcam gradcam++ layercam
+WEB_GRAPHS := $(foreach m,$(WEB_METHODS),.web-models/efficientnet-lite0.$(m).cam.onnx)
+.web-models/efficientnet-lite0.%.cam.onnx: | $(VENV)/.installed-dev
+	mkdir -p .web-models
+	$(VENV)/bin/onnxcam export efficientnet-lite0 -o $@ --raw-input --heatmap $* --overwrite
+
+web: $(WEB_GRAPHS)
+	cd examples/web && npm ci --no-audit --no-fund
+	$(PY) examples/web/serve.py $(WEB_GRAPHS) --port $(or $(PORT),8000)
+
 bench: $(VENV)/.installed-dev
 	$(PY) benchmarks/overhead.py
 
 clean:
-	rm -rf $(VENV) $(BASE_VENV) demo-out .base-explain-out .pytest_cache examples/node/node_modules
+	rm -rf $(VENV) $(BASE_VENV) demo-out .base-explain-out .pytest_cache examples/node/node_modules \
+		examples/web/node_modules .web-models test-artifacts
