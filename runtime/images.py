@@ -149,7 +149,7 @@ def load_image(source: ImageLike, max_pixels: int = MAX_PIXELS) -> Image.Image:
             raise ImageError(f"{source.name}: empty file")
         img = _decode(io.BytesIO(source.data), source.name, max_pixels)
     elif not isinstance(source, (str, Path)):
-        raise TypeError(f"expected an image path, EncodedImage or a PIL image, got {type(source).__name__}")
+        raise TypeError(f"expected an image path or a PIL image (or EncodedImage bytes), got {type(source).__name__}")
     else:
         img = _open(Path(source), max_pixels)
     try:
