@@ -34,12 +34,14 @@ from onnxcam.models.formulas import FORMULAS
 @click.option("--scores", metavar="OUTPUT",
               help="Which output holds the class scores (ONNX: an output name; torch: a ModelOutput/dict entry or "
                    "a tuple index); needed when several outputs could be the scores.")
+@click.option("--precision", type=click.Choice(["fp32", "fp16"]), default="fp32", show_default=True,
+              help="fp16: the classifier's forward pass in float16 (for GPUs); the outputs stay float32.")
 @click.option("--overwrite", is_flag=True, help="Replace OUT if it exists.")
 @click.option("--debug", is_flag=True, help="Show tracebacks.")
 def export_command(source: str, out: str, target_layer: str | None, weights: str | None, input_shape,
                    opset: int | None, labels: str | None, mean, std, resize: int | None, layout: str | None,
                    bgr: bool, verify: bool, input_gradients: str | None, heatmap: str | None, raw_input: bool,
-                   scores: str | None, overwrite: bool, debug: bool) -> None:
+                   scores: str | None, precision: str, overwrite: bool, debug: bool) -> None:
     """Export SOURCE (torchvision:NAME, timm:NAME, package.module:callable, a registry name or an
     .onnx classifier) into an explanation graph with logits and target-layer gradients."""
     setup_logging(debug)
@@ -51,7 +53,7 @@ def export_command(source: str, out: str, target_layer: str | None, weights: str
         model = export(source, target_layer, weights=weights, input_shape=input_shape, opset=opset, labels=labels,
                        mean=mean, std=std, resize=resize, layout=layout, bgr=bgr, out=out, overwrite=overwrite,
                        verify=verify, input_gradients=input_gradients or False, heatmap=heatmap, raw_input=raw_input,
-                       scores=scores)
+                       scores=scores, precision=precision)
     except ExportError as exc:
         fail(exc, 2, debug)
     except Exception as exc:  # an unexpected failure still gets one line

@@ -26,6 +26,7 @@ from onnxcam.exporter.onnx_source import (
     working_candidates,
 )
 from onnxcam.exporter.pipeline import apply_passes, checked_proto, explanation_passes
+from onnxcam.exporter.precision import check_precision, half_precision, is_float32
 from onnxcam.models.errors import param
 from onnxcam.models.files import OutputError, check_target, write_output
 from onnxcam.models.labels import load_labels
@@ -109,6 +110,7 @@ def export(
     heatmap: str | None = None,
     raw_input: bool = False,
     scores: str | None = None,
+    precision: str = "fp32",
 ) -> onnx.ModelProto:
     """Export ``source`` (``torchvision:NAME``, ``timm:NAME``, ``package.module:callable``, a
     registry name, an ``.onnx`` file or a ``torch.nn.Module``) into an explanation graph; write
@@ -124,6 +126,8 @@ def export(
     ``input_gradients``). ``scores`` says which output holds the class scores: an output (or
     tensor) name of an ONNX source, an entry of a ``ModelOutput`` / dict or an index of a tuple
     returned by a torch source; needed only when several outputs could be the scores.
+    ``precision="fp16"`` runs the classifier's forward pass in float16 (``exporter.precision``;
+    for GPUs), the outputs stay float32.
     """
     if heatmap is not None:
         check_method(heatmap)
@@ -135,6 +139,7 @@ def export(
         _check_output(out, overwrite)  # before the (slow) export
     shape = tuple(int(s) for s in input_shape) if input_shape else None
     options = {"labels": _labels(labels), "input_gradients": mode or False, "scores": scores,
+               "precision": check_precision(precision),
                "preprocess": {"mean": mean, "std": std, "resize": resize, "layout": layout, "bgr": bgr}}
     if _is_onnx_path(source):
         if verify:
@@ -195,7 +200,12 @@ def _unsupported_message(exc: UnsupportedOperator, classifier: Classifier, torch
 
 
 def _from_onnx(source: str, target_layer: str | None, shape: tuple[int, ...] | None, options: dict) -> _Prepared:
-    classifier = load_classifier(load_onnx(source), shape, options["scores"])
+    model = load_onnx(source)
+    if options["precision"] == "fp16":
+        if not is_float32(model):
+            raise ExportError(f"--precision fp16 converts float32 classifiers; {source} is not one")
+        model = half_precision(model)
+    classifier = load_classifier(model, shape, options["scores"])
     target = choose_target(classifier, target_layer)
     if target_layer is None:
         log.info("target layer: %s (the last spatial feature map before the scores)", target)
@@ -225,6 +235,8 @@ def _from_torch(source: str | nn.Module, target_layer: str | None, weights: str 
     preprocess = replace(loaded.preprocess, size=(shape[1], shape[2])) if shape else loaded.preprocess
     preprocess = _preprocess_overrides(preprocess, options["preprocess"])
     model, call = export_with_target(loaded.module, target, input_size, opset, options["scores"])
+    if options["precision"] == "fp16":
+        model = half_precision(model, internal_outputs=(TARGET,))
     if call.describe(target):
         log.info(call.describe(target))
     classifier = load_classifier(model, scores=LOGITS)
