@@ -24,8 +24,9 @@ from onnxcam.runtime.images import (Geometry, ImageLike, heatmap_to_original, im
 from onnxcam.runtime.input_methods import InputMethodOptions, pixel_heatmaps
 from onnxcam.runtime.metadata import ModelInfo, read_model_info
 from onnxcam.runtime.postprocess import postprocess
-from onnxcam.runtime.providers import ProviderSpec, Runner
+from onnxcam.runtime.providers import ProviderSpec, Runner, resolve_providers
 from onnxcam.runtime.registry import METHODS, MethodContext, MethodSpec, get_method, method_names
+from onnxcam.runtime.tensorrt import TENSORRT, TensorRTSettings, with_tensorrt_options
 
 Inputs = np.ndarray | str | Path | Image.Image | Sequence[str | Path | Image.Image]
 ClassIndex = int | Sequence[int] | np.ndarray | None
@@ -116,12 +117,15 @@ class Explainer:
     sets ORT's intra-op thread count; the graph runs on at most ``batch_size`` images at a time
     (also the Score-CAM masked-input batch); Ablation-CAM feeds ``head_batch_size`` ablated
     copies at a time to the head-only path. ``spinning=False`` lets ORT's idle threads sleep, which
-    leaves the cores to image decoding threads (the dataset engine).
+    leaves the cores to image decoding threads (the dataset engine). With TensorRT among the
+    providers the session gets an engine cache and a profile for batches up to ``batch_size``
+    (``tensorrt``: other ``runtime.tensorrt.TensorRTSettings``; options given with the provider win).
     """
 
     def __init__(self, model_path: str | Path, providers: Sequence[ProviderSpec] | None = None,
                  intra_op_threads: int | None = None, batch_size: int = 16,
-                 head_batch_size: int = 128, io_binding: bool | None = None, spinning: bool = True) -> None:
+                 head_batch_size: int = 128, io_binding: bool | None = None, spinning: bool = True,
+                 tensorrt: TensorRTSettings | None = None) -> None:
         path = str(model_path)
         if not Path(path).is_file():
             raise ModelError(f"{path}: no such model file")
@@ -134,8 +138,17 @@ class Explainer:
             raise ModelError(f"{path}: cannot load as an ONNX model ({first})") from None
         self.info: ModelInfo = read_model_info(self.runner.session, path)
         self.batch_size = int(batch_size if self.info.static_batch is None else self.info.static_batch)
+        if TENSORRT in self.runner.providers:  # again, with its engine cache and a profile for our batches
+            self.runner = Runner(path, self._tensorrt(providers, tensorrt), intra_op_threads, io_binding, spinning)
         self.head_batch_size = int(head_batch_size)
         self._head_batch: int | None = None  # image batch fed alongside head_activations
+
+    def _tensorrt(self, providers: Sequence[ProviderSpec] | None, settings: TensorRTSettings | None) -> list:
+        """The provider list with TensorRT's options (``runtime.tensorrt``) for this graph's batches."""
+        inputs = [(i.name, i.shape) for i in self.runner.session.get_inputs()
+                  if i.name in (self.info.image_input, CLASS_INPUT)]
+        chosen = settings or TensorRTSettings(max_batch=self.batch_size)
+        return with_tensorrt_options(resolve_providers(providers), chosen, inputs)
 
     @property
     def providers(self) -> list[str]:

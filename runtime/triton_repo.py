@@ -36,13 +36,14 @@ import os
 import re
 import shutil
 import tempfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from collections.abc import Sequence
 
 from onnxcam.models.contract import HEAD_OUTPUT, GraphMetadata, Key, MetadataError
 from onnxcam.models.errors import param
 from onnxcam.runtime.errors import OnnxcamError
+from onnxcam.runtime.tensorrt import TensorRTSettings, triton_parameters
 
 PLATFORM = "onnxruntime_onnx"
 DEFAULT_MAX_BATCH_SIZE = 8
@@ -110,6 +111,7 @@ class TritonConfig:
     labels: list[str] | None = field(default=None, repr=False)
     source: str = ""
     notes: tuple[str, ...] = ()
+    tensorrt: tuple[tuple[str, str], ...] = ()  # the tensorrt accelerator's parameters; () = none
 
     @property
     def dynamic_batching(self) -> bool:
@@ -224,11 +226,14 @@ def _batching(path: Path, tensors: list[Tensor], max_batch_size: int | None,
 def plan_config(model_path: str | Path, name: str | None = None,
                 max_batch_size: int | None = None, instances: int = 1, kind: str = "KIND_CPU",
                 preferred_batch_sizes: Sequence[int] | None = None,
-                max_queue_delay_us: int = DEFAULT_MAX_QUEUE_DELAY_US) -> TritonConfig:
+                max_queue_delay_us: int = DEFAULT_MAX_QUEUE_DELAY_US,
+                tensorrt: TensorRTSettings | None = None) -> TritonConfig:
     """Read the graph's interface with onnxruntime and decide the Triton configuration.
 
     ``max_batch_size=None`` means "the default (8) if the graph allows batching, else 0"; an
     explicit value > 0 on a graph with a fixed first axis raises :class:`TritonRepoError`.
+    ``tensorrt`` (GPU instances only) adds the ``optimization`` block that runs the graph with
+    TensorRT (``runtime.tensorrt``: engine cache, fp16, a profile up to ``max_batch_size``).
     """
     path = Path(model_path)
     if not path.is_file():
@@ -253,12 +258,24 @@ def plan_config(model_path: str | Path, name: str | None = None,
         return TensorConfig(tname, TRITON_DTYPES[ttype], dims, reshape, label_file, optional)
 
     head_kept = max_batch_size == 0 and bool(head_output)
+    accelerator = _tensorrt(tensorrt, kind, inputs, max_batch_size)
     return TritonConfig(
         name=name, max_batch_size=max_batch_size,
         inputs=tuple([entry(*t) for t in inputs] + ([entry(*t, optional=True) for t in head] if head_kept else [])),
         outputs=tuple(entry(*t) for t in outputs + (head_output if head_kept else [])),
         preferred_batch_sizes=preferred, max_queue_delay_us=max_queue_delay_us,
-        instances=instances, kind=kind, labels=labels, source=meta.source, notes=tuple(notes))
+        instances=instances, kind=kind, labels=labels, source=meta.source, notes=tuple(notes), tensorrt=accelerator)
+
+
+def _tensorrt(settings: TensorRTSettings | None, kind: str, inputs: list[Tensor],
+              max_batch_size: int) -> tuple[tuple[str, str], ...]:
+    if settings is None:
+        return ()
+    if kind != "KIND_GPU":
+        raise TritonRepoError(f"{param('tensorrt', True)} runs on GPU instances: add {param('kind', 'KIND_GPU')}")
+    shapes = [(n, [d if isinstance(d, int) and d >= 0 else None for d in shape]) for n, _, shape in inputs]
+    batch = replace(settings, max_batch=max(1, max_batch_size))
+    return tuple(triton_parameters(batch, shapes))
 
 
 def _fmt(shape: Sequence[Dim]) -> str:
@@ -318,6 +335,11 @@ def render_config(cfg: TritonConfig) -> str:
         lines.append(f"  max_queue_delay_microseconds: {cfg.max_queue_delay_us}")
         lines.append("}")
     lines += ["instance_group [", "  {", f"    count: {cfg.instances}", f"    kind: {cfg.kind}", "  }", "]"]
+    if cfg.tensorrt:
+        lines += ["optimization { execution_accelerators {", "  gpu_execution_accelerator: [ {",
+                  '    name: "tensorrt"',
+                  *(f"    parameters {{ key: {_quote(k)} value: {_quote(v)} }}" for k, v in cfg.tensorrt),
+                  "  } ]", "} }"]
     return "\n".join(lines) + "\n"
 
 
