@@ -21,6 +21,7 @@ from onnxcam.models.preprocess import Preprocess
 from onnxcam.runtime.errors import ClassIndexError, ModelError
 from onnxcam.runtime.images import (Geometry, ImageLike, heatmap_to_original, image_pixels, load_image, load_pixels,
                                     preprocess, preprocess_image)
+from onnxcam.runtime.in_graph import InGraphHeatmaps, in_graph_methods
 from onnxcam.runtime.input_methods import InputMethodOptions, pixel_heatmaps
 from onnxcam.runtime.metadata import ModelInfo, read_model_info
 from onnxcam.runtime.postprocess import postprocess
@@ -120,12 +121,15 @@ class Explainer:
     leaves the cores to image decoding threads (the dataset engine). With TensorRT among the
     providers the session gets an engine cache and a profile for batches up to ``batch_size``
     (``tensorrt``: other ``runtime.tensorrt.TensorRTSettings``; options given with the provider win).
+    ``in_graph`` computes the closed-form CAM methods' heatmaps in small ONNX graphs on the
+    session's device, so only heatmaps and logits are copied back (``runtime.in_graph``; default:
+    on CUDA, where it pays, not on the CPU).
     """
 
     def __init__(self, model_path: str | Path, providers: Sequence[ProviderSpec] | None = None,
                  intra_op_threads: int | None = None, batch_size: int = 16,
                  head_batch_size: int = 128, io_binding: bool | None = None, spinning: bool = True,
-                 tensorrt: TensorRTSettings | None = None) -> None:
+                 tensorrt: TensorRTSettings | None = None, in_graph: bool | None = None) -> None:
         path = str(model_path)
         if not Path(path).is_file():
             raise ModelError(f"{path}: no such model file")
@@ -140,6 +144,8 @@ class Explainer:
         self.batch_size = int(batch_size if self.info.static_batch is None else self.info.static_batch)
         if TENSORRT in self.runner.providers:  # again, with its engine cache and a profile for our batches
             self.runner = Runner(path, self._tensorrt(providers, tensorrt), intra_op_threads, io_binding, spinning)
+        self.in_graph = self.runner.device == "cuda" if in_graph is None else bool(in_graph)
+        self._in_graph: InGraphHeatmaps | None = None
         self.head_batch_size = int(head_batch_size)
         self._head_batch: int | None = None  # image batch fed alongside head_activations
 
@@ -231,6 +237,8 @@ class Explainer:
         opts = InputMethodOptions.from_kwargs(**options)
         x, geometry = self._as_batch(x)
         classes = class_indices(class_index, len(x), self.info.num_classes)
+        if self.in_graph and all(s.name in in_graph_methods() for s in specs):
+            return self._explain_in_graph(specs, x, classes, geometry)
         names = [LOGITS, TARGET] + sorted({o for s in specs for o in s.reads})
         baked = self.info.heatmap_method if self.info.heatmap_method in [s.name for s in specs] else None
         if baked:  # the graph already computes this method's heatmap (export --heatmap)
@@ -252,6 +260,19 @@ class Explainer:
                 heatmaps = postprocess(raw, size)
             results[spec.name] = Explanation(spec.name, heatmaps, logits, target, raw, geometry, attributions)
         return results
+
+    def _explain_in_graph(self, specs: list[MethodSpec], x: np.ndarray, classes: np.ndarray,
+                          geometry: list[Geometry] | None) -> dict[str, Explanation]:
+        """``explain_many`` of closed-form methods with their heatmaps made on the graph's device
+        (``runtime.in_graph``): only logits, classes, raw maps and heatmaps reach the host."""
+        if self._in_graph is None:
+            self._in_graph = InGraphHeatmaps(self.runner)
+        methods = [s.name for s in specs]
+        names = [LOGITS, TARGET, *self._in_graph.reads(methods)]
+        size = x.shape[2:4] if self.info.layout == "NCHW" else x.shape[1:3]
+        logits, target, maps = self._in_graph.run(self._chunks(names, x, classes), methods, tuple(size))
+        class_indices(classes, len(x), logits.shape[1])
+        return {m: Explanation(m, heatmap, logits, target, raw, geometry, None) for m, (raw, heatmap) in maps.items()}
 
     def method_specs(self, methods: Sequence[str] | str) -> list[MethodSpec]:
         """The registry entries of ``methods``; ValueError for an unknown name, ModelError (with the
@@ -319,6 +340,13 @@ class Explainer:
         classes to explain, run ``batch_size`` images at a time (a static batch axis gets its last
         chunk padded); every reverse pass to the input that ``names`` does not need is switched off."""
         parts: list[list[np.ndarray]] = [[] for _ in names]
+        for count, feeds in self._chunks(names, x, classes):
+            for part, arr in zip(parts, self.runner.run(list(names), feeds)):
+                part.append(arr[:count])
+        return [np.concatenate(p) for p in parts]
+
+    def _chunks(self, names: Sequence[str], x: np.ndarray, classes: np.ndarray):
+        """(images in the chunk, the graph's feeds) per ``batch_size`` images (see ``run_graph``)."""
         static = self.info.static_batch
         for s in range(0, len(x), self.batch_size):
             e = min(s + self.batch_size, len(x))
@@ -327,10 +355,7 @@ class Explainer:
                 pad = static - (e - s)
                 xb = np.concatenate([xb, np.repeat(xb[-1:], pad, axis=0)])
                 cb = np.concatenate([cb, np.repeat(cb[-1:], pad)])
-            feeds = {self.info.image_input: xb, CLASS_INPUT: cb, **self._switch(names)}
-            for part, arr in zip(parts, self.runner.run(list(names), feeds)):
-                part.append(arr[: e - s])
-        return [np.concatenate(p) for p in parts]
+            yield e - s, {self.info.image_input: xb, CLASS_INPUT: cb, **self._switch(names)}
 
     def _switch(self, names: Sequence[str]) -> dict[str, np.ndarray]:
         """Turns off (feeds ``false`` to the switch of) each reverse pass to the input whose output

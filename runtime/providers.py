@@ -256,6 +256,14 @@ class Runner:
         self.io_binding = (self.device == "cuda") if io_binding is None else bool(io_binding)
         self._bindable = {i.name for i in self.session.get_inputs()}
 
+    def run_values(self, outputs: Sequence[str], feeds: dict[str, np.ndarray | ort.OrtValue]) -> list[ort.OrtValue]:
+        """Run on OrtValues: the outputs stay where the session made them (GPU memory on CUDA), so
+        another session can read them there and only what is needed is copied back (``.numpy()``).
+        Unlike IO binding this also takes feeds that override an initializer."""
+        values = {name: v if isinstance(v, ort.OrtValue) else ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(v))
+                  for name, v in feeds.items()}
+        return self.session.run_with_ort_values(list(outputs), values)
+
     def run(self, outputs: Sequence[str], feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
         """Run the session and return the requested ``outputs`` as numpy arrays, in order."""
         if not self.io_binding or not self._bindable.issuperset(feeds):
