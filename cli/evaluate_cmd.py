@@ -3,7 +3,6 @@ a folder of images (``onnxcam.runtime.metrics``: the metrics, their ground truth
 from __future__ import annotations
 
 import sys
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -66,48 +65,38 @@ def _metrics_help() -> str:
             + f". Groups: {', '.join(GROUPS)}, all.")
 
 
-class _Data:
-    """The images of DATA with their ground truth: boxes (JSON/CSV/COCO file), VOC XML or masks."""
+def load_dataset(data: str, boxes_file: str | None, mask_values: tuple[str, ...], out: Path) -> Any:
+    """DATA (a folder, or a .csv / .parquet manifest, local or a URI) as the runtime's
+    ``EvaluationData``; one error line and exit 2 when it cannot be read."""
+    from onnxcam.runtime.datasets import Source, storage
+    from onnxcam.runtime.datasets.sources import SourceError
+    from onnxcam.runtime.metrics.ground_truth import GroundTruthError, read_boxes
+    from onnxcam.runtime.metrics.truth import EvaluationData
 
-    def __init__(self, data: str, boxes_file: str | None, mask_values: tuple[str, ...], out: Path) -> None:
-        from onnxcam.runtime.metrics.ground_truth import (
-            GroundTruthError,
-            find_mask,
-            read_boxes,
-        )
-
-        self.dir = Path(data)
-        if not self.dir.is_dir():
-            fail(f"{data}: not a directory (DATA is a folder of images)", EXIT_USAGE)
-        boxes_file = boxes_file or next((str(self.dir / n) for n in ("boxes.json", "boxes.csv")
-                                         if (self.dir / n).is_file()), None)
+    mask_value, per_stem = parse_mask_values(mask_values)
+    if storage.suffix(data) in (".csv", ".parquet") and (storage.is_uri(data) or Path(data).is_file()):
+        if boxes_file:
+            fail("--boxes goes with a folder of images; a manifest has its own boxes and mask columns", EXIT_USAGE)
         try:
-            self.boxes = read_boxes(Path(boxes_file)) if boxes_file else {}
-        except GroundTruthError as exc:
-            fail(exc, EXIT_USAGE)
-        self.mask_value, self.per_stem = parse_mask_values(mask_values)
-        self.files = list_images(self.dir, exclude=out)
-        self.has_ground_truth = bool(self.boxes) or any(find_mask(f) or f.with_suffix(".xml").is_file()
-                                                        for f in self.files)
-
-    def load(self, explainer: Any, f: Path, need_ground_truth: bool):
-        """(x, geometry, ground truth or None) of one image; raises OnnxcamError / ValueError."""
-        from onnxcam.runtime import load_image
-        from onnxcam.runtime.metrics.ground_truth import load_ground_truth
-
-        img = load_image(f)
-        gt = None
-        if need_ground_truth:
-            gt = load_ground_truth(f, (img.height, img.width), self.boxes, self.per_stem.get(f.stem, self.mask_value))
-            if gt is None:
-                raise ValueError(f"no ground truth (no entry in the boxes file, no {f.stem}_mask.png, no {f.stem}.xml), "
-                                 "needed by the localisation metrics (leave them out with --metrics "
-                                 "faithfulness,complexity)")
-        x, geo = explainer.prepare_image(img)
-        return x, geo, gt
+            return EvaluationData.from_manifest(data, mask_value, per_stem)
+        except SourceError as exc:
+            fail(" ".join(str(exc).split()), EXIT_USAGE)
+        except Exception as exc:  # noqa: BLE001  (an unreadable or corrupt file)
+            fail(" ".join(f"{data}: cannot read the manifest ({type(exc).__name__}: {exc})".split()), EXIT_USAGE)
+    folder = Path(data)
+    if not folder.is_dir():
+        fail(f"{data}: not a directory or a .csv / .parquet manifest (DATA is a folder of images or a manifest)",
+             EXIT_USAGE)
+    boxes_file = boxes_file or next((str(folder / n) for n in ("boxes.json", "boxes.csv") if (folder / n).is_file()),
+                                    None)
+    try:
+        boxes = read_boxes(Path(boxes_file)) if boxes_file else {}
+    except GroundTruthError as exc:
+        fail(exc, EXIT_USAGE)
+    return EvaluationData([Source(str(f)) for f in list_images(folder, exclude=out)], boxes, mask_value, per_stem)
 
 
-def _run(explainer: Any, data: _Data, files: list[Path], methods: list[str], metrics: list[str],
+def _run(explainer: Any, data: Any, sources: list, methods: list[str], metrics: list[str],
          class_index: int | None, options: Any, report: Reporter):
     """Evaluate every image on the dataset engine; images that fail get one error line each. → the aggregate."""
     from onnxcam.runtime.metrics.dataset import iter_evaluate
@@ -116,54 +105,45 @@ def _run(explainer: Any, data: _Data, files: list[Path], methods: list[str], met
 
     need_gt = any(METRICS[m].ground_truth for m in metrics)
     aggregate = Aggregate(methods, metrics)
-    items = iter_evaluate(explainer, [str(f) for f in files], methods, metrics,
-                          lambda source: data.load(explainer, Path(source.path), need_gt), class_index, options)
-    with tqdm(total=len(files), desc="evaluating", unit="img", file=sys.stderr, leave=False, dynamic_ncols=True,
+    items = iter_evaluate(explainer, sources, methods, metrics,
+                          lambda source: data.load(explainer, source, need_gt), class_index, options)
+    with tqdm(total=len(sources), desc="evaluating", unit="img", file=sys.stderr, leave=False, dynamic_ncols=True,
               disable=None) as bar:
         for item in items:
             if item.error is not None:
                 report.error(item.error)
+                bar.set_postfix(failed=report.failed, refresh=False)
             else:
                 aggregate.add_image(Path(item.source.path).name, item.results)
             bar.update(1)
     return aggregate
 
 
-@dataclass
-class _Loader:
-    """Reads one image and its ground truth for an explainer (picklable, for Ray's actors)."""
-
-    data: _Data
-    need_ground_truth: bool
-
-    def __call__(self, explainer: Any, source: Any):
-        return self.data.load(explainer, Path(source.path), self.need_ground_truth)
-
-
-def _run_to_parquet(explainer: Any, model: str, data: _Data, files: list[Path], methods: list[str],
+def _run_to_parquet(explainer: Any, model: str, data: Any, sources: list, methods: list[str],
                     metrics: list[str], class_index: int | None, options: Any, report: Reporter, out: str,
                     shard_size: int, overwrite: bool, debug: bool, ray: Any = None):
     """``_run`` with the rows kept in the Parquet dataset ``out`` (resumed when it holds this run;
     on Ray Data with ``ray``)."""
     from onnxcam.cli.dataset_cmd import file_digest, interruptible
     from onnxcam.models.files import OutputError
-    from onnxcam.runtime.datasets import Source
     from onnxcam.runtime.metrics.dataset import evaluate_to_parquet
     from onnxcam.runtime.metrics.evaluate import METRICS
+    from onnxcam.runtime.metrics.truth import Loader
     from tqdm import tqdm
 
     need_gt = any(METRICS[m].ground_truth for m in metrics)
-    with tqdm(total=len(files), desc="evaluating", unit="img", file=sys.stderr, leave=False, dynamic_ncols=True,
+    with tqdm(total=len(sources), desc="evaluating", unit="img", file=sys.stderr, leave=False, dynamic_ncols=True,
               disable=None) as bar:
         def progress(item) -> None:
             if item.error is not None:
                 report.error(item.error)
+                bar.set_postfix(failed=report.failed, refresh=False)
             bar.update(1)
 
         with interruptible(out, bar):
             try:
                 summary, aggregate = evaluate_to_parquet(
-                    explainer, [Source(str(f)) for f in files], out, methods, metrics, _Loader(data, need_gt),
+                    explainer, sources, out, methods, metrics, Loader(data, need_gt),
                     class_index, options, shard_size=shard_size, overwrite=overwrite,
                     parameters={"model_sha256": file_digest(model)}, progress=progress, ray=ray)
             except OutputError as exc:
@@ -203,7 +183,7 @@ def _write_reports(aggregate: Any, out_dir: Path, overwrite: bool, debug: bool) 
 
 @click.command("evaluate", short_help="Faithfulness, localisation and complexity metrics on a folder of images.")
 @click.argument("model", metavar="MODEL.cam.onnx")
-@click.argument("data", metavar="DATA_DIR")
+@click.argument("data", metavar="DATA")
 @click.option("-m", "--methods", "--method", "methods", multiple=True, metavar="NAME",
               help="CAM methods to compare (repeatable or comma-separated; 'all'). Default: gradcam.")
 @click.option("--metrics", default=None, metavar="LIST", cls=LazyHelp, help_text=_metrics_help)
@@ -243,7 +223,9 @@ def evaluate_command(model: str, data: str, methods: tuple[str, ...], metrics: s
                      overwrite: bool, parquet: str | None, shard_size: int, engine: str, ray_address: str | None,
                      actors: int, cpus_per_actor: float, gpus_per_actor: float, providers: Any, threads: int | None,
                      debug: bool) -> None:
-    """Evaluate CAM methods of an explanation graph on the images in DATA_DIR.
+    """Evaluate CAM methods of an explanation graph on the images in DATA: a folder, or a .csv /
+    .parquet manifest (path, optional class, boxes as JSON [[x_min, y_min, x_max, y_max], ...] and
+    mask; local or a pyarrow.fs URI).
 
     Writes OUT/per_image.csv (one row per image and method), OUT/metrics.json
     ({method: {metric: mean}}, with win_vs_<other> = Win % when several methods are compared),
@@ -264,10 +246,10 @@ def evaluate_command(model: str, data: str, methods: tuple[str, ...], metrics: s
 
     method_list = parse_methods(methods, family_only=True)
     class_index = parse_class(class_)
-    dataset = _Data(data, boxes_file, mask_values, Path(out))
+    dataset = load_dataset(data, boxes_file, mask_values, Path(out))
     try:
         metric_list = resolve_metrics(metrics.split(",")) if metrics is not None else \
-            default_metrics(dataset.has_ground_truth)
+            default_metrics(dataset.has_ground_truth())
     except ValueError as exc:
         fail(exc, EXIT_USAGE)
     explainer = make_explainer(model, providers, threads, batch_size, debug, spinning=False)  # decoders beside it
@@ -278,10 +260,10 @@ def evaluate_command(model: str, data: str, methods: tuple[str, ...], metrics: s
     refuse_existing(report_files(Path(out), method_list, metric_list), overwrite)
     out_dir = prepare_output_dir(out, debug)
     report = Reporter(debug)
-    if not dataset.files:
+    if not dataset.sources:
         report.error(f"{data}: directory has no images (*_mask files are ground truth)")
         sys.exit(EXIT_PARTIAL)
-    files = dataset.files[:limit] if limit is not None else dataset.files
+    files = dataset.sources[:limit] if limit is not None else dataset.sources
     options = EvaluationOptions(percent, step, tolerance, road_noise, randomise_layers, batch_size)
     try:
         if parquet is None:

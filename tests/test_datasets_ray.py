@@ -71,5 +71,17 @@ def test_ray_equals_local(tmp_path) -> None:
         assert rows[0].select(["index", "path", "method", "class_index"]).equals(
             rows[1].select(["index", "path", "method", "class_index"]))
         assert read_errors(tmp_path / "eval-local-pq").equals(read_errors(tmp_path / "eval-ray-pq"))
+
+        # a manifest's own ground truth (boxes per row) reaches the Ray workers
+        manifest = tmp_path / "manifest.csv"
+        manifest.write_text("path,boxes\n" + "".join(f'img/{p.name},"[[2, 2, 20, 30]]"\n' for p in images[:6]))
+        args = ["evaluate", TINY, manifest, "-m", "gradcam", "--metrics", "pointing_game,energy_pointing_game",
+                "--shard-size", "4"]
+        local_gt = run(*args, "--out", tmp_path / "gt-local", "--parquet", tmp_path / "gt-local-pq")
+        ray_gt = run(*args, "--out", tmp_path / "gt-ray", "--parquet", tmp_path / "gt-ray-pq", "--engine", "ray")
+        assert local_gt.exit_code == ray_gt.exit_code == 0, ray_gt.stderr
+        want = json.loads((tmp_path / "gt-local" / "metrics.json").read_text())["gradcam"]
+        got = json.loads((tmp_path / "gt-ray" / "metrics.json").read_text())["gradcam"]
+        assert got == pytest.approx(want, abs=1e-6)
     finally:
         ray.shutdown()

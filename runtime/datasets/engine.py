@@ -55,7 +55,7 @@ class Decoded:
     extra: Any = None
 
 
-def _readable(location: str) -> str | EncodedImage:
+def readable(location: str) -> str | EncodedImage:
     """A local path as is; a URI's bytes, read through its ``pyarrow.fs`` file system."""
     if not is_uri(location):
         return location
@@ -100,7 +100,7 @@ def decode(prepare: Callable[[Image.Image], tuple[np.ndarray, Geometry]], source
     """Read one image and ``prepare`` it (``Explainer.prepare_image``); a failure becomes its
     one-line reason."""
     try:
-        image = load_image(_readable(source.path))
+        image = load_image(readable(source.path))
         x, geometry = prepare(image)
         return Decoded(x, geometry, image if keep_image else None, None)
     except OnnxcamError as exc:

@@ -136,7 +136,7 @@ class ShardedRun:
         """Create or resume the run in ``out``; OutputError when ``out`` holds another run
         (unless ``overwrite``, which removes its shards)."""
         folder = output_dir(out)
-        digest = hashlib.sha256("\n".join(f"{s.path}\t{s.class_index}" for s in sources).encode()).hexdigest()
+        digest = hashlib.sha256("\n".join(s.key() for s in sources).encode()).hexdigest()
         record = {**parameters, "shard_size": shard_size, "inputs": len(sources), "inputs_sha256": digest}
         folder.make()
         for sub in (table, ERRORS):

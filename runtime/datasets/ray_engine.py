@@ -60,6 +60,20 @@ def _put_decoded(batch: dict, decoded: list[Decoded]) -> dict:
     return batch
 
 
+def _row(index: int, source: Source) -> dict:
+    """A source as a row of Ray's dataset (its ground truth as JSON, '' when none)."""
+    return {"index": index, "path": source.path, "class_index": -1 if source.class_index is None else source.class_index,
+            "source_truth": "" if source.boxes is None and source.mask is None else json.dumps([source.boxes, source.mask])}
+
+
+def _source(batch: dict, j: int) -> Source:
+    """Row ``j`` of a batch as the Source it came from."""
+    c, truth = int(batch["class_index"][j]), str(batch["source_truth"][j])
+    boxes, mask = json.loads(truth) if truth else (None, None)
+    return Source(str(batch["path"][j]), None if c < 0 else c,
+                  None if boxes is None else tuple(tuple(b) for b in boxes), mask)
+
+
 def _geometry(batch: dict, j: int) -> Geometry:
     return Geometry(*(tuple(int(v) for v in batch[f][j]) for f in _GEOMETRY))
 
@@ -71,11 +85,11 @@ def _decode_batch(batch: dict, preparer: _Preparer) -> dict:
 
 def _read_batch(batch: dict, preparer: _Preparer, load) -> dict:
     """``_decode_batch`` for an evaluation: each image and its ground truth read by ``load``
-    (pickled into ``truth``)."""
+    (pickled into ``ground_truth``)."""
     from onnxcam.runtime.metrics.dataset import read_source
 
-    decoded = [read_source(lambda s: load(preparer, s), Source(str(p))) for p in batch["path"]]
-    batch["truth"] = np.array([pickle.dumps(d.extra) for d in decoded], dtype=object)
+    decoded = [read_source(lambda s: load(preparer, s), _source(batch, j)) for j in range(len(batch["path"]))]
+    batch["ground_truth"] = np.array([pickle.dumps(d.extra) for d in decoded], dtype=object)
     return _put_decoded(batch, decoded)
 
 
@@ -155,8 +169,7 @@ def ray_explain(model: str, sources: Sequence[Source], methods: Sequence[str], c
     ray = _start(options)
     driver = Explainer(model)
     info, spec = driver.info, driver.preprocessing()
-    rows = [{"index": i, "path": s.path, "class_index": -1 if s.class_index is None else s.class_index}
-            for i, s in enumerate(sources)]
+    rows = [_row(i, s) for i, s in enumerate(sources)]
     if not rows:
         return
     dataset = ray.data.from_items(rows, override_num_blocks=max(1, min(len(rows) // batch_size, 64)))
@@ -201,14 +214,14 @@ class _EvaluateStage:
         from onnxcam.runtime.metrics.dataset import iter_evaluate
 
         methods, metrics, class_index, options = self.args
-        sources = [Source(str(p), None if c < 0 else int(c)) for p, c in zip(batch["path"], batch["class_index"])]
+        sources = [_source(batch, j) for j in range(len(batch["path"]))]
         row = {s.path: j for j, s in enumerate(sources)}
 
         def decoded(source: Source):
             j = row[source.path]
             if batch["error"][j]:
                 raise ValueError(batch["error"][j])
-            return batch["x"][j], _geometry(batch, j), pickle.loads(batch["truth"][j])
+            return batch["x"][j], _geometry(batch, j), pickle.loads(batch["ground_truth"][j])
 
         items = iter_evaluate(self.explainer, sources, methods, metrics, decoded, class_index, options,
                               batch_size=len(sources), workers=1)
@@ -244,8 +257,7 @@ def ray_evaluate(model: str, sources: Sequence[Source], methods: Sequence[str], 
     ray = _start(options)
     driver = Explainer(model)
     preparer = _Preparer(driver.preprocessing(), driver.info.raw_input)
-    rows = [{"index": i, "path": s.path, "class_index": -1 if s.class_index is None else s.class_index}
-            for i, s in enumerate(sources)]
+    rows = [_row(i, s) for i, s in enumerate(sources)]
     if not rows:
         return
     dataset = ray.data.from_items(rows, override_num_blocks=max(1, min(len(rows) // batch_size, 64)))

@@ -5,7 +5,9 @@ Each argument is one of
 - a glob pattern (``val/**/*.JPEG``; ``**`` crosses directories), expanded sorted;
 - a ``.txt`` list (one path per line, relative to the list's directory; ``#`` comments);
 - a ``.csv`` or ``.parquet`` manifest with a ``path`` column and optionally ``class`` (an integer
-  class index per image, explained instead of the top-1).
+  class index per image, explained instead of the top-1) and, for ``evaluate``, ground truth:
+  ``boxes`` (JSON ``[[x_min, y_min, x_max, y_max], ...]`` in the photo's pixels) or ``mask`` (a
+  mask image, relative to the manifest).
 
 Any of them may be a ``pyarrow.fs`` URI (``s3://bucket/val/``, ``gs://…/list.txt``; see
 ``storage``), and a list or manifest may name URIs.
@@ -17,6 +19,8 @@ from __future__ import annotations
 import csv
 import glob
 import io
+import json
+import math
 import os
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -34,10 +38,19 @@ class SourceError(ValueError):
 
 @dataclass(frozen=True)
 class Source:
-    """One image to explain: its path and the class to explain (None: its top-1)."""
+    """One image to explain: its path and the class to explain (None: its top-1); from a manifest
+    also its ground truth for ``evaluate``: ``boxes`` [[x_min, y_min, x_max, y_max], ...] in the
+    photo's pixels, or ``mask`` (a mask image's path or URI)."""
 
     path: str
     class_index: int | None = None
+    boxes: tuple[tuple[float, float, float, float], ...] | None = None
+    mask: str | None = None
+
+    def key(self) -> str:
+        """What identifies this input in a run's digest (ground truth included when given)."""
+        extra = "" if self.boxes is None and self.mask is None else f"\t{self.boxes}\t{self.mask}"
+        return f"{self.path}\t{self.class_index}{extra}"
 
 
 def _images_in(directory: Path, recursive: bool) -> list[Path]:
@@ -60,6 +73,21 @@ def _class_of(value: object, where: str) -> int | None:
     return int(number)
 
 
+def _boxes_of(value: object, where: str) -> tuple | None:
+    """A manifest's ``boxes`` cell: JSON text or a list of [x_min, y_min, x_max, y_max] (empty: none)."""
+    if value is None or (isinstance(value, str) and not value.strip()) or (isinstance(value, float) and value != value):
+        return None
+    try:
+        rows = json.loads(value) if isinstance(value, str) else value
+        rows = rows if rows and isinstance(rows[0], (list, tuple)) else [rows]
+        boxes = tuple(tuple(float(v) for v in row) for row in rows)
+    except (ValueError, TypeError, IndexError, RecursionError):
+        raise SourceError(f"{where}: boxes {str(value)[:60]!r} are not [[x_min, y_min, x_max, y_max], ...]") from None
+    if not boxes or any(len(b) != 4 or not all(map(math.isfinite, b)) for b in boxes):
+        raise SourceError(f"{where}: each box needs 4 finite numbers x_min, y_min, x_max, y_max")
+    return boxes
+
+
 def _manifest_rows(location: str) -> tuple[list[str], list[dict]]:
     """(column names, rows) of a CSV or Parquet manifest (a path or a URI)."""
     if storage.suffix(location) == ".parquet":
@@ -73,8 +101,8 @@ def _manifest_rows(location: str) -> tuple[list[str], list[dict]]:
 
 
 def read_manifest(location: str | Path) -> list[Source]:
-    """The rows of a CSV / Parquet manifest (``path`` column, optional ``class``), paths relative
-    to the manifest's directory (or URIs)."""
+    """The rows of a CSV / Parquet manifest (``path`` column, optional ``class``, ``boxes`` and
+    ``mask``), paths relative to the manifest's directory (or URIs)."""
     location = str(location)
     columns, rows = _manifest_rows(location)
     if "path" not in columns:
@@ -85,8 +113,15 @@ def read_manifest(location: str | Path) -> list[Source]:
     if any(not isinstance(row.get("path"), str) or not row["path"].strip() for row in rows):
         raise SourceError(f"{location}: a row has no path")
     base = storage.parent(location)
-    return [Source(storage.child(base, str(row["path"])), _class_of(row.get("class"), f"{location} row {i + 2}"))
-            for i, row in enumerate(rows)]
+
+    def source(i: int, row: dict) -> Source:
+        where = f"{location} row {i + 2}"
+        mask = row.get("mask")
+        mask = storage.child(base, mask.strip()) if isinstance(mask, str) and mask.strip() else None
+        return Source(storage.child(base, str(row["path"])), _class_of(row.get("class"), where),
+                      _boxes_of(row.get("boxes"), where), mask)
+
+    return [source(i, row) for i, row in enumerate(rows)]
 
 
 def read_list(location: str | Path) -> list[Source]:

@@ -104,14 +104,26 @@ def load_ground_truth(image: Path, size: tuple[int, int], boxes: dict, mask_valu
         return None
     try:
         with Image.open(mask_path) as im:
-            arr = np.asarray(im if im.mode in ("L", "P", "1", "I", "I;16") else im.convert("L"))
+            return mask_ground_truth(im, mask_path.name, (h0, w0), mask_value)
+    except ValueError:
+        raise
     except Exception as exc:  # noqa: BLE001
         raise ValueError(f"mask {mask_path.name} is unreadable ({type(exc).__name__})") from None
+
+
+def mask_ground_truth(image: Image.Image, name: str, size: tuple[int, int], mask_value: int | None) -> np.ndarray:
+    """A mask image → boolean mask [H0, W0]: its pixels equal to ``mask_value`` (None: non-zero).
+    Raises ValueError (one line, naming the mask) for an unreadable one, another size or no pixels."""
+    h0, w0 = size
+    try:
+        arr = np.asarray(image if image.mode in ("L", "P", "1", "I", "I;16") else image.convert("L"))
+    except Exception as exc:  # noqa: BLE001
+        raise ValueError(f"mask {name} is unreadable ({type(exc).__name__})") from None
     if arr.shape[:2] != (h0, w0):
-        raise ValueError(f"mask {mask_path.name} is {arr.shape[1]}x{arr.shape[0]}, the image is {w0}x{h0}")
+        raise ValueError(f"mask {name} is {arr.shape[1]}x{arr.shape[0]}, the image is {w0}x{h0}")
     mask = arr == mask_value if mask_value is not None else arr != 0
     try:
         return as_mask(mask, (h0, w0))
     except ValueError:
         what = f"value {mask_value}" if mask_value is not None else "non-zero pixels"
-        raise ValueError(f"mask {mask_path.name} has no object pixels ({what})") from None
+        raise ValueError(f"mask {name} has no object pixels ({what})") from None
