@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Callable
+from typing import Any
 
 import onnx
 import onnxruntime as ort
@@ -39,9 +40,13 @@ def session(model: onnx.ModelProto, threads: int) -> ort.InferenceSession:
     return ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
 
 
-def plain_classifier(model: onnx.ModelProto) -> onnx.ModelProto:
-    """The exported classifier with only its logits output."""
+def plain_classifier(model: onnx.ModelProto | Any) -> onnx.ModelProto:
+    """The exported classifier (a proto or an ``onnx_ir`` model) with only its logits output."""
     plain = onnx.ModelProto()
+    if not isinstance(model, onnx.ModelProto):
+        import onnx_ir as ir
+
+        model = ir.to_proto(model)
     plain.CopyFrom(model)
     kept = [o for o in plain.graph.output if o.name == "logits"]
     del plain.graph.output[:]

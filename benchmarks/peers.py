@@ -56,6 +56,7 @@ from pathlib import Path
 
 import numpy as np
 import onnx
+import onnx_ir as ir
 import onnxruntime as ort
 import torch
 import torch.nn.functional as F
@@ -315,7 +316,8 @@ def main() -> None:
 
     net = build_net()
     with tempfile.TemporaryDirectory() as tmp:
-        proto, _ = export_with_target(copy.deepcopy(net), TARGET_LAYER, (3, SIZE, SIZE))
+        exported, _ = export_with_target(copy.deepcopy(net), TARGET_LAYER, (3, SIZE, SIZE))
+        proto = ir.to_proto(exported)  # the explanation pass below changes the IR model in place
         classifier = load_classifier(proto)
         spec = GraphSpec(classifier.model, classifier.image_input, classifier.logits, TARGET, MODEL, TARGET_LAYER,
                          PREPROCESS)
