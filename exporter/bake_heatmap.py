@@ -1,22 +1,20 @@
 """Bake one CAM method and the contract's post-processing into an explanation graph.
 
-:class:`BakeHeatmapPass` appends ONNX ops that turn the graph's own outputs A = ``activations``,
-g = ``gradients``, g2 = ``gradients_pow2``, g3 = ``gradients_pow3`` (float32 [N, K, h, w]) into
-a new output ``heatmap`` float32 [N, H, W], exactly as the runtime does: the raw map is the
-method's formula from ``onnxcam.models.formulas`` — the very function the runtime evaluates with
-numpy — written as ONNX nodes through :class:`OnnxArrays`, then post-processed as
-pytorch-grad-cam 1.5.7 does.
+:class:`BakeHeatmapPass` splices the method's heatmap graph (``onnxcam.models.heatmap_graph``:
+the formula from ``onnxcam.models.formulas`` — the very function the runtime evaluates with numpy
+— and the runtime's post-processing, the same graph the runtime runs on a GPU) into the
+explanation graph, in its opset, fed by the graph's own outputs A = ``activations``, g =
+``gradients``, g2 = ``gradients_pow2``, g3 = ``gradients_pow3``; its ``heatmap`` [N, H, W]
+becomes a new output.
 
-Post-processing (per image): cam = ReLU(map); cam ← (cam − min cam) / (1e-7 + max(cam − min cam));
-cam ← bilinear resize to (H, W) with half-pixel centres (ONNX ``Resize``, mode linear,
-coordinate_transformation_mode half_pixel, output sizes given: the source coordinate of output
-pixel d is (d + 0.5)·h/H − 0.5, clamped to the border, as cv2 INTER_LINEAR and the runtime's
-``resize_bilinear``); cam ← ReLU(cam); min-max again. (H, W) is the model input size from the
-``onnxcam.preprocess`` metadata.
+Post-processing (per image): non-finite values made finite; cam = ReLU(map); cam ← (cam − min
+cam) / (1e-7 + max(cam − min cam)); bilinear resize to (H, W) with half-pixel centres (ONNX
+``Resize``, as cv2 INTER_LINEAR and the runtime's ``resize_bilinear``); ReLU; min-max again.
+(H, W) is the model input size from the ``onnxcam.preprocess`` metadata, or the image's own size
+read at run time for a graph of any input size.
 """
 from __future__ import annotations
 
-import numpy as np
 import onnx
 import onnx_ir as ir
 from onnxcam.exporter.builder import GraphBuilder
@@ -34,10 +32,11 @@ from onnxcam.models.contract import (
 )
 from onnxcam.models.errors import param
 from onnxcam.models.formulas import FORMULAS
+from onnxcam.models.heatmap_graph import heatmap_graph
 
 #: Methods that can be baked: those with a closed-form formula.
 BAKEABLE_METHODS = tuple(FORMULAS)
-EPS = 1e-7  # the min-max epsilon of pytorch-grad-cam's scale_cam_image
+PREFIX = "onnxcam/heatmap"
 
 
 def check_method(method: str) -> str:
@@ -48,86 +47,25 @@ def check_method(method: str) -> str:
     return method
 
 
-class Symbol:
-    """A float32 tensor of the graph being built; arithmetic operators append ONNX nodes."""
-
-    def __init__(self, arrays: OnnxArrays, value: ir.Value) -> None:
-        self.arrays, self.value = arrays, value
-
-    def _op(self, op_type: str, *operands: Symbol | float) -> Symbol:
-        return self.arrays.symbol(self.arrays.b.op(op_type, *(self.arrays.lift(o) for o in operands)))
-
-    def __add__(self, other): return self._op("Add", self, other)          # noqa: E704
-    def __radd__(self, other): return self._op("Add", other, self)         # noqa: E704
-    def __sub__(self, other): return self._op("Sub", self, other)          # noqa: E704
-    def __rsub__(self, other): return self._op("Sub", other, self)         # noqa: E704
-    def __mul__(self, other): return self._op("Mul", self, other)          # noqa: E704
-    def __rmul__(self, other): return self._op("Mul", other, self)         # noqa: E704
-    def __truediv__(self, other): return self._op("Div", self, other)      # noqa: E704
-    def __rtruediv__(self, other): return self._op("Div", other, self)     # noqa: E704
-    def __neg__(self): return self._op("Neg", self)                        # noqa: E704
-
-
-class OnnxArrays:
-    """The formulas' array vocabulary (``onnxcam.models.formulas``) as ONNX nodes on float32
-    [N, K, h, w] tensors; spatial axes are 2, 3."""
-
-    def __init__(self, builder: GraphBuilder) -> None:
-        self.b = builder
-
-    def symbol(self, value: ir.Value) -> Symbol:
-        return Symbol(self, value)
-
-    def lift(self, operand: Symbol | float) -> ir.Value:
-        if isinstance(operand, Symbol):
-            return operand.value
-        return self.b.const(np.array(operand, np.float32), "scalar")
-
-    def relu(self, x: Symbol) -> Symbol:
-        return self.symbol(self.b.op("Relu", x.value))
-
-    def nonzero_or_zero(self, c: Symbol, x: Symbol) -> Symbol:
-        nonzero = self.b.op("Not", self.b.op("Equal", c.value, self.lift(0.0)))
-        return self.symbol(self.b.op("Where", nonzero, x.value, self.lift(0.0)))
-
-    def sum_hw(self, x: Symbol) -> Symbol:
-        return self.symbol(self.b.reduce("ReduceSum", x.value, [2, 3], keepdims=True))
-
-    def mean_hw(self, x: Symbol) -> Symbol:
-        return self.symbol(self.b.reduce("ReduceMean", x.value, [2, 3], keepdims=True))
-
-    def sum_k(self, x: Symbol) -> Symbol:
-        return self.symbol(self.b.reduce("ReduceSum", x.value, [1], keepdims=False))
-
-    def weighted(self, w: Symbol, A: Symbol) -> Symbol:
-        """Σ_k w_k A_k for weights [N, K, 1, 1]."""
-        return self.sum_k(w * A)
-
-    def minmax(self, cam: ir.Value) -> ir.Value:
-        """Per-image x ← x − min x; x ← x / (1e-7 + max x) over the last two axes of [N, H, W]."""
-        low = self.b.reduce("ReduceMin", cam, [1, 2], keepdims=True)
-        shifted = self.b.op("Sub", cam, low)
-        high = self.b.reduce("ReduceMax", shifted, [1, 2], keepdims=True)
-        return self.b.op("Div", shifted, self.b.op("Add", self.lift(EPS), high))
-
-
-def raw_map(arrays: OnnxArrays, method: str, A: ir.Value, g: ir.Value, g2: ir.Value | None,
-            g3: ir.Value | None) -> ir.Value:
-    """The method's raw map [N, h, w]: its formula written as ONNX nodes."""
-    symbols = [None if v is None else arrays.symbol(v) for v in (A, g, g2, g3)]
-    return FORMULAS[check_method(method)](arrays, *symbols).value
-
-
-def postprocess(ops: OnnxArrays, raw: ir.Value, fmap: tuple, size: tuple[int, int] | ir.Value) -> ir.Value:
-    """ReLU → min-max → bilinear half-pixel resize to ``size`` (skipped when the sizes agree;
-    a [2] tensor when the image size is only known at run time) → ReLU → min-max."""
-    b = ops.b
-    cam = ops.minmax(b.op("Relu", raw))
-    if isinstance(size, ir.Value) or tuple(fmap) != tuple(size):
-        batch = b.op("Slice", b.op("Shape", cam), b.ints([0]), b.ints([1]))
-        sizes = b.op("Concat", batch, size if isinstance(size, ir.Value) else b.ints(list(size)), axis=0)
-        cam = b.op("Resize", cam, None, None, sizes, mode="linear", coordinate_transformation_mode="half_pixel")
-    return ops.minmax(b.op("Relu", cam))
+def splice_heatmap(graph: ir.Graph, method: str, opset: int, feeds: dict[str, ir.Value]) -> ir.Value:
+    """Append ``method``'s heatmap graph to ``graph``, its inputs (``activations``, …, ``size``)
+    read from ``feeds``; returns its ``heatmap`` value (its ``raw`` output is left out)."""
+    small = ir.from_proto(onnx.load_from_string(heatmap_graph(method, opset)[0]))
+    for value in list(small.graph.inputs):
+        if feeds.get(value.name) is None:
+            raise ExportError(f"cannot bake {method}: the graph has no '{value.name}' output")
+        value.replace_all_uses_with(feeds[value.name])
+    outputs = {v.name: v for v in small.graph.outputs}
+    small.graph.outputs.clear()
+    for k, node in enumerate(list(small.graph)):
+        small.graph.remove(node)
+        if outputs["raw"] in node.outputs:
+            continue
+        node.name = f"{PREFIX}/{node.op_type}_{k}"
+        for out in node.outputs:
+            out.name = f"{PREFIX}/{out.name}"
+        graph.append(node)
+    return outputs["heatmap"]
 
 
 class BakeHeatmapPass(ir.passes.InPlacePass):
@@ -152,17 +90,18 @@ class BakeHeatmapPass(ir.passes.InPlacePass):
         dims = list(A.shape) if A.shape is not None else []
         if len(dims) != 4:
             raise ExportError(f"cannot bake a heatmap: the activations are not [N, K, h, w], got {dims}")
-        ops = OnnxArrays(GraphBuilder(graph, TensorFacts(), default_opset(model), prefix="onnxcam/heatmap"))
+        b = GraphBuilder(graph, TensorFacts(), default_opset(model), prefix=PREFIX)
         image = next(v for v in graph.inputs if v.name == meta.image_input)
         hw_axes = [1, 2] if meta.preprocess.layout == "NHWC" else [2, 3]
         image_hw = [image.shape[a] for a in hw_axes] if image.shape is not None else [None, None]
         if not all(isinstance(d, int) for d in image_hw + dims[2:]):  # any image size: read it at run time
-            size = ops.b.op("Gather", ops.b.op("Shape", image), ops.b.ints(hw_axes), axis=0)
+            size = b.op("Gather", b.op("Shape", image), b.ints(hw_axes), axis=0)
             image_hw = [d if isinstance(d, int) else str(d) for d in image_hw]
         else:
-            image_hw = list(size)
-        raw = raw_map(ops, self.method, A, outputs[GRADIENTS], outputs.get(GRADIENTS_POW2), outputs.get(GRADIENTS_POW3))
-        heatmap = postprocess(ops, raw, (dims[2], dims[3]), size)
+            size, image_hw = b.ints(list(size)), list(size)
+        feeds = {ACTIVATIONS: A, GRADIENTS: outputs[GRADIENTS], GRADIENTS_POW2: outputs.get(GRADIENTS_POW2),
+                 GRADIENTS_POW3: outputs.get(GRADIENTS_POW3), "size": size}
+        heatmap = splice_heatmap(graph, self.method, default_opset(model), feeds)
         heatmap.name = HEATMAP
         heatmap.type = ir.TensorType(ir.DataType.FLOAT)
         heatmap.shape = ir.Shape([dims[0], *image_hw])

@@ -104,16 +104,19 @@ class Symbol:
 
 
 class ProtoArrays:
-    """The formulas' array vocabulary (``models.formulas``) on [N, K, h, w] tensors, as nodes."""
+    """The formulas' array vocabulary (``models.formulas``) on [N, K, h, w] tensors, as nodes of
+    ``opset`` (ReduceSum takes its axes as an input from opset 13, the other reductions from 18)."""
 
-    def __init__(self, writer: Writer) -> None:
-        self.w = writer
+    def __init__(self, writer: Writer, opset: int = OPSET) -> None:
+        self.w, self.opset = writer, opset
 
     def lift(self, operand: Symbol | float) -> str:
         return operand.name if isinstance(operand, Symbol) else self.w.scalar(operand)
 
     def _reduce(self, op: str, x: str, axes: list[int], keepdims: int) -> str:
-        return self.w.op(op, x, self.w.ints(axes), keepdims=keepdims)
+        if op == "ReduceSum" or self.opset >= 18:
+            return self.w.op(op, x, self.w.ints(axes), keepdims=keepdims)
+        return self.w.op(op, x, axes=list(axes), keepdims=keepdims)
 
     def relu(self, x: Symbol) -> Symbol:
         return Symbol(self, self.w.op("Relu", x.name))
@@ -146,18 +149,21 @@ class ProtoArrays:
         return self.w.op("Where", self.w.op("IsNaN", x), self.lift(0.0), clipped)
 
 
-def _model(writer: Writer, inputs: bytes, outputs: bytes) -> bytes:
+def _model(writer: Writer, inputs: bytes, outputs: bytes, opset: int) -> bytes:
     graph = b"".join(_field(1, n) for n in writer.nodes) + _field(2, "onnxcam_heatmap") + inputs + outputs
-    return _field(1, 8) + _field(2, "onnxcam") + _field(7, graph) + _field(8, _field(1, "") + _field(2, OPSET))
+    return _field(1, 8) + _field(2, "onnxcam") + _field(7, graph) + _field(8, _field(1, "") + _field(2, opset))
 
 
 @functools.lru_cache(maxsize=None)
-def heatmap_graph(method: str) -> tuple[bytes, tuple[str, ...]]:
-    """(the serialized graph of ``method`` — see the module docstring —, the inputs it reads)."""
+def heatmap_graph(method: str, opset: int = OPSET) -> tuple[bytes, tuple[str, ...]]:
+    """(the serialized graph of ``method`` in ``opset`` (≥ 13) — see the module docstring —, the
+    inputs it reads). The exporter splices the same graph into an explanation graph (``--heatmap``)."""
     if method not in FORMULAS:
         raise ValueError(f"{method!r} has no closed-form formula; in-graph heatmaps exist for {', '.join(FORMULAS)}")
+    if opset < 13:
+        raise ValueError(f"heatmap graphs need opset 13 or later, not {opset}")
     w = Writer()
-    xp = ProtoArrays(w)
+    xp = ProtoArrays(w, opset)
     raw = FORMULAS[method](xp, *(Symbol(xp, name) for name in INPUTS)).name
     w.op("Identity", raw, out="raw")
     cam = xp.minmax(w.op("Relu", xp.finite(raw)))
@@ -168,4 +174,4 @@ def heatmap_graph(method: str) -> tuple[bytes, tuple[str, ...]]:
     inputs = b"".join(_field(11, _value_info(n, 1, ["N", "K", "h", "w"])) for n in reads)
     inputs += _field(11, _value_info("size", 7, [2]))
     outputs = _field(12, _value_info("raw", 1, ["N", "h", "w"])) + _field(12, _value_info("heatmap", 1, ["N", "H", "W"]))
-    return _model(w, inputs, outputs), reads
+    return _model(w, inputs, outputs, opset), reads

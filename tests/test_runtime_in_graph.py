@@ -21,12 +21,13 @@ TINY = Path(__file__).parent / "data" / "tiny.cam.onnx"
 REAL_SESSION = ort.InferenceSession
 
 
+@pytest.mark.parametrize("opset", [17, 18], ids=["opset17", "opset18"])  # reductions' axes: attribute / input
 @pytest.mark.parametrize("method", list(FORMULAS))
-def test_each_heatmap_graph_is_the_numpy_method(method: str) -> None:
+def test_each_heatmap_graph_is_the_numpy_method(method: str, opset: int) -> None:
     rng = np.random.default_rng(len(method))
     A = rng.random((3, 6, 7, 5), np.float32)
     g = rng.standard_normal((3, 6, 7, 5)).astype(np.float32)
-    model, reads = heatmap_graph(method)
+    model, reads = heatmap_graph(method, opset)
     session = REAL_SESSION(model, providers=["CPUExecutionProvider"])
     values = {"activations": A, "gradients": g, "gradients_pow2": g ** 2, "gradients_pow3": g ** 3}
     raw, heatmap = session.run(["raw", "heatmap"], {**{r: values[r] for r in reads}, "size": np.array([61, 45])})
