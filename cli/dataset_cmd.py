@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 import signal
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
@@ -52,19 +52,33 @@ def _interrupted(signum: int, frame: Any) -> None:
 
 
 @contextmanager
-def interruptible(out: str, bar: Any) -> Iterator[None]:
-    """Ctrl-C or SIGTERM during a Parquet run: the shard being written is finished or dropped
-    whole, one line says how to resume, exit 130."""
-    previous = signal.signal(signal.SIGTERM, _interrupted)
-    try:
-        yield
-    except KeyboardInterrupt:
-        bar.close()
-        click.echo(f"interrupted: the shards written so far are in {out}; run the same command again to "
-                   "finish the others", err=True)
-        sys.exit(130)
-    finally:
-        signal.signal(signal.SIGTERM, previous)
+def parquet_run(desc: str, total: int, out: str, report: Reporter, debug: bool) -> Iterator[Callable[[Any], None]]:
+    """The frame of a Parquet run: a progress bar (images/s, failures) and the ``progress(item)``
+    callback that feeds it and reports each failed image; Ctrl-C or SIGTERM finish or drop the
+    shard being written whole, say how to resume and exit 130; an ``OutputError`` is one line, exit 2."""
+    from tqdm import tqdm
+
+    with tqdm(total=total, desc=desc, unit="img", file=sys.stderr, leave=False, dynamic_ncols=True,
+              disable=None if total else True) as bar:
+        def progress(item: Any) -> None:
+            if item.error is not None:
+                report.error(item.error)
+                bar.set_postfix(failed=report.failed, refresh=False)
+            bar.update(1)
+
+        previous = signal.signal(signal.SIGTERM, _interrupted)
+        try:
+            yield progress
+        except OutputError as exc:
+            bar.close()
+            fail(exc, EXIT_USAGE, debug)
+        except KeyboardInterrupt:
+            bar.close()
+            click.echo(f"interrupted: the shards written so far are in {out}; run the same command again to "
+                       "finish the others", err=True)
+            sys.exit(130)
+        finally:
+            signal.signal(signal.SIGTERM, previous)
 
 
 def file_digest(path: str) -> str:
@@ -87,27 +101,14 @@ def explain_dataset(explainer: Any, model: str, inputs: tuple[str, ...], methods
         fail("--parquet needs pyarrow: pip install 'onnxcam[parquet]'", EXIT_USAGE, debug)
     options = {**options, "ray": ray}
     from onnxcam.runtime.datasets import expand_sources
-    from tqdm import tqdm
 
     report = Reporter(debug)
     sources, errors = expand_sources(inputs, recursive)
     for message in errors:
         report.error(message)
-    with tqdm(total=len(sources), desc="explaining", unit="img", file=sys.stderr, leave=False,
-              dynamic_ncols=True, disable=None if sources else True) as bar:
-        def progress(item) -> None:
-            if item.error is not None:
-                report.error(item.error)
-                bar.set_postfix(failed=report.failed, refresh=False)
-            bar.update(1)
-
-        with interruptible(out, bar):
-            try:
-                summary = explain_to_parquet(explainer, sources, out, methods, class_index, progress=progress,
-                                             parameters={"model_sha256": file_digest(model)}, **options)
-            except OutputError as exc:
-                bar.close()
-                fail(exc, EXIT_USAGE, debug)
+    with parquet_run("explaining", len(sources), out, report, debug) as progress:
+        summary = explain_to_parquet(explainer, sources, out, methods, class_index, progress=progress,
+                                     parameters={"model_sha256": file_digest(model)}, **options)
     skipped = f"; {summary.skipped_shards} shard(s) already done" if summary.skipped_shards else ""
     line = (f"explained {summary.explained} of {len(sources)} images with {', '.join(methods)} into {out}"
             f"{skipped}")

@@ -124,31 +124,17 @@ def _run_to_parquet(explainer: Any, model: str, data: Any, sources: list, method
                     shard_size: int, overwrite: bool, debug: bool, ray: Any = None):
     """``_run`` with the rows kept in the Parquet dataset ``out`` (resumed when it holds this run;
     on Ray Data with ``ray``)."""
-    from onnxcam.cli.dataset_cmd import file_digest, interruptible
-    from onnxcam.models.files import OutputError
+    from onnxcam.cli.dataset_cmd import file_digest, parquet_run
     from onnxcam.runtime.metrics.dataset import evaluate_to_parquet
     from onnxcam.runtime.metrics.evaluate import METRICS
     from onnxcam.runtime.metrics.truth import Loader
-    from tqdm import tqdm
 
     need_gt = any(METRICS[m].ground_truth for m in metrics)
-    with tqdm(total=len(sources), desc="evaluating", unit="img", file=sys.stderr, leave=False, dynamic_ncols=True,
-              disable=None) as bar:
-        def progress(item) -> None:
-            if item.error is not None:
-                report.error(item.error)
-                bar.set_postfix(failed=report.failed, refresh=False)
-            bar.update(1)
-
-        with interruptible(out, bar):
-            try:
-                summary, aggregate = evaluate_to_parquet(
-                    explainer, sources, out, methods, metrics, Loader(data, need_gt),
-                    class_index, options, shard_size=shard_size, overwrite=overwrite,
-                    parameters={"model_sha256": file_digest(model)}, progress=progress, ray=ray)
-            except OutputError as exc:
-                bar.close()
-                fail(exc, EXIT_USAGE, debug)
+    with parquet_run("evaluating", len(sources), out, report, debug) as progress:
+        summary, aggregate = evaluate_to_parquet(
+            explainer, sources, out, methods, metrics, Loader(data, need_gt), class_index, options,
+            shard_size=shard_size, overwrite=overwrite, parameters={"model_sha256": file_digest(model)},
+            progress=progress, ray=ray)
     if summary.skipped_shards:
         click.echo(f"{summary.skipped_shards} shard(s) of {out} already done; the summary covers them too", err=True)
     return aggregate

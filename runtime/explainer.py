@@ -268,7 +268,7 @@ class Explainer:
         if self._in_graph is None:
             self._in_graph = InGraphHeatmaps(self.runner)
         methods = [s.name for s in specs]
-        names = [LOGITS, TARGET, *self._in_graph.reads(methods)]
+        names = self._in_graph.outputs(methods)
         size = x.shape[2:4] if self.info.layout == "NCHW" else x.shape[1:3]
         logits, target, maps = self._in_graph.run(self._chunks(names, x, classes), methods, tuple(size))
         class_indices(classes, len(x), logits.shape[1])

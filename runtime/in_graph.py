@@ -41,14 +41,14 @@ class InGraphHeatmaps:
             self._sessions[method] = (Runner(model, self.providers, spinning=False), reads)
         return self._sessions[method]
 
-    def reads(self, methods: Iterable[str]) -> list[str]:
-        """The explanation graph's outputs the methods' graphs read."""
-        return sorted({r for m in methods for r in self._graph(m)[1]})
+    def outputs(self, methods: Iterable[str]) -> list[str]:
+        """The explanation graph's outputs to fetch: logits, classes and what the methods' graphs read."""
+        return [LOGITS, TARGET, *sorted({r for m in methods for r in self._graph(m)[1]})]
 
     def run(self, chunks, methods: Sequence[str], size: tuple[int, int]) -> tuple[np.ndarray, np.ndarray, dict]:
         """(logits, explained classes, {method: (raw, heatmap)}) over ``chunks`` of
         (images in the chunk, feeds) of the explanation graph."""
-        names = [LOGITS, TARGET, *self.reads(methods)]
+        names = self.outputs(methods)
         hw = np.array(size, np.int64)
         logits, target, maps = [], [], {m: ([], []) for m in methods}
         for count, feeds in chunks:

@@ -53,8 +53,10 @@ def resolve(uri: str) -> tuple[Any, str]:
 
 def child(location: str, relative: str) -> str:
     """``relative`` (a path, or itself a URI) inside ``location`` (a directory path or URI)."""
-    if is_uri(relative) or not is_uri(location):
-        return relative if is_uri(relative) else str(Path(location) / relative)
+    if is_uri(relative):
+        return relative
+    if not is_uri(location):
+        return str(Path(location) / relative)
     return f"{location.rstrip('/')}/{quote(relative.lstrip('/'))}"
 
 
@@ -225,9 +227,10 @@ class ArrowDir:
             with self.fs.open_output_stream(self._path(tmp)) as f:
                 f.write(write) if isinstance(write, (bytes, bytearray, memoryview)) else write(f)
             self.fs.move(self._path(tmp), self._path(name))
-        finally:
+        except BaseException:
             if self.exists(tmp):
                 self.fs.delete_file(self._path(tmp))
+            raise
 
     def remove(self, name: str) -> None:
         if self.exists(name):
