@@ -2,11 +2,14 @@
 
 Starts ``onnxcam serve`` in a subprocess on a free 127.0.0.1 port, then ``--clients`` threads
 send ``--requests`` inference requests in total (binary tensors, encoded and decoded with the
-official ``tritonclient.http`` codec, sent with one ``httpx.Client`` per thread). Prints a Markdown
-table: throughput (requests/s, images/s), p50/p99 latency, failed requests, and the ratio to
-plain onnxruntime inference of the same classifier (the graph cut down to ``logits``) and to the
-in-process ``Explainer``, both measured in the same run (before and after the load, averaged)
-with the server's structure: ``--workers`` threads calling one session of ``--threads`` threads.
+official ``tritonclient.http`` codec, sent on one keep-alive ``http.client`` connection per
+thread: the standard library's leanest client, since on a small machine the load generator shares
+the server's cores). Prints a Markdown table: throughput (requests/s, images/s), p50/p99 latency,
+failed requests, and the ratio to plain onnxruntime inference of the same classifier (the graph
+cut down to ``logits``) and to the in-process ``Explainer``, both measured in the same run (before
+and after the load, averaged) with the server's structure: ``--workers`` threads calling one
+session of ``--threads`` threads; also one caller on a session with every core (a script's loop).
+Then the CPU time per image of each side: plain inference, the server, the load generator.
 
     python benchmarks/serve_load.py [--model X.cam.onnx] [--clients 4] [--requests 200] [--batch 1]
                                     [--method gradcam] [--workers 2] [--threads 1]
@@ -25,9 +28,9 @@ import sys
 import tempfile
 import threading
 import time
+from http.client import HTTPConnection, HTTPException
 from pathlib import Path
 
-import httpx
 import numpy as np
 import onnx
 import onnxruntime as ort
@@ -41,10 +44,7 @@ from onnxcam.runtime.serving.models import model_name
 
 def start_server(model: Path, workers: int, threads: int, max_batch_size: int = 1,
                  max_batch_delay: float = 2.0) -> tuple[subprocess.Popen, str]:
-    """``onnxcam serve MODEL --port 0``; returns the process and its ``host:port``. With dynamic
-    batching one thread runs the session, so it gets the ``workers × threads`` cores."""
-    if max_batch_size > 1:
-        threads = workers * threads
+    """``onnxcam serve MODEL --port 0``; returns the process and its ``host:port``."""
     cmd = [sys.executable, "-m", "onnxcam.cli.main", "serve", str(model), "--host", "127.0.0.1", "--port", "0",
            "--workers", str(workers), "--threads", str(threads), "--providers", "cpu",
            "--max-batch-size", str(max_batch_size), "--max-batch-delay", str(max_batch_delay)]
@@ -82,26 +82,30 @@ def load(url: str, name: str, body: bytes, headers: dict, clients: int, requests
     lock = threading.Lock()
 
     def client() -> None:
-        with httpx.Client(base_url=f"http://{url}", timeout=300) as http:
-            while True:
-                with lock:
-                    if next(counter, None) is None:
-                        return
-                start = time.perf_counter()
-                ok = False
-                try:
-                    r = http.post(f"/v2/models/{name}/infer", content=body, headers=headers)
-                    if r.status_code == 200:
-                        length = r.headers.get("Inference-Header-Content-Length")
-                        res = triton.InferenceServerClient.parse_response_body(
-                            r.content, header_length=None if length is None else int(length))
-                        ok = res.as_numpy("heatmap").shape[0] == batch
-                except httpx.HTTPError:
-                    ok = False
-                elapsed = time.perf_counter() - start
-                with lock:
-                    latencies.append(elapsed)
-                    failures[0] += not ok
+        host, port = url.rsplit(":", 1)
+        http = HTTPConnection(host, int(port), timeout=300)
+        while True:
+            with lock:
+                if next(counter, None) is None:
+                    break
+            start = time.perf_counter()
+            ok = False
+            try:
+                http.request("POST", f"/v2/models/{name}/infer", body=body, headers=headers)
+                r = http.getresponse()
+                content = r.read()
+                if r.status == 200:
+                    length = r.getheader("Inference-Header-Content-Length")
+                    res = triton.InferenceServerClient.parse_response_body(
+                        content, header_length=None if length is None else int(length))
+                    ok = res.as_numpy("heatmap").shape[0] == batch
+            except (OSError, HTTPException):
+                http.close()  # reconnects on the next request
+            elapsed = time.perf_counter() - start
+            with lock:
+                latencies.append(elapsed)
+                failures[0] += not ok
+        http.close()
 
     threads = [threading.Thread(target=client) for _ in range(clients)]
     start = time.perf_counter()
@@ -112,9 +116,19 @@ def load(url: str, name: str, body: bytes, headers: dict, clients: int, requests
     return time.perf_counter() - start, latencies, failures[0]
 
 
-def images_per_second(run, images_per_call: int, calls: int, workers: int) -> float:
+def process_cpu_seconds(pid: int) -> float | None:
+    """User + system CPU time of process ``pid`` so far (Linux ``/proc``; None elsewhere)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def images_per_second(run, images_per_call: int, calls: int, workers: int) -> tuple[float, float]:
     """Throughput of ``run`` called ``calls`` times by ``workers`` threads at once (the server's
-    parallel structure, without HTTP), after one warm-up call per thread."""
+    parallel structure, without HTTP), after one warm-up call per thread; and the CPU
+    milliseconds the process spent per image meanwhile."""
     counter = iter(range(calls))
     lock = threading.Lock()
 
@@ -132,10 +146,11 @@ def images_per_second(run, images_per_call: int, calls: int, workers: int) -> fl
     for t in threads:
         t.start()
     barrier.wait()
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), time.process_time()
     for t in threads:
         t.join()
-    return images_per_call * calls / (time.perf_counter() - start)
+    images = images_per_call * calls
+    return images / (time.perf_counter() - start), (time.process_time() - cpu) / images * 1e3
 
 
 def main() -> None:
@@ -167,28 +182,35 @@ def main() -> None:
         shape = [args.batch] + [d if isinstance(d, int) and d > 0 else 224 for d in info.image_shape[1:]]
         x = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
         plain = session(plain_classifier(onnx.load(str(model))), args.threads)
+        alone = session(plain_classifier(onnx.load(str(model))), os.cpu_count() or 1)
         feeds = {info.image_input: x}
         if "class_index" in [i.name for i in plain.get_inputs()]:  # still declared; logits do not use it
             feeds["class_index"] = np.full(args.batch, -1, np.int64)
 
-        def baselines() -> tuple[float, float]:
+        def baselines() -> tuple[tuple[float, float], ...]:
             return (images_per_second(lambda: plain.run(["logits"], feeds), args.batch, args.baseline_calls,
                                       args.workers),
                     images_per_second(lambda: explainer.explain(x, method=args.method), args.batch,
-                                      args.baseline_calls, args.workers))
+                                      args.baseline_calls, args.workers),
+                    images_per_second(lambda: alone.run(["logits"], feeds), args.batch, args.baseline_calls, 1))
 
         before = baselines()
         proc, url = start_server(model, args.workers, args.threads, args.max_batch_size, args.max_batch_delay)
         try:
             body, headers = request_body(x, info.image_input, args.method)
             load(url, model_name(model), body, headers, args.clients, 2 * args.clients, args.batch)  # warm-up
+            server_cpu, client_cpu = process_cpu_seconds(proc.pid), time.process_time()
             wall, latencies, failed = load(url, model_name(model), body, headers, args.clients, args.requests,
                                            args.batch)
+            client_cpu = time.process_time() - client_cpu
+            end = process_cpu_seconds(proc.pid)
+            server_cpu = None if server_cpu is None or end is None else end - server_cpu
         finally:
             proc.terminate()
             proc.wait(60)
         after = baselines()  # before and after the load test: machine noise hits all rows alike
-        plain_ips, explain_ips = ((a + b) / 2 for a, b in zip(before, after))
+        (plain_ips, plain_cpu), (explain_ips, explain_cpu), (alone_ips, _) = (
+            ((a[0] + b[0]) / 2, (a[1] + b[1]) / 2) for a, b in zip(before, after))
 
     served_rps = args.requests / wall
     served_ips = served_rps * args.batch
@@ -204,10 +226,17 @@ def main() -> None:
     print(f"| plain onnxruntime, logits only ({same}) | - | {plain_ips:.1f} | - | - | - | 1.00 |")
     print(f"| Explainer.explain ({same}) | - | {explain_ips:.1f} | - | - | - | "
           f"{explain_ips / plain_ips:.2f} |")
+    print(f"| plain onnxruntime, one caller, {os.cpu_count()} intra-op threads (a script's loop) | - | "
+          f"{alone_ips:.1f} | - | - | - | {alone_ips / plain_ips:.2f} |")
     print(f"| onnxcam serve over HTTP | {served_rps:.1f} | {served_ips:.1f} | {p50:.1f} | {p99:.1f} | {failed} | "
           f"{served_ips / plain_ips:.2f} |")
     print(f"\nmedian latency {statistics.median(latencies) * 1e3:.1f} ms; HTTP ÷ in-process Explainer: "
           f"{served_ips / explain_ips:.2f}")
+    images = args.requests * args.batch
+    server = "n/a" if server_cpu is None else f"{server_cpu / images * 1e3:.1f}"
+    print(f"CPU ms per image: plain inference {plain_cpu:.1f}, Explainer {explain_cpu:.1f}; during the load test "
+          f"the server {server} (explanation + HTTP) and this load generator {client_cpu / images * 1e3:.1f}, "
+          f"of the {(os.cpu_count() or 1) * wall / images * 1e3:.1f} the machine's cores had per image")
     if failed:
         raise SystemExit(1)
 

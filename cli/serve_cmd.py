@@ -33,7 +33,8 @@ def _bind(host: str, port: int) -> socket.socket:
               help="TCP port (0: any free port, printed at start).")
 @click.option("--workers", default=2, show_default=True, type=click.IntRange(1, 256),
               help="Inference threads: requests decoded, explained and encoded at the same time "
-                   "(all in one process; the sessions are shared).")
+                   "(all in one process; the sessions are shared); with dynamic batching, the batches "
+                   "run at the same time per model.")
 @click.option("--threads", type=click.IntRange(1, 1024), default=None,
               help="onnxruntime intra-op threads of each model's session, shared by the workers "
                    "[default: CPU cores ÷ workers, so that busy workers do not oversubscribe the CPU].")
@@ -92,8 +93,8 @@ def serve_command(models: tuple[str, ...], host: str, port: int, workers: int, t
 
         on_gpu = any((p if isinstance(p, str) else p[0]) != CPU for p in resolve_providers(providers))
         max_batch_size = 8 if on_gpu else 1
-    batching = max_batch_size > 1  # then one batching thread per model runs the sessions: all cores for it
-    intra = threads or (os.cpu_count() or 1 if batching else max(1, (os.cpu_count() or 1) // workers))
+    batching = max_batch_size > 1  # then `workers` batching threads per model run the sessions
+    intra = threads or max(1, (os.cpu_count() or 1) // workers)
     try:
         registry = ModelRegistry.load(models, providers=providers, intra_op_threads=intra,
                                       batch_size=batch_size)

@@ -103,3 +103,41 @@ def test_a_request_larger_than_the_batch_runs_alone() -> None:
         np.testing.assert_allclose(res.heatmaps, explainer.explain(x).heatmaps, atol=1e-6)
     finally:
         batcher.close()
+
+
+def test_two_runners_run_batches_at_the_same_time() -> None:
+    """The first two batches wait for each other at a barrier: they only meet if two runners run
+    them side by side (with one runner the barrier breaks and those requests fail)."""
+    explainer = Explainer(TINY, providers=["CPUExecutionProvider"], intra_op_threads=1)
+    meet, lock, gated = threading.Barrier(2, timeout=10), threading.Lock(), [0]
+
+    class Gated:
+        info = explainer.info
+
+        def explain(self, x, **kwargs):
+            with lock:
+                gated[0] += 1
+                wait = gated[0] <= 2
+            if wait:
+                meet.wait()
+            return explainer.explain(x, **kwargs)
+
+    batcher = Batcher(Gated(), max_batch_size=1, max_delay=0.0, runners=2)
+    rng = np.random.default_rng(3)
+    xs = [rng.standard_normal((1, 3, 32, 32)).astype(np.float32) for _ in range(6)]
+    results: list = [None] * len(xs)
+
+    def send(i: int) -> None:
+        results[i] = batcher.explain(xs[i], np.array([i]), "gradcam")
+
+    threads = [threading.Thread(target=send, args=(i,)) for i in range(len(xs))]
+    try:
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(30)
+    finally:
+        batcher.close()
+    for i, (x, res) in enumerate(zip(xs, results)):
+        assert res is not None and res.class_index.tolist() == [i]
+        np.testing.assert_allclose(res.heatmaps, explainer.explain(x, class_index=i).heatmaps, atol=1e-6)

@@ -110,10 +110,12 @@ class V2Server:
     async def lifespan(self, app: Starlette) -> AsyncIterator[None]:
         settings = self.settings
         batching = settings.max_batch_size > 1
-        if batching:  # a waiting request holds a worker thread: enough of them to fill a batch
+        if batching:  # `workers` runners per model; a waiting request holds a pool thread
             for model in self.registry.models.values():
-                model.batcher = Batcher(model.explainer, settings.max_batch_size, settings.max_batch_delay)
-        threads = max(settings.workers, 2 * settings.max_batch_size) if batching else settings.workers
+                model.batcher = Batcher(model.explainer, settings.max_batch_size, settings.max_batch_delay,
+                                        runners=settings.workers)
+        # enough pool threads for every runner's batch and the one being gathered
+        threads = (settings.workers + 1) * settings.max_batch_size if batching else settings.workers
         self.executor = ThreadPoolExecutor(threads, thread_name_prefix="onnxcam-infer")
         try:
             yield
