@@ -31,13 +31,15 @@ def load_average() -> str:
         return "n/a"
 
 
-def session(model: onnx.ModelProto, threads: int) -> ort.InferenceSession:
-    """A CPU session with ``threads`` intra-op threads and one inter-op thread."""
+def session(model: onnx.ModelProto, threads: int,
+            providers: tuple[str, ...] = ("CPUExecutionProvider",)) -> ort.InferenceSession:
+    """A session (on the CPU unless ``providers`` say otherwise) with ``threads`` intra-op threads
+    and one inter-op thread."""
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
     options.log_severity_level = 3
-    return ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    return ort.InferenceSession(model.SerializeToString(), options, providers=list(providers))
 
 
 def plain_classifier(model: onnx.ModelProto | Any) -> onnx.ModelProto:

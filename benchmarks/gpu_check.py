@@ -9,8 +9,8 @@ skipped and why):
 3. explanation ÷ plain inference on the GPU for resnet50, batch 1 and 32 (median of 20);
 4. the fp16 export (``--precision fp16``): Grad-CAM and Grad-CAM++ maps against the float32 graph's
    on the GPU (within 1e-2) and its speed-up at batch 32;
-5. what it does not check: the server's throughput with and without dynamic batching on the GPU
-   (``benchmarks/serve_load.py``) — listed so that the report says so.
+5. ``onnxcam serve`` on the GPU (``benchmarks/serve_load.py``'s load test, 8 clients, one image per
+   request): throughput without and with dynamic batching, ÷ plain single-image GPU inference.
 
     python benchmarks/gpu_check.py [--runs 20]
 """
@@ -28,6 +28,7 @@ import torch
 import torchvision
 
 from _common import time_calls
+from serve_load import measure
 
 from onnxcam.runtime import Explainer
 from onnxcam.runtime.doctor import report, text
@@ -93,6 +94,16 @@ def fp16(graph: Path, half: Path, runs: int) -> None:
           f"speed-up {times[0] / times[1]:.2f}×")
 
 
+def serving(graph: Path, requests: int) -> None:
+    print("\n| onnxcam serve on the GPU, 8 clients | images/s | p50 (ms) | plain GPU inference (images/s) | ÷ plain |")
+    print("|---|---:|---:|---:|---:|")
+    for size in (1, 8):
+        r = measure(graph, provider="cuda", clients=8, requests=requests, max_batch_size=size, threads=1)
+        label = "no batching" if size == 1 else f"--max-batch-size {size} --max-batch-delay 2"
+        print(f"| {label} | {r.served:.1f} | {np.percentile(r.latencies, 50) * 1e3:.1f} | {r.plain[0]:.1f} | "
+              f"{r.served / r.plain[0]:.2f} |" + (f" ({r.failed} failed)" if r.failed else ""))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=20)
@@ -100,15 +111,15 @@ def main() -> None:
     print(text(report()))
     cuda = probe(CUDA)
     if not cuda.works:
-        print(f"\ndry run: CUDA does not work here ({cuda.reason}); skipped the parity, GPU timing and fp16 checks")
+        print(f"\ndry run: CUDA does not work here ({cuda.reason}); skipped the parity, GPU timing, fp16 and "
+              "serving checks")
     else:
         with tempfile.TemporaryDirectory() as tmp:
             plain, graph, half = _graphs(Path(tmp))
             parity(graph)
             overhead(plain, graph, args.runs)
             fp16(graph, half, args.runs)
-    print("\nnot checked here: the server's throughput with and without dynamic batching on the GPU "
-          "(run benchmarks/serve_load.py --max-batch-size 1 / 8)")
+            serving(graph, 20 * args.runs)
 
 
 if __name__ == "__main__":
