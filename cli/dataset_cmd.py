@@ -81,6 +81,15 @@ def parquet_run(desc: str, total: int, out: str, report: Reporter, debug: bool) 
             signal.signal(signal.SIGTERM, previous)
 
 
+def count_earlier_failures(summary: Any, out: str, report: Reporter) -> None:
+    """A resumed run's finished shards may hold images that failed before: one line, and they
+    count as failed (exit 1), so that a rerun does not report a dataset with holes as complete."""
+    if summary.earlier_failed:
+        report.error(f"{summary.earlier_failed} image(s) of the shards already done had failed in an earlier run "
+                     f"(listed in {out}/errors/)", count=False)
+        report.failed += summary.earlier_failed
+
+
 def file_digest(path: str) -> str:
     """The SHA-256 of a file (a run is resumed only with the very same model)."""
     digest = hashlib.sha256()
@@ -109,6 +118,7 @@ def explain_dataset(explainer: Any, model: str, inputs: tuple[str, ...], methods
     with parquet_run("explaining", len(sources), out, report, debug) as progress:
         summary = explain_to_parquet(explainer, sources, out, methods, class_index, progress=progress,
                                      parameters={"model_sha256": file_digest(model)}, **options)
+    count_earlier_failures(summary, out, report)
     skipped = f"; {summary.skipped_shards} shard(s) already done" if summary.skipped_shards else ""
     line = (f"explained {summary.explained} of {len(sources)} images with {', '.join(methods)} into {out}"
             f"{skipped}")

@@ -99,12 +99,13 @@ def load_dataset(data: str, boxes_file: str | None, mask_values: tuple[str, ...]
 def _run(explainer: Any, data: Any, sources: list, methods: list[str], metrics: list[str],
          class_index: int | None, options: Any, report: Reporter):
     """Evaluate every image on the dataset engine; images that fail get one error line each. → the aggregate."""
+    from onnxcam.runtime.datasets.sources import relative_names
     from onnxcam.runtime.metrics.dataset import iter_evaluate
     from onnxcam.runtime.metrics.evaluate import METRICS, Aggregate
     from tqdm import tqdm
 
     need_gt = any(METRICS[m].ground_truth for m in metrics)
-    aggregate = Aggregate(methods, metrics)
+    aggregate, names = Aggregate(methods, metrics), relative_names([s.path for s in sources])
     items = iter_evaluate(explainer, sources, methods, metrics,
                           lambda source: data.load(explainer, source, need_gt), class_index, options)
     with tqdm(total=len(sources), desc="evaluating", unit="img", file=sys.stderr, leave=False, dynamic_ncols=True,
@@ -114,7 +115,7 @@ def _run(explainer: Any, data: Any, sources: list, methods: list[str], metrics: 
                 report.error(item.error)
                 bar.set_postfix(failed=report.failed, refresh=False)
             else:
-                aggregate.add_image(Path(item.source.path).name, item.results)
+                aggregate.add_image(names[item.index], item.results)
             bar.update(1)
     return aggregate
 
@@ -124,7 +125,7 @@ def _run_to_parquet(explainer: Any, model: str, data: Any, sources: list, method
                     shard_size: int, overwrite: bool, debug: bool, ray: Any = None):
     """``_run`` with the rows kept in the Parquet dataset ``out`` (resumed when it holds this run;
     on Ray Data with ``ray``)."""
-    from onnxcam.cli.dataset_cmd import file_digest, parquet_run
+    from onnxcam.cli.dataset_cmd import count_earlier_failures, file_digest, parquet_run
     from onnxcam.runtime.metrics.dataset import evaluate_to_parquet
     from onnxcam.runtime.metrics.evaluate import METRICS
     from onnxcam.runtime.metrics.truth import Loader
@@ -137,6 +138,7 @@ def _run_to_parquet(explainer: Any, model: str, data: Any, sources: list, method
             progress=progress, ray=ray)
     if summary.skipped_shards:
         click.echo(f"{summary.skipped_shards} shard(s) of {out} already done; the summary covers them too", err=True)
+    count_earlier_failures(summary, out, report)
     return aggregate
 
 

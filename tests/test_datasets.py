@@ -270,3 +270,22 @@ def test_pictures_are_the_explain_command_s_pictures(tmp_path) -> None:
     for row in rows:
         want = np.asarray(Image.open(tmp_path / "png" / f"{Path(row['path']).stem}.{row['method']}.png"))
         np.testing.assert_array_equal(np.asarray(Image.open(io.BytesIO(row["picture"]))), want)
+
+
+def test_a_rerun_of_a_finished_run_still_counts_its_failed_images(tmp_path) -> None:
+    """Every shard done, two images had failed: the rerun writes nothing, says so in one line and
+    exits 1 (the dataset has holes); explain and evaluate alike."""
+    write_images(tmp_path / "img", 6)
+    (tmp_path / "img" / "bad.png").write_bytes(b"xx")
+    (tmp_path / "img" / "worse.png").write_text("not a picture")
+    for command in ("explain", "evaluate"):
+        out = tmp_path / f"{command}-pq"
+        args = [command, TINY, tmp_path / "img", "--parquet", out, "--shard-size", "4"]
+        report = ["--metrics", "sparsity", "--out"] if command == "evaluate" else []
+        first = run(*args, *report, *([tmp_path / "report1"] if report else []))
+        assert first.exit_code == 1 and first.stderr.count("error:") == 2, first.stderr
+        shards = {p: p.stat().st_mtime_ns for p in out.rglob("part-*.parquet")}
+        again = run(*args, *report, *([tmp_path / "report2"] if report else []))
+        assert again.exit_code == 1, again.stderr
+        assert "2 image(s) of the shards already done had failed in an earlier run" in again.stderr
+        assert {p: p.stat().st_mtime_ns for p in out.rglob("part-*.parquet")} == shards

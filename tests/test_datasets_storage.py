@@ -47,7 +47,8 @@ def test_a_uri_directory_and_output_equal_the_local_run(photos, tmp_path) -> Non
     np.testing.assert_array_equal(read_heatmaps(rb), read_heatmaps(ra))
     assert read_errors(remote).column("path").to_pylist() == [uri(photos / "broken.png")]
     again = run("explain", TINY, uri(photos), "--recursive", "--parquet", uri(remote), "--shard-size", "5")
-    assert again.exit_code == 0 and "3 shard(s) already done" in again.stdout
+    assert again.exit_code == 1 and "3 shard(s) already done" in again.stdout  # the broken image still counts
+    assert "1 image(s) of the shards already done had failed in an earlier run" in again.stderr
 
 
 def test_uri_globs_lists_and_manifests(photos, tmp_path) -> None:

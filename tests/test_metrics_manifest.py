@@ -81,3 +81,32 @@ def test_a_manifest_and_its_images_on_a_uri(dataset, tmp_path: Path) -> None:
     assert a.exit_code == b.exit_code == 0, b.stderr
     assert json.loads((tmp_path / "b" / "metrics.json").read_text()) == \
         json.loads((tmp_path / "a" / "metrics.json").read_text())
+
+
+def test_images_with_one_name_in_two_folders_keep_apart_in_the_csv(tmp_path: Path) -> None:
+    a, b = make_images(tmp_path / "a", 1), make_images(tmp_path / "b", 2)[1:]
+    (b[0]).rename(tmp_path / "b" / a[0].name)  # another picture, the same file name
+    manifest = write_manifest(tmp_path / "m.csv", [{"path": f"{d}/{a[0].name}"} for d in ("a", "b")])
+    outs = [tmp_path / "local"]
+    assert run("evaluate", TINY, manifest, "-m", "gradcam", *FAST, "--out", outs[0]).exit_code == 0
+    try:
+        import pyarrow  # noqa: F401
+        outs.append(tmp_path / "sharded")
+        assert run("evaluate", TINY, manifest, "-m", "gradcam", *FAST, "--out", outs[1],
+                   "--parquet", tmp_path / "pq").exit_code == 0
+    except ImportError:  # the base install: the Parquet run is checked with the dev install
+        pass
+    for out in outs:
+        rows = list(csv.DictReader((out / "per_image.csv").open()))
+        assert [r["image"] for r in rows] == [f"a/{a[0].name}", f"b/{a[0].name}"]
+        assert rows[0]["confidence_change"] != rows[1]["confidence_change"]
+
+
+def test_relative_names() -> None:
+    from onnxcam.runtime.datasets.sources import relative_names
+
+    assert relative_names(["d/x.png", "d/y.png"]) == ["x.png", "y.png"]
+    assert relative_names(["d/cat/1.jpg", "d/dog/1.jpg", "d/1.jpg"]) == ["cat/1.jpg", "dog/1.jpg", "1.jpg"]
+    assert relative_names(["s3://b/k/a.png", "s3://b/j/a.png"]) == ["k/a.png", "j/a.png"]
+    assert relative_names(["one.png"]) == ["one.png"] and relative_names([]) == []
+    assert relative_names(["/d/x.png", "/d/x.png"]) == ["x.png", "x.png"]  # the same file twice

@@ -111,12 +111,14 @@ def to_table(items: Iterable[Item], labels: list[str] | None, input_size: tuple[
 
 @dataclass
 class RunSummary:
-    """What a dataset run did: images explained and failed in this run, shards skipped as done."""
+    """What a dataset run did: images explained and failed in this run, shards skipped as done,
+    and the images of those shards that had failed in the earlier run (their rows in ``errors/``)."""
 
     explained: int = 0
     failed: int = 0
     skipped_shards: int = 0
     errors: list[str] | None = None
+    earlier_failed: int = 0
 
 
 @dataclass
@@ -181,6 +183,12 @@ class ShardedRun:
         """Whether the shard's rows file is in place and whole (Parquet's closing bytes)."""
         return self.out.tail(f"{self.table}/{shard_name(shard)}", 4) == b"PAR1"
 
+    def failures(self, shards: set[int]) -> int:
+        """How many images of these (finished) shards failed: the rows of their ``errors/`` files."""
+        written = set(self.out.names(ERRORS, "part-*.parquet"))
+        return sum(pq.read_metadata(pa.BufferReader(self.out.read(f"{ERRORS}/{shard_name(s)}"))).num_rows
+                   for s in sorted(shards) if shard_name(s) in written)
+
     def pending(self) -> list[int]:
         """The input indices of the shards not written yet."""
         return [i for s in range(self.shards) if not self.done(s)
@@ -191,7 +199,8 @@ class ShardedRun:
         """Write the pending shards: ``produce`` their sources' items (an engine), re-indexed into
         the whole run; ``progress(item)`` sees each item as it comes."""
         todo = self.pending()
-        summary = RunSummary(skipped_shards=self.shards - len({i // self.shard_size for i in todo}), errors=[])
+        skipped = set(range(self.shards)) - {i // self.shard_size for i in todo}
+        summary = RunSummary(skipped_shards=len(skipped), errors=[], earlier_failed=self.failures(skipped))
 
         def items() -> Iterator[Item]:
             for item in produce([sources[i] for i in todo]):

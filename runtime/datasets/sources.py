@@ -181,6 +181,20 @@ def _expand(arg: str, recursive: bool) -> list[Source]:
     raise SourceError(f"{arg}: no such file or directory")
 
 
+def relative_names(paths: list[str]) -> list[str]:
+    """Each path relative to the deepest folder holding them all: the file names when they share
+    one folder, ``cat/1.jpg`` and ``dog/1.jpg`` when they do not (so two names differ whenever
+    their paths do). Paths and URIs alike, ``/`` or the OS separator."""
+    parts = [p.replace(os.sep, "/").split("/") for p in paths]
+    common = parts[0][:-1] if parts else []
+    for other in parts[1:]:
+        k = 0
+        while k < min(len(common), len(other) - 1) and common[k] == other[k]:
+            k += 1
+        common = common[:k]
+    return ["/".join(other[len(common):]) for other in parts]
+
+
 def _one_line(message: str) -> str:
     return " ".join(message.split())
 

@@ -6,13 +6,12 @@ mean over every image of every shard, the ones a resumed run skipped included.""
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 from onnxcam.models.errors import OnnxcamError
 from onnxcam.runtime.datasets.engine import Batch, Decoded, Item, iter_batches
-from onnxcam.runtime.datasets.sources import Source
+from onnxcam.runtime.datasets.sources import Source, relative_names
 from onnxcam.runtime.errors import ClassIndexError, ModelError
 from onnxcam.runtime.metrics.evaluate import (
     Aggregate,
@@ -72,16 +71,6 @@ def iter_evaluate(explainer, sources: Iterable[Source | str], methods: Sequence[
                         workers=workers)
 
 
-def aggregate(items: Iterable[Item], methods: Sequence[str], metrics: Sequence[str],
-              name: Callable[[Item], str] = lambda item: item.source.path) -> Aggregate:
-    """The exact aggregate of the items that have scores."""
-    total = Aggregate(methods, metrics)
-    for item in items:
-        if item.results is not None:
-            total.add_image(name(item), item.results)
-    return total
-
-
 SCORES = "scores"
 
 
@@ -101,18 +90,17 @@ def scores_table(items: Iterable[Item], metrics: Sequence[str]):
     return pa.Table.from_pylist(rows, schema=schema)
 
 
-def aggregate_table(table, methods: Sequence[str], metrics: Sequence[str]) -> Aggregate:
-    """The exact aggregate of a scores table (every shard of a run), images in input order."""
+def aggregate_table(table, methods: Sequence[str], metrics: Sequence[str], names: Sequence[str]) -> Aggregate:
+    """The exact aggregate of a scores table (every shard of a run), images in input order;
+    ``names[index]`` names the run's input ``index`` (``relative_names`` of the inputs' paths)."""
     total = Aggregate(methods, metrics)
     by_image: dict[int, dict[str, ImageScores]] = {}
-    paths: dict[int, str] = {}
     for row in table.sort_by("index").to_pylist():
         curves = {k: np.asarray(row[f"curve_{k}"]) for k in ("deletion", "insertion") if row.get(f"curve_{k}")}
         by_image.setdefault(row["index"], {})[row["method"]] = ImageScores(
             {m: np.nan if row[m] is None else row[m] for m in metrics}, row["class_index"], curves, row["drop"])
-        paths[row["index"]] = row["path"]
     for index, scores in by_image.items():
-        total.add_image(Path(paths[index]).name, scores)
+        total.add_image(names[index], scores)
     return total
 
 
@@ -140,4 +128,5 @@ def evaluate_to_parquet(explainer, sources: list[Source], out, methods: Sequence
                             batch_size=options.batch_size, options=ray)
 
     summary = run.fill(sources, scored, lambda chunk: scores_table(chunk, metrics), progress)
-    return summary, aggregate_table(run.read_table(), methods, metrics)
+    names = relative_names([s.path for s in sources])
+    return summary, aggregate_table(run.read_table(), methods, metrics, names)
