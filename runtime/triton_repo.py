@@ -36,7 +36,7 @@ import os
 import re
 import shutil
 import tempfile
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from pathlib import Path
 from collections.abc import Sequence
 
@@ -44,8 +44,9 @@ from onnxcam.models.contract import HEAD_OUTPUT, GraphMetadata, Key, MetadataErr
 from onnxcam.models.errors import param
 from onnxcam.runtime.errors import OnnxcamError
 from onnxcam.runtime.tensorrt import TensorRTSettings, triton_parameters
+from onnxcam.runtime.triton_config import (  # noqa: F401  (re-exported: the repository's API)
+    CONFIG_MARK, PLATFORM, TensorConfig, TritonConfig, render_config)
 
-PLATFORM = "onnxruntime_onnx"
 DEFAULT_MAX_BATCH_SIZE = 8
 DEFAULT_MAX_QUEUE_DELAY_US = 100
 KINDS = ("KIND_CPU", "KIND_GPU")
@@ -53,8 +54,6 @@ KINDS = ("KIND_CPU", "KIND_GPU")
 HEAD_NOTE = ("output head_logits (Ablation-CAM's head-only path) left out: its first axis is not the request "
              "batch, so it only fits max_batch_size 0")
 MODEL_FILENAME = "model.onnx"
-#: the first line of every config.pbtxt onnxcam writes (how it recognises its own model directories)
-CONFIG_MARK = "# Written by `onnxcam triton-repo`"
 LABELS_FILENAME = "labels.txt"
 
 # onnxruntime type strings → Triton data types (model_config.proto's DataType).
@@ -82,41 +81,6 @@ Dim = int | str | None
 
 class TritonRepoError(OnnxcamError):
     """The graph cannot be turned into a Triton repository as asked (one line for the user)."""
-
-
-@dataclass(frozen=True)
-class TensorConfig:
-    """One ``input``/``output`` entry of ``config.pbtxt``."""
-
-    name: str
-    data_type: str
-    dims: tuple[int, ...]
-    reshape: tuple[int, ...] | None = None
-    label_filename: str | None = None
-    optional: bool = False
-
-
-@dataclass(frozen=True)
-class TritonConfig:
-    """Everything ``config.pbtxt`` says, plus what was left out and why."""
-
-    name: str
-    max_batch_size: int
-    inputs: tuple[TensorConfig, ...]
-    outputs: tuple[TensorConfig, ...]
-    preferred_batch_sizes: tuple[int, ...]
-    max_queue_delay_us: int
-    instances: int
-    kind: str
-    labels: list[str] | None = field(default=None, repr=False)
-    source: str = ""
-    notes: tuple[str, ...] = ()
-    tensorrt: tuple[tuple[str, str], ...] = ()  # the tensorrt accelerator's parameters; () = none
-
-    @property
-    def dynamic_batching(self) -> bool:
-        """Whether the config has a ``dynamic_batching`` block (only when Triton batches)."""
-        return self.max_batch_size > 0
 
 
 def default_model_name(model_path: str | Path) -> str:
@@ -280,67 +244,6 @@ def _tensorrt(settings: TensorRTSettings | None, kind: str, inputs: list[Tensor]
 
 def _fmt(shape: Sequence[Dim]) -> str:
     return "[" + ", ".join("?" if d is None else str(d) for d in shape) + "]"
-
-
-def _quote(text: str) -> str:
-    """A protobuf text-format string literal."""
-    out = []
-    for ch in text:
-        if ch in '"\\':
-            out.append("\\" + ch)
-        elif ch == "\n":
-            out.append("\\n")
-        elif ch == "\r":
-            out.append("\\r")
-        elif ch == "\t":
-            out.append("\\t")
-        elif ord(ch) < 0x20 or ord(ch) == 0x7F:
-            out.append(f"\\{ord(ch):03o}")
-        else:
-            out.append(ch)
-    return '"' + "".join(out) + '"'
-
-
-def _ints(values: Sequence[int]) -> str:
-    return "[ " + ", ".join(str(v) for v in values) + " ]" if values else "[ ]"
-
-
-def _tensor_block(t: TensorConfig, last: bool) -> list[str]:
-    lines = ["  {", f"    name: {_quote(t.name)}", f"    data_type: {t.data_type}", f"    dims: {_ints(t.dims)}"]
-    if t.reshape is not None:
-        lines.append(f"    reshape: {{ shape: {_ints(t.reshape)} }}")
-    if t.optional:
-        lines.append("    optional: true")
-    if t.label_filename:
-        lines.append(f"    label_filename: {_quote(t.label_filename)}")
-    lines.append("  }" if last else "  },")
-    return lines
-
-
-def render_config(cfg: TritonConfig) -> str:
-    """``config.pbtxt`` text (protobuf text format of Triton's ``ModelConfig``)."""
-    lines = [CONFIG_MARK + (f" from {cfg.source}" if cfg.source else "") + ".",
-             f"name: {_quote(cfg.name)}",
-             f'platform: "{PLATFORM}"',
-             f"max_batch_size: {cfg.max_batch_size}"]
-    for key, tensors in (("input", cfg.inputs), ("output", cfg.outputs)):
-        lines.append(f"{key} [")
-        for k, t in enumerate(tensors):
-            lines.extend(_tensor_block(t, k == len(tensors) - 1))
-        lines.append("]")
-    if cfg.dynamic_batching:
-        lines.append("dynamic_batching {")
-        if cfg.preferred_batch_sizes:
-            lines.append(f"  preferred_batch_size: {_ints(cfg.preferred_batch_sizes)}")
-        lines.append(f"  max_queue_delay_microseconds: {cfg.max_queue_delay_us}")
-        lines.append("}")
-    lines += ["instance_group [", "  {", f"    count: {cfg.instances}", f"    kind: {cfg.kind}", "  }", "]"]
-    if cfg.tensorrt:
-        lines += ["optimization { execution_accelerators {", "  gpu_execution_accelerator: [ {",
-                  '    name: "tensorrt"',
-                  *(f"    parameters {{ key: {_quote(k)} value: {_quote(v)} }}" for k, v in cfg.tensorrt),
-                  "  } ]", "} }"]
-    return "\n".join(lines) + "\n"
 
 
 def _written_by_onnxcam(model_dir: Path) -> bool:

@@ -20,7 +20,8 @@ from concurrent.futures import Future
 from dataclasses import dataclass, field
 
 import numpy as np
-from onnxcam.runtime.explainer import Explainer, Explanation
+from onnxcam.runtime.explainer import Explainer
+from onnxcam.runtime.explanation import Explanation
 
 
 @dataclass
@@ -107,8 +108,5 @@ class Batcher:
             return
         start = 0
         for job in jobs:
-            part = slice(start, start + len(job.x))
-            job.done.set_result(Explanation(res.method, res.heatmaps[part], res.logits[part], res.class_index[part],
-                                            res.raw[part], None, None if res.attributions is None
-                                            else res.attributions[part]))
+            job.done.set_result(res.part(slice(start, start + len(job.x))))
             start += len(job.x)
