@@ -52,6 +52,7 @@ import os
 import statistics
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -64,6 +65,7 @@ LABELS = {"confidence": "confidence change with map", "drop": "drop in confidenc
           "road_morf": "ROAD MoRF", "road_lerf": "ROAD LeRF", "road_morf_avg": "ROAD MoRF",
           "road_lerf_avg": "ROAD LeRF"}
 ROAD = {"road_morf": "morf", "road_lerf": "lerf", "road_morf_avg": "morf", "road_lerf_avg": "lerf"}
+ROAD_NAMES = {"morf": "MoRF", "lerf": "LeRF"}
 
 
 class Counting:
@@ -102,16 +104,15 @@ def ort_session(model_bytes: bytes, threads: int):
 
 def plain_classifier_bytes(net, input_size=(3, 224, 224)) -> bytes:
     """The network's forward graph with only its ``logits`` output (the floor's model)."""
+    from _common import plain_classifier
     from onnxcam.exporter.torch_export import export_with_target
 
-    proto, _ = export_with_target(net, "layer4", input_size)
-    kept = [o for o in proto.graph.output if o.name == "logits"]
-    del proto.graph.output[:]
-    proto.graph.output.extend(kept)
-    return proto.SerializeToString()
+    model, _ = export_with_target(net, "layer4", input_size)
+    return plain_classifier(model).SerializeToString()
 
 
-def main() -> None:
+def parse_args() -> argparse.Namespace:
+    """The options, with the metrics chosen, ROAD's percentiles (``road_p``) and the table's labels."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--runs", type=int, default=3)
@@ -125,23 +126,82 @@ def main() -> None:
     parser.add_argument("--road-lerf-percentiles", default="20")
     args = parser.parse_args()
     assert args.runs >= 3, "the median of at least 3 runs"
-    metrics = [m.strip() for m in args.metrics.split(",") if m.strip()]
-    assert all(m in METRICS for m in metrics), f"metrics among {METRICS}"
-    morf_p = [float(p) for p in args.road_morf_percentiles.split(",")]
-    lerf_p = [float(p) for p in args.road_lerf_percentiles.split(",")]
-    avg_p = [float(p) for p in args.road_average_percentiles.split(",")]
+    args.metrics = [m.strip() for m in args.metrics.split(",") if m.strip()]
+    assert all(m in METRICS for m in args.metrics), f"metrics among {METRICS}"
+    morf_p, lerf_p, avg_p = ([float(p) for p in text.split(",")] for text in (
+        args.road_morf_percentiles, args.road_lerf_percentiles, args.road_average_percentiles))
+    args.road_p = {"road_morf": morf_p, "road_lerf": lerf_p, "road_morf_avg": avg_p, "road_lerf_avg": avg_p}
     for kind in ("deletion", "insertion"):
         LABELS[kind] = f"{kind} AUC (step {args.step} px)"
         LABELS[f"{kind}_fine"] = f"{kind} AUC (step {args.fine_step} px)"
-    LABELS["road_morf"] = f"ROAD MoRF (noise 0.01, percentiles {args.road_morf_percentiles})"
-    LABELS["road_lerf"] = f"ROAD LeRF (noise 0.01, percentiles {args.road_lerf_percentiles})"
-    LABELS["road_morf_avg"] = f"ROAD MoRF (noise 0.01, percentiles {args.road_average_percentiles})"
-    LABELS["road_lerf_avg"] = f"ROAD LeRF (noise 0.01, percentiles {args.road_average_percentiles})"
-    road_p = {"road_morf": morf_p, "road_lerf": lerf_p, "road_morf_avg": avg_p, "road_lerf_avg": avg_p}
+    for name, percentiles in (("road_morf", args.road_morf_percentiles), ("road_lerf", args.road_lerf_percentiles),
+                              ("road_morf_avg", args.road_average_percentiles),
+                              ("road_lerf_avg", args.road_average_percentiles)):
+        LABELS[name] = f"ROAD {ROAD_NAMES[ROAD[name]]} (noise 0.01, percentiles {percentiles})"
+    return args
 
-    import onnxruntime as ort
+
+@dataclass
+class Bench:
+    """The network on both sides, the photos, their maps and classes, and the counted scorer."""
+
+    net: object
+    explainer: object
+    plain: object
+    x: np.ndarray
+    maps: np.ndarray
+    classes: np.ndarray
+    counter: Counting
+
+
+def setup(args: argparse.Namespace) -> Bench:
+    """Seeded ResNet-50, its explanation graph and plain classifier, the photos' Grad-CAM maps."""
     import torch
     import torchvision
+
+    from onnxcam.exporter import export
+    from onnxcam.runtime import Explainer
+
+    torch.set_num_threads(args.threads)
+    torch.set_num_interop_threads(1)
+    torch.manual_seed(0)
+    net = torchvision.models.resnet50(weights=None).eval()
+    with tempfile.TemporaryDirectory() as tmp:
+        weights = Path(tmp) / "resnet50_seed0.pt"
+        torch.save(net.state_dict(), weights)
+        graph = Path(tmp) / "resnet50.onnx"
+        export("torchvision:resnet50", weights=str(weights), out=graph)
+        explainer = Explainer(graph, intra_op_threads=args.threads, batch_size=args.batch_size)
+        plain = ort_session(plain_classifier_bytes(net), args.threads)
+    x, _ = explainer.prepare(photos())
+    expl = explainer.explain(x, "gradcam")
+    counter = Counting(explainer.scores)
+    explainer.scores = counter  # Scorer takes model.scores: every forward pass of a metric goes through here
+    return Bench(net, explainer, plain, x, expl.heatmaps.astype(np.float32), expl.class_index.astype(np.int64),
+                 counter)
+
+
+def onnxcam_metric(b: Bench, args: argparse.Namespace, name: str, noise: float = 0.01):
+    """The onnxcam call of metric ``name``, as ``onnxcam evaluate`` makes it."""
+    from onnxcam.runtime import metrics as M
+
+    ex, x, maps, classes = b.explainer, b.x, b.maps, b.classes
+    kw = dict(batch_size=args.batch_size, score="logit")
+    if name in ROAD:
+        fn = M.road_morf if ROAD[name] == "morf" else M.road_lerf
+        return lambda: fn(ex, x, maps, percentiles=args.road_p[name], class_index=classes, noise=noise, seed=0, **kw)
+    step = args.fine_step if name.endswith("_fine") else args.step
+    curve = M.deletion_curve if name.startswith("deletion") else M.insertion_curve
+    return {"confidence": lambda: M.confidence_change(ex, x, maps, classes, **kw),
+            "drop": lambda: M.drop_in_confidence(ex, x, maps, classes, **kw),
+            "topk": lambda: M.remove_top_percent(ex, x, maps, 25.0, classes, **kw)}.get(
+        name, lambda: M.auc(curve(ex, x, maps, classes, step=step, **kw)))
+
+
+def pgc_metric(b: Bench, args: argparse.Namespace, name: str, noise0: bool = False):
+    """pytorch-grad-cam's implementation of ``name`` (None where it has none); ``noise0``: ROAD
+    with the imputation's noise off."""
+    import torch
     from pytorch_grad_cam.metrics.cam_mult_image import CamMultImageConfidenceChange, DropInConfidence
     from pytorch_grad_cam.metrics.perturbation_confidence import (AveragerAcrossThresholds,
                                                                   PerturbationConfidenceMetric,
@@ -150,110 +210,71 @@ def main() -> None:
                                                ROADMostRelevantFirstAverage)
     from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
-    from onnxcam.exporter import export
-    from onnxcam.runtime import Explainer
-    from onnxcam.runtime import metrics as M
-
-    torch.set_num_threads(args.threads)
-    torch.set_num_interop_threads(1)
-    torch.manual_seed(0)
-    net = torchvision.models.resnet50(weights=None).eval()
-
-    with tempfile.TemporaryDirectory() as tmp:
-        weights = Path(tmp) / "resnet50_seed0.pt"
-        torch.save(net.state_dict(), weights)
-        graph = Path(tmp) / "resnet50.onnx"
-        export("torchvision:resnet50", weights=str(weights), out=graph)
-        explainer = Explainer(graph, intra_op_threads=args.threads, batch_size=args.batch_size)
-        plain = ort_session(plain_classifier_bytes(net), args.threads)
-
-    x, _ = explainer.prepare(photos())
-    expl = explainer.explain(x, "gradcam")
-    maps, classes = expl.heatmaps.astype(np.float32), expl.class_index.astype(np.int64)
-    xt = torch.from_numpy(x)
-    targets = [ClassifierOutputTarget(int(c)) for c in classes]
-    counter = Counting(explainer.scores)
-    explainer.scores = counter  # Scorer takes model.scores: every forward pass of a metric goes through here
-    kw = dict(batch_size=args.batch_size, score="logit")
-
-    onnxcam_fns = {
-        "confidence": lambda: M.confidence_change(explainer, x, maps, classes, **kw),
-        "drop": lambda: M.drop_in_confidence(explainer, x, maps, classes, **kw),
-        "topk": lambda: M.remove_top_percent(explainer, x, maps, 25.0, classes, **kw),
-        "deletion": lambda: M.auc(M.deletion_curve(explainer, x, maps, classes, step=args.step, **kw)),
-        "insertion": lambda: M.auc(M.insertion_curve(explainer, x, maps, classes, step=args.step, **kw)),
-        "deletion_fine": lambda: M.auc(M.deletion_curve(explainer, x, maps, classes, step=args.fine_step, **kw)),
-        "insertion_fine": lambda: M.auc(M.insertion_curve(explainer, x, maps, classes, step=args.fine_step, **kw)),
-    }
-
-    def onnxcam_road(name, noise):
-        fn = M.road_morf if ROAD[name] == "morf" else M.road_lerf
-        return lambda: fn(explainer, x, maps, percentiles=road_p[name], class_index=classes, noise=noise, seed=0, **kw)
-
-    def pgc_road_noise0(name):
+    if name in ROAD and noise0:
         remover = RemoveMostRelevantFirst if ROAD[name] == "morf" else RemoveLeastRelevantFirst
-        return AveragerAcrossThresholds(
-            lambda p: PerturbationConfidenceMetric(remover(p, NoisyLinearImputer(noise=0))), road_p[name])
+        metric = AveragerAcrossThresholds(
+            lambda p: PerturbationConfidenceMetric(remover(p, NoisyLinearImputer(noise=0))), args.road_p[name])
+    elif name in ROAD:
+        metric = (ROADMostRelevantFirstAverage if ROAD[name] == "morf" else ROADLeastRelevantFirstAverage)(
+            args.road_p[name])
+    else:
+        metric = {"confidence": CamMultImageConfidenceChange, "drop": DropInConfidence}.get(name, lambda: None)()
+    if metric is None:
+        return None
+    xt, targets = torch.from_numpy(b.x), [ClassifierOutputTarget(int(c)) for c in b.classes]
 
-    for name in ROAD:
-        onnxcam_fns[name] = onnxcam_road(name, 0.01)
-    pgc_metric = {"confidence": CamMultImageConfidenceChange(), "drop": DropInConfidence()}
-    for name in ROAD:
-        pgc_metric[name] = (ROADMostRelevantFirstAverage if ROAD[name] == "morf" else ROADLeastRelevantFirstAverage)(
-            road_p[name])
-    if args.skip_pgc:
-        pgc_metric = {}
-
-    def pgc(name):
+    def run() -> np.ndarray:
         with torch.no_grad():
-            return np.asarray(pgc_metric[name](xt, maps, targets, net), np.float32).reshape(-1)
+            return np.asarray(metric(xt, b.maps, targets, b.net), np.float32).reshape(-1)
+    return run
 
-    # warm-up: both sessions and torch at the batch sizes used
-    for b in sorted({min(args.batch_size, n) for n in (1, 4, args.batch_size)}):
-        explainer.scores(np.repeat(x, -(-b // len(x)), axis=0)[:b])
-        plain.run(["logits"], {plain.get_inputs()[0].name: np.repeat(x, -(-b // len(x)), axis=0)[:b]})
+
+def warm_up(b: Bench, args: argparse.Namespace) -> None:
+    """Both sessions and torch at the batch sizes used."""
+    import torch
+
+    for size in sorted({min(args.batch_size, n) for n in (1, 4, args.batch_size)}):
+        batch = np.repeat(b.x, -(-size // len(b.x)), axis=0)[:size]
+        b.explainer.scores(batch)
+        b.plain.run(["logits"], {b.plain.get_inputs()[0].name: batch})
     with torch.no_grad():
-        net(xt)
-    pool = np.random.default_rng(0).standard_normal((args.batch_size, *x.shape[1:])).astype(np.float32)
-    in_name = plain.get_inputs()[0].name
+        b.net(torch.from_numpy(b.x))
 
-    rows = []
-    total = {"passes": 0, "onnx": 0.0, "floor": 0.0, "inside": 0.0, "pgc": 0.0, "pgc_any": False}
-    for name in metrics:
-        t_onnx, t_floor, t_inside, t_pgc = [], [], [], []
-        passes, calls, values = 0, 0, None
-        for _ in range(args.runs):
-            counter.reset()
+
+def time_metric(b: Bench, args: argparse.Namespace, name: str) -> tuple:
+    """(name, passes, session runs, onnxcam s, floor s, in-session s, pytorch-grad-cam s, max Δ, max Δ at noise 0)."""
+    ours, theirs = onnxcam_metric(b, args, name), None if args.skip_pgc else pgc_metric(b, args, name)
+    pool = np.random.default_rng(0).standard_normal((args.batch_size, *b.x.shape[1:])).astype(np.float32)
+    in_name = b.plain.get_inputs()[0].name
+    t_onnx, t_floor, t_inside, t_pgc = [], [], [], []
+    for _ in range(args.runs):
+        b.counter.reset()
+        start = time.perf_counter()
+        values = np.asarray(ours(), np.float32).reshape(-1)
+        t_onnx.append(time.perf_counter() - start)
+        t_inside.append(b.counter.inside)
+        batches = list(b.counter.batches)
+        start = time.perf_counter()
+        for size in batches:  # the floor: the same passes, same batch sizes, plain inference
+            b.plain.run(["logits"], {in_name: pool[:size]})
+        t_floor.append(time.perf_counter() - start)
+        if theirs is not None:
             start = time.perf_counter()
-            values = np.asarray(onnxcam_fns[name](), np.float32).reshape(-1)
-            t_onnx.append(time.perf_counter() - start)
-            t_inside.append(counter.inside)
-            batches = list(counter.batches)
-            passes, calls = sum(batches), len(batches)
-            start = time.perf_counter()
-            for b in batches:  # the floor: the same passes, same batch sizes, plain inference
-                plain.run(["logits"], {in_name: pool[:b]})
-            t_floor.append(time.perf_counter() - start)
-            if name in pgc_metric:
-                start = time.perf_counter()
-                ref = pgc(name)
-                t_pgc.append(time.perf_counter() - start)
-        on, fl, ins = (statistics.median(t) for t in (t_onnx, t_floor, t_inside))
-        pg = statistics.median(t_pgc) if t_pgc else None
-        delta = float(np.abs(values - ref).max()) if name in pgc_metric else None
-        delta0 = None
-        if name in ROAD and not args.skip_pgc:  # parity with the noise off (untimed)
-            with torch.no_grad():
-                ref0 = np.asarray(pgc_road_noise0(name)(xt, maps, targets, net), np.float32).reshape(-1)
-            delta0 = float(np.abs(np.asarray(onnxcam_road(name, 0.0)(), np.float32).reshape(-1) - ref0).max())
-        rows.append((name, passes, calls, on, fl, ins, pg, delta, delta0))
-        total["passes"] += passes
-        total["onnx"] += on
-        total["floor"] += fl
-        total["inside"] += ins
-        if pg is not None:
-            total["pgc"] += pg
-            total["pgc_any"] = True
+            ref = theirs()
+            t_pgc.append(time.perf_counter() - start)
+    on, fl, ins = (statistics.median(t) for t in (t_onnx, t_floor, t_inside))
+    pg = statistics.median(t_pgc) if t_pgc else None
+    delta = None if theirs is None else float(np.abs(values - ref).max())
+    delta0 = None
+    if name in ROAD and not args.skip_pgc:  # parity with the noise off (untimed)
+        ref0 = pgc_metric(b, args, name, noise0=True)()
+        delta0 = float(np.abs(np.asarray(onnxcam_metric(b, args, name, 0.0)(), np.float32).reshape(-1) - ref0).max())
+    return name, sum(batches), len(batches), on, fl, ins, pg, delta, delta0
+
+
+def print_table(rows: list[tuple], args: argparse.Namespace) -> None:
+    import onnxruntime as ort
+    import torch
 
     load = os.getloadavg()
     print(f"ResNet-50 (torchvision, seeded random weights), 4 photos (skimage chelsea, coffee, astronaut, rocket), "
@@ -270,9 +291,16 @@ def main() -> None:
         print(f"| {LABELS[name]} | {passes} ({calls}) | {on:.3f} | {fl:.3f} | {on / fl:.2f} | {ins:.3f} | "
               f"{on - ins:.3f} | {'—' if pg is None else f'{pg:.3f}'} | {'—' if pg is None else f'{pg / on:.2f}×'} | "
               f"{'—' if delta is None else f'{delta:.1e}'} | {'—' if delta0 is None else f'{delta0:.1e}'} |")
-    print(f"| **all above** | {total['passes']} | {total['onnx']:.3f} | {total['floor']:.3f} | "
-          f"{total['onnx'] / total['floor']:.2f} | {total['inside']:.3f} | {total['onnx'] - total['inside']:.3f} | "
+    passes, on, fl, ins = (sum(r[k] for r in rows) for k in (1, 3, 4, 5))
+    print(f"| **all above** | {passes} | {on:.3f} | {fl:.3f} | {on / fl:.2f} | {ins:.3f} | {on - ins:.3f} | "
           f"— | — | — | — |")
+
+
+def main() -> None:
+    args = parse_args()
+    bench = setup(args)
+    warm_up(bench, args)
+    print_table([time_metric(bench, args, name) for name in args.metrics], args)
 
 
 before_load = os.getloadavg()

@@ -26,6 +26,25 @@ def _bind(host: str, port: int) -> socket.socket:
     return sock
 
 
+def _log_start(registry: Any, host: str, port: int, settings: Any, intra: int) -> None:
+    """The models served and the line that says where (the load test reads its address)."""
+    for name, model in registry.models.items():
+        log.info("model %-20s %s %s %s, methods: %s", name, model.image_input, model.image_datatype,
+                 model.image_shape, ", ".join(model.methods))
+    batches = (f"batches of up to {settings.max_batch_size} images within {settings.max_batch_delay * 1000:g} ms"
+               if settings.max_batch_size > 1 else "no batching")
+    log.info("serving %d model(s) on http://%s:%d/v2 (%d workers, %d onnxruntime threads, %s); Ctrl-C stops",
+             len(registry.models), host, port, settings.workers, intra, batches)
+
+
+def _default_batch_size(providers: Any) -> int:
+    """8 images per batch on a GPU, 1 (no batching) on the CPU, where it does not pay."""
+    from onnxcam.runtime.providers import CPU, resolve_providers
+
+    on_gpu = any((p if isinstance(p, str) else p[0]) != CPU for p in resolve_providers(providers))
+    return 8 if on_gpu else 1
+
+
 @click.command("serve", short_help="Serve graphs over the Open Inference Protocol (KServe V2 REST).")
 @click.argument("models", nargs=-1, required=True, metavar="MODEL.cam.onnx...")
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
@@ -88,12 +107,7 @@ def serve_command(models: tuple[str, ...], host: str, port: int, workers: int, t
     from onnxcam.runtime import OnnxcamError
     from onnxcam.runtime.serving.models import ModelRegistry
 
-    if max_batch_size is None:
-        from onnxcam.runtime.providers import CPU, resolve_providers
-
-        on_gpu = any((p if isinstance(p, str) else p[0]) != CPU for p in resolve_providers(providers))
-        max_batch_size = 8 if on_gpu else 1
-    batching = max_batch_size > 1  # then `workers` batching threads per model run the sessions
+    max_batch_size = max_batch_size or _default_batch_size(providers)
     intra = threads or max(1, (os.cpu_count() or 1) // workers)
     try:
         registry = ModelRegistry.load(models, providers=providers, intra_op_threads=intra,
@@ -114,12 +128,7 @@ def serve_command(models: tuple[str, ...], host: str, port: int, workers: int, t
     if not ipaddress.ip_address(bound[0]).is_loopback:
         log.warning("warning: listening on %s, reachable from other machines; onnxcam serve has no authentication "
                     "or TLS: put it behind a reverse proxy that provides them", shown)
-    for name, model in registry.models.items():
-        log.info("model %-20s %s %s %s, methods: %s", name, model.image_input, model.image_datatype,
-                 model.image_shape, ", ".join(model.methods))
-    batches = f"batches of up to {max_batch_size} images within {max_batch_delay:g} ms" if batching else "no batching"
-    log.info("serving %d model(s) on http://%s:%d/v2 (%d workers, %d onnxruntime threads, %s); Ctrl-C stops",
-             len(registry.models), shown, bound[1], workers, intra, batches)
+    _log_start(registry, shown, bound[1], settings, intra)
     config = server_config(create_app(registry, settings), header_timeout=header_timeout,
                            max_connections=max_connections, keep_alive_timeout=keep_alive_timeout,
                            log_level="debug" if debug else "warning", access_log=False, timeout_graceful_shutdown=30)

@@ -121,6 +121,40 @@ def _from_json_data(data: Any, dtype: np.dtype, name: str) -> np.ndarray:
     return values
 
 
+def _read_input(spec: dict, body: bytes, offset: int) -> tuple[str, np.ndarray, int]:
+    """One input tensor: its name, its array (from ``data``, or the binary extension's bytes at
+    ``offset`` in ``body``) and the offset of the next binary input."""
+    name = spec.get("name")
+    if not isinstance(name, str) or not name:
+        raise ProtocolError("every input needs a 'name'")
+    datatype = spec.get("datatype")
+    if not isinstance(datatype, str) or datatype not in DATATYPES:
+        raise ProtocolError(f"input '{name}': unsupported datatype {datatype!r}")
+    dtype, shape = DATATYPES[datatype], _shape(spec, name)
+    in_params = _parameters(spec.get("parameters"), f"input '{name}' parameters")
+    if any(k.startswith("shared_memory") for k in in_params):
+        raise ProtocolError("the shared-memory extension is not supported")
+    size = in_params.get("binary_data_size")
+    if size is not None:
+        if not isinstance(size, int) or isinstance(size, bool) or size < 0:
+            raise ProtocolError(f"input '{name}': binary_data_size must be a non-negative integer")
+        if offset + size > len(body):
+            raise ProtocolError(f"input '{name}': binary_data_size {size} runs past the end of the body")
+        if "data" in spec:
+            raise ProtocolError(f"input '{name}' has both 'data' and binary_data_size")
+        if size % dtype.itemsize:
+            raise ProtocolError(f"input '{name}': {size} bytes is not a whole number of {datatype} values")
+        flat = np.frombuffer(body, dtype, count=size // dtype.itemsize, offset=offset).copy()  # aligned, writable
+        offset += size
+    else:
+        if "data" not in spec:
+            raise ProtocolError(f"input '{name}' has neither 'data' nor binary_data_size")
+        flat = _from_json_data(spec["data"], dtype, name)
+    if flat.size != math.prod(shape):
+        raise ProtocolError(f"input '{name}': shape {list(shape)} needs {math.prod(shape)} values, got {flat.size}")
+    return name, flat.reshape(shape), offset
+
+
 def parse_request(body: bytes, header_length: int | None = None) -> InferRequest:
     """Decode an inference request body (JSON, or JSON + binary tensors).
 
@@ -148,40 +182,10 @@ def parse_request(body: bytes, header_length: int | None = None) -> InferRequest
         raise ProtocolError("the inference request needs a non-empty 'inputs' list")
     offset, inputs = header_length, {}
     for spec in raw_inputs:
-        spec = _object(spec, "each input")
-        name = spec.get("name")
-        if not isinstance(name, str) or not name:
-            raise ProtocolError("every input needs a 'name'")
+        name, array, offset = _read_input(_object(spec, "each input"), body, offset)
         if name in inputs:
             raise ProtocolError(f"input '{name}' is given twice")
-        datatype = spec.get("datatype")
-        if not isinstance(datatype, str) or datatype not in DATATYPES:
-            raise ProtocolError(f"input '{name}': unsupported datatype {datatype!r}")
-        dtype, shape = DATATYPES[datatype], _shape(spec, name)
-        in_params = _parameters(spec.get("parameters"), f"input '{name}' parameters")
-        if any(k.startswith("shared_memory") for k in in_params):
-            raise ProtocolError("the shared-memory extension is not supported")
-        size = in_params.get("binary_data_size")
-        if size is not None:
-            if not isinstance(size, int) or isinstance(size, bool) or size < 0:
-                raise ProtocolError(f"input '{name}': binary_data_size must be a non-negative integer")
-            if offset + size > len(body):
-                raise ProtocolError(f"input '{name}': binary_data_size {size} runs past the end of the body")
-            if "data" in spec:
-                raise ProtocolError(f"input '{name}' has both 'data' and binary_data_size")
-            flat = np.frombuffer(body, dtype, count=size // dtype.itemsize, offset=offset).copy() \
-                if size % dtype.itemsize == 0 else None  # copy: aligned and writable
-            offset += size
-            if flat is None:
-                raise ProtocolError(f"input '{name}': {size} bytes is not a whole number of {datatype} values")
-        else:
-            if "data" not in spec:
-                raise ProtocolError(f"input '{name}' has neither 'data' nor binary_data_size")
-            flat = _from_json_data(spec["data"], dtype, name)
-        if flat.size != math.prod(shape):
-            raise ProtocolError(f"input '{name}': shape {list(shape)} needs {math.prod(shape)} values, "
-                                f"got {flat.size}")
-        inputs[name] = flat.reshape(shape)
+        inputs[name] = array
     if offset != len(body):
         raise ProtocolError(f"the body has {len(body) - offset} bytes beyond the declared binary inputs")
     binary_output = params.get("binary_data_output", False)
