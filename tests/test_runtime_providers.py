@@ -47,10 +47,33 @@ def test_cuda_probe_is_quiet_and_honest(capfd):
 
 
 def test_resolve_none_prefers_cuda_only_when_it_works(monkeypatch):
+    monkeypatch.setattr(prov, "gpu_visible", lambda: True)
     monkeypatch.setattr(prov, "probe", _probes({CPU}))
     assert resolve_providers(None) == [CPU]
     monkeypatch.setattr(prov, "probe", _probes({CPU, CUDA}))
     assert resolve_providers(None) == [CUDA, CPU]
+
+
+def test_without_a_visible_gpu_the_default_is_the_cpu_without_a_probe(monkeypatch):
+    def no_probe(name, options=None):
+        raise AssertionError(f"probed {name}")
+
+    monkeypatch.setattr(prov, "gpu_visible", lambda: False)
+    monkeypatch.setattr(prov, "probe", no_probe)
+    monkeypatch.setattr(prov, "_preload_gpu_libraries", no_probe)
+    assert resolve_providers(None) == [CPU]
+
+
+def test_gpu_visible_reads_device_nodes_the_driver_and_nvidia_smi(monkeypatch):
+    monkeypatch.setattr(prov.glob, "glob", lambda pattern: [])
+    monkeypatch.setattr(prov.os.path, "exists", lambda path: False)
+    monkeypatch.setattr(prov.shutil, "which", lambda name: None)
+    assert prov.gpu_visible() is False
+    monkeypatch.setattr(prov.os.path, "exists", lambda path: path == "/dev/dxg")  # WSL 2
+    assert prov.gpu_visible() is True
+    monkeypatch.setattr(prov.os.path, "exists", lambda path: False)
+    monkeypatch.setattr(prov.glob, "glob", lambda pattern: ["/dev/nvidia0"] if pattern.startswith("/dev/") else [])
+    assert prov.gpu_visible() is True
 
 
 def test_explicit_providers_keep_order_drop_broken_ones_and_end_with_cpu(monkeypatch):
