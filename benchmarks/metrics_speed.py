@@ -57,6 +57,8 @@ from pathlib import Path
 
 import numpy as np
 
+from _common import plain_classifier, session
+
 METRICS = ("confidence", "drop", "topk", "deletion", "insertion", "deletion_fine", "insertion_fine", "road_morf",
            "road_lerf", "road_morf_avg", "road_lerf_avg")
 LABELS = {"confidence": "confidence change with map", "drop": "drop in confidence (x ⊙ map)",
@@ -92,23 +94,12 @@ def photos() -> list:
     return [Image.fromarray(getattr(data, name)()).convert("RGB") for name in ("chelsea", "coffee", "astronaut", "rocket")]
 
 
-def ort_session(model_bytes: bytes, threads: int):
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
-    options.inter_op_num_threads = 1
-    options.log_severity_level = 3
-    return ort.InferenceSession(model_bytes, options, providers=["CPUExecutionProvider"])
-
-
-def plain_classifier_bytes(net, input_size=(3, 224, 224)) -> bytes:
+def plain_model(net, input_size=(3, 224, 224)):
     """The network's forward graph with only its ``logits`` output (the floor's model)."""
-    from _common import plain_classifier
     from onnxcam.exporter.torch_export import export_with_target
 
     model, _ = export_with_target(net, "layer4", input_size)
-    return plain_classifier(model).SerializeToString()
+    return plain_classifier(model)
 
 
 def parse_args() -> argparse.Namespace:
@@ -172,7 +163,7 @@ def setup(args: argparse.Namespace) -> Bench:
         graph = Path(tmp) / "resnet50.onnx"
         export("torchvision:resnet50", weights=str(weights), out=graph)
         explainer = Explainer(graph, intra_op_threads=args.threads, batch_size=args.batch_size)
-        plain = ort_session(plain_classifier_bytes(net), args.threads)
+        plain = session(plain_model(net), args.threads)
     x, _ = explainer.prepare(photos())
     expl = explainer.explain(x, "gradcam")
     counter = Counting(explainer.scores)

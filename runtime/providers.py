@@ -207,7 +207,7 @@ def resolve_providers(providers: Sequence[ProviderSpec] | None = None) -> list[P
     """The provider list to create sessions with; CPU is always the last fallback.
 
     None → [CUDA, CPU] when CUDA works, else [CPU]; without a visible GPU (``gpu_visible``)
-    CUDA is not even probed, since loading its libraries costs ~0.3 s and ~200 MB of memory for
+    CUDA is not even probed, since loading its libraries costs ~0.2 s and ~200 MB of memory for
     nothing (ask for ``"cuda"`` to probe it anyway). An explicit list keeps its order but
     quietly drops providers that are unavailable or fail the probe (logged at INFO).
     Entries are names (aliases 'cuda', 'cpu', 'tensorrt', ... accepted) or (name, options).
